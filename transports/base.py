@@ -1,0 +1,113 @@
+"""The contract between a Peer and its transports.
+
+A :class:`Transport` listens and dials; every connection, inbound or outbound,
+is a :class:`Channel` that moves whole frames. A frame is an opaque ``bytes``
+message (the peer puts one msgpack-encoded protocol message in each); the
+transport preserves frame boundaries and order, and enforces ``max_frame``.
+
+Errors: transports raise only crpeer errors (``peer.errors``):
+:class:`~peer.errors.ConnectError` from ``dial`` when the address is
+unreachable or refuses, :class:`~peer.errors.ChannelClosed` from ``send`` or
+``recv`` once the channel is closed, :class:`~peer.errors.FrameTooLarge` when a
+frame exceeds the limit (the channel is then closed). Foreign exceptions
+(OSError, ssl.SSLError, library errors) are translated at this boundary.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_MAX_FRAME", "Channel", "ChannelHandler", "RemoteInfo", "Transport"]
+
+DEFAULT_MAX_FRAME = 8 * 1024 * 1024
+"""Largest frame a transport accepts unless told otherwise (8 MiB)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteInfo:
+    """What a transport knows about the other end of a channel.
+
+    ``certificate`` is the remote's TLS certificate (DER) when the channel is
+    encrypted with mutual authentication, else ``None``; the identity layer
+    derives the remote peer id from it.
+    """
+
+    transport: str
+    address: str
+    inbound: bool
+    certificate: bytes | None = None
+
+
+class Channel(abc.ABC):
+    """One bidirectional, ordered, frame-preserving connection.
+
+    The owner calls ``recv()`` in a loop and ``send()`` as needed, then
+    ``close()`` exactly once (closing twice is harmless).
+    """
+
+    @property
+    @abc.abstractmethod
+    def remote(self) -> RemoteInfo:
+        """Who is on the other end."""
+
+    @abc.abstractmethod
+    async def send(self, frame: bytes) -> None:
+        """Send one frame. Waits while the transport's buffers are full
+        (this is how a slow receiver slows the sender).
+
+        Raises ChannelClosed if the channel is closed, FrameTooLarge if the
+        frame exceeds the limit (the channel stays open in that case).
+        """
+
+    @abc.abstractmethod
+    async def recv(self) -> bytes:
+        """Wait for the next frame.
+
+        Raises ChannelClosed when the remote closed or the connection broke,
+        FrameTooLarge when the remote sent an oversized frame (the channel is
+        closed).
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the channel and release its resources. Idempotent."""
+
+
+ChannelHandler = Callable[[Channel], Awaitable[None]]
+"""Called with each new channel (inbound, or dialed by a discovery transport).
+The handler owns the channel until it returns, and must close it."""
+
+
+class Transport(abc.ABC):
+    """Listens for and dials channels of one kind.
+
+    Lifecycle: ``await start(handler)`` once, then ``dial()`` any number of
+    times, then ``await stop()`` (closes the listener and every channel it
+    created; no task, socket or thread is left behind).
+    """
+
+    scheme: str
+    """URL scheme of this transport's addresses, e.g. ``tcp``, ``ws``."""
+
+    @abc.abstractmethod
+    async def start(self, handler: ChannelHandler) -> None:
+        """Start listening (if configured to). Each accepted channel is passed
+        to ``handler`` in its own task."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop listening and close every channel; idempotent."""
+
+    @abc.abstractmethod
+    async def dial(self, address: str) -> Channel:
+        """Open a channel to ``address`` (a URL of this transport's scheme).
+
+        Raises ConnectError if it cannot be reached.
+        """
+
+    @property
+    @abc.abstractmethod
+    def listen_addresses(self) -> list[str]:
+        """Addresses others can dial to reach this listener (after start)."""
