@@ -1,0 +1,699 @@
+"""The one module that speaks SQL: a cr-sqlite database and its sync bookkeeping.
+
+A :class:`Store` wraps one pysqlite3 connection with the cr-sqlite extension
+loaded. Apps write with ordinary SQL (through :meth:`Store.execute` or their
+own connection that loaded the extension); crpeer reads and merges changes.
+
+Versions and cursors
+--------------------
+A *change* is one row of ``crsql_changes`` in the order of its columns, except
+that the sixth field is the **origin version**: the db_version the change had
+on the site that wrote it (``site_id``). cr-sqlite gives merged rows a local
+db_version (a Lamport-style ``max(local + 1, incoming)``), so the store keeps
+``crpeer_versions``: for each origin and local version at which it merged a
+group, the origin version of that group. That makes a **cursor** a version
+vector ``{origin site_id: origin version}``: :meth:`changes_since` serves every
+change of each origin above the cursor, in ascending order, and
+:meth:`apply` merges a batch and advances the persisted cursor in one
+transaction.
+
+A group is all the changes of one ``(site_id, version)``; the store never
+splits one across two pages of :meth:`changes_since` nor across two
+transactions of :meth:`apply`.
+
+Held changes
+------------
+A change for a table or column this database does not have yet (the sender's
+schema is newer) is *held* when ``apply(..., hold_unknown=True)``: kept in
+``crpeer_held``, counted in the cursor, served to others in order, and merged
+by :meth:`apply_held` once a migration adds what it needs.
+
+Threads
+-------
+The connection is opened with ``check_same_thread=False`` and every public
+method takes an internal lock, so a Store may be called from any thread, one
+call at a time. :class:`peer.peer.Peer` makes every store call from a single
+worker thread so its event loop never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeAlias, TypeVar
+
+import pysqlite3.dbapi2 as sqlite3
+
+from peer import crsqlite
+from peer.errors import InvalidChangeError, SchemaError, StoreError
+
+__all__ = [
+    "SENTINEL_CID",
+    "SITE_ID_LENGTH",
+    "ApplyResult",
+    "Change",
+    "Cursor",
+    "SqlValue",
+    "Store",
+]
+
+SqlValue: TypeAlias = int | float | str | bytes | None
+Change: TypeAlias = tuple[str, bytes, str, SqlValue, int, int, bytes, int, int]
+"""``(table, pk, cid, val, col_version, version, site_id, cl, seq)``."""
+Cursor: TypeAlias = dict[bytes, int]
+"""A version vector: origin site_id -> highest origin version held."""
+
+SITE_ID_LENGTH = 16
+SENTINEL_CID = "-1"
+"""The cid cr-sqlite uses for a row's existence (create/delete) record."""
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_VALUE_TYPES = (type(None), int, float, str, bytes)
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS crpeer_versions (
+    origin BLOB NOT NULL,
+    local_version INTEGER NOT NULL,
+    origin_version INTEGER NOT NULL,
+    replay INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (origin, local_version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS crpeer_versions_by_origin_version
+    ON crpeer_versions (origin, origin_version);
+CREATE TABLE IF NOT EXISTS crpeer_cursor (
+    origin BLOB PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS crpeer_held (
+    origin BLOB NOT NULL,
+    local_version INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    tbl TEXT NOT NULL,
+    pk BLOB NOT NULL,
+    cid TEXT NOT NULL,
+    val ANY,
+    col_version INTEGER NOT NULL,
+    cl INTEGER NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (origin, version, tbl, pk, cid)
+);
+CREATE INDEX IF NOT EXISTS crpeer_held_by_local ON crpeer_held (origin, local_version);
+"""
+
+_CHANGE_COLUMNS = '"table", pk, cid, val, col_version, db_version, site_id, cl, seq'
+_INSERT_CHANGE = f"INSERT INTO crsql_changes ({_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_VERSION = (
+    "INSERT INTO crpeer_versions (origin, local_version, origin_version, replay) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (origin, local_version) DO UPDATE SET "
+    "origin_version = max(origin_version, excluded.origin_version)"
+)
+_UPSERT_CURSOR = (
+    "INSERT INTO crpeer_cursor (origin, version) VALUES (?, ?) "
+    "ON CONFLICT (origin) DO UPDATE SET version = max(version, excluded.version)"
+)
+_INSERT_HELD = (
+    "INSERT OR IGNORE INTO crpeer_held "
+    "(origin, local_version, version, seq, tbl, pk, cid, val, col_version, cl) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What :meth:`Store.apply` did with a batch."""
+
+    merged: int
+    """Rows handed to cr-sqlite (a row that loses its merge still counts)."""
+    held: int
+    """Rows kept for a newer schema (see :meth:`Store.apply_held`)."""
+    skipped: int
+    """Rows that originated here and came back; ignored."""
+    tables: frozenset[str]
+    """Tables the merged rows touched (for UI refresh)."""
+    cursor: Cursor = field(default_factory=dict)
+    """The highest origin version of each origin in the batch."""
+
+
+def _translate_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn raw sqlite errors escaping a public method into StoreError."""
+
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{method.__name__}: {exc}") from exc
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+class Store:
+    """A cr-sqlite database opened for syncing.
+
+    ``Store(path)`` opens (or creates) the database at ``path`` (``":memory:"``
+    for a private in-memory one), in WAL mode, with cr-sqlite loaded and the
+    bookkeeping tables created. Call :meth:`close` (or use ``with``) when done.
+
+    Raises ExtensionError if cr-sqlite cannot be loaded, StoreError if the
+    file is not a usable database.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = str(path)
+        self._lock = threading.RLock()
+        self._columns_cache: tuple[int, dict[str, frozenset[str]]] | None = None
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            crsqlite.load(self._conn)
+            if self.path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.executescript(_BOOKKEEPING)
+            (site_id,) = self._conn.execute("SELECT crsql_site_id()").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreError(f"{self.path} is not a usable database: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+        self.site_id: bytes = bytes(site_id)
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Finalize cr-sqlite and close the connection. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._conn.execute("SELECT crsql_finalize()")
+            finally:
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- app-facing SQL ----------------------------------------------------
+
+    @_translate_errors
+    def execute(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement (autocommit) and return all its rows."""
+        with self._lock:
+            rows: list[tuple[Any, ...]] = self._conn.execute(sql, params).fetchall()
+            return rows
+
+    @_translate_errors
+    def executescript(self, script: str) -> None:
+        """Run several statements; wrap them in BEGIN/COMMIT to make them atomic."""
+        with self._lock:
+            try:
+                self._conn.executescript(script)
+            except sqlite3.Error:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def make_crr(self, *tables: str) -> None:
+        """Turn existing tables into conflict-free replicated relations.
+
+        Raises SchemaError if a table is missing or unsuitable (cr-sqlite
+        requires a primary key and NOT NULL defaults on non-pk columns).
+        """
+        with self._lock:
+            for table in tables:
+                try:
+                    self._conn.execute("SELECT crsql_as_crr(?)", (table,))
+                except sqlite3.Error as exc:
+                    raise SchemaError(f"cannot make {table!r} a CRR: {exc}") from exc
+
+    def migrate(
+        self, version: int, sql: str, *, alter: Sequence[str] = (), new_crrs: Sequence[str] = ()
+    ) -> int:
+        """Migrate the schema to ``version`` in one transaction.
+
+        Runs ``sql`` between ``crsql_begin_alter`` / ``crsql_commit_alter`` for
+        each CRR in ``alter``, makes ``new_crrs`` CRRs, sets ``PRAGMA
+        user_version``, then merges the held changes that now fit. Returns how
+        many held rows were merged. Raises SchemaError (and changes nothing)
+        if any step fails.
+        """
+        if version < 0:
+            raise SchemaError(f"schema version must be >= 0, got {version}")
+        quoted = [_quote_literal(t) for t in alter]
+        script = "BEGIN;\n"
+        script += "".join(f"SELECT crsql_begin_alter({t});\n" for t in quoted)
+        script += sql.strip().rstrip(";") + ";\n" if sql.strip() else ""
+        script += "".join(f"SELECT crsql_commit_alter({t});\n" for t in quoted)
+        script += "".join(f"SELECT crsql_as_crr({_quote_literal(t)});\n" for t in new_crrs)
+        script += f"PRAGMA user_version = {int(version)};\nCOMMIT;"
+        with self._lock:
+            try:
+                self._conn.executescript(script)
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise SchemaError(f"migration to version {version} failed: {exc}") from exc
+            return self.apply_held()
+
+    # -- state -------------------------------------------------------------
+
+    @_translate_errors
+    def db_version(self) -> int:
+        """The database's current cr-sqlite db_version (local clock)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT crsql_db_version()").fetchone()[0])
+
+    @_translate_errors
+    def data_version(self) -> int:
+        """``PRAGMA data_version``: changes when another connection commits."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @_translate_errors
+    def schema_version(self) -> int:
+        """The app's schema version (``PRAGMA user_version``)."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def crr_columns(self) -> dict[str, frozenset[str]]:
+        """Each CRR table and its column names (cached until the schema changes)."""
+        with self._lock:
+            (schema_cookie,) = self._conn.execute("PRAGMA schema_version").fetchone()
+            if self._columns_cache is None or self._columns_cache[0] != schema_cookie:
+                tables = [
+                    name[: -len("__crsql_clock")]
+                    for (name,) in self._conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' "
+                        "AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\'"
+                    )
+                ]
+                columns = {
+                    table: frozenset(
+                        row[1]
+                        for row in self._conn.execute(
+                            f"PRAGMA table_info({_quote_identifier(table)})"
+                        )
+                    )
+                    for table in tables
+                }
+                self._columns_cache = (schema_cookie, columns)
+            return dict(self._columns_cache[1])
+
+    @_translate_errors
+    def schema_fingerprint(self) -> bytes:
+        """16 bytes that differ when the CRR tables or their columns differ."""
+        with self._lock:
+            digest = hashlib.sha256()
+            for table in sorted(self.crr_columns()):
+                digest.update(table.encode() + b"\0")
+                for row in self._conn.execute(f"PRAGMA table_info({_quote_identifier(table)})"):
+                    _, name, decl_type, notnull, _, pk = row
+                    digest.update(f"{name}|{decl_type}|{notnull}|{pk}\0".encode())
+            return digest.digest()[:16]
+
+    @_translate_errors
+    def cursor(self) -> Cursor:
+        """The persisted version vector of what this database holds from others."""
+        with self._lock:
+            return {
+                bytes(origin): int(version)
+                for origin, version in self._conn.execute(
+                    "SELECT origin, version FROM crpeer_cursor"
+                )
+            }
+
+    @_translate_errors
+    def own_version(self) -> int:
+        """The highest origin version of this site's own changes."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT max(db_version) FROM crsql_changes WHERE site_id = ?", (self.site_id,)
+            ).fetchone()
+            return int(row[0] or 0)
+
+    @_translate_errors
+    def held_count(self) -> int:
+        """How many held rows still wait for a schema migration."""
+        with self._lock:
+            return int(
+                self._conn.execute("SELECT count(*) FROM crpeer_held WHERE applied = 0").fetchone()[
+                    0
+                ]
+            )
+
+    # -- reading changes ---------------------------------------------------
+
+    @_translate_errors
+    def changes_since(
+        self, cursor: Mapping[bytes, int], limit: int, *, exclude: Collection[bytes] = ()
+    ) -> list[Change]:
+        """Changes this database holds above ``cursor``, at most about ``limit`` rows.
+
+        For each origin (except those in ``exclude``) the changes come in
+        ascending ``(version, seq)``, whole groups only; a single group larger
+        than ``limit`` is returned whole on its own. An empty list means
+        nothing is above the cursor. To page, advance the cursor to the
+        highest version returned per origin and call again.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        with self._lock:
+            origins = [self.site_id] + [
+                bytes(o) for (o,) in self._conn.execute("SELECT origin FROM crpeer_cursor")
+            ]
+            out: list[Change] = []
+            for origin in origins:
+                if origin in exclude or len(out) >= limit:
+                    continue
+                after = cursor.get(origin, 0)
+                if origin == self.site_id:
+                    out.extend(self._own_changes(after, limit - len(out)))
+                else:
+                    out.extend(self._relayed_changes(origin, after, limit - len(out)))
+            return out
+
+    def _own_changes(self, after: int, limit: int) -> list[Change]:
+        sql = (
+            f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version > ? "
+            "ORDER BY db_version, seq"
+        )
+        rows: list[Change] = self._conn.execute(
+            sql + " LIMIT ?", (self.site_id, after, limit)
+        ).fetchall()
+        if len(rows) < limit:
+            return rows
+        last = rows[-1][5]
+        whole = [row for row in rows if row[5] != last]
+        if whole:
+            return whole
+        group: list[Change] = self._conn.execute(
+            f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version = ? "
+            "ORDER BY seq",
+            (self.site_id, last),
+        ).fetchall()
+        return group
+
+    def _relayed_changes(self, origin: bytes, after: int, limit: int) -> list[Change]:
+        (start,) = self._conn.execute(
+            "SELECT min(local_version) FROM crpeer_versions "
+            "WHERE origin = ? AND origin_version > ? AND replay = 0",
+            (origin, after),
+        ).fetchone()
+        (held_start,) = self._conn.execute(
+            "SELECT min(local_version) FROM crpeer_held WHERE origin = ? AND version > ?",
+            (origin, after),
+        ).fetchone()
+        starts = [s for s in (start, held_start) if s is not None]
+        if not starts:
+            return []
+        lo = min(starts)
+        merged, merged_full = self._merged_rows(origin, lo, None, limit)
+        held, held_full = self._held_rows(origin, after, lo, None, limit)
+        # A full page may end inside a local version; keep whole ones only.
+        cut = min(
+            [rows[-1][0] for rows, full in ((merged, merged_full), (held, held_full)) if full],
+            default=None,
+        )
+        if cut is not None:
+            merged = [r for r in merged if r[0] < cut]
+            held = [r for r in held if r[0] < cut]
+            if not merged and not held:
+                merged, _ = self._merged_rows(origin, cut, cut, None)
+                held, _ = self._held_rows(origin, after, cut, cut, None)
+        hi = max([r[0] for r in merged[-1:] + held[-1:]], default=lo)
+        mapping = {
+            int(local): (int(version), bool(replay))
+            for local, version, replay in self._conn.execute(
+                "SELECT local_version, origin_version, replay FROM crpeer_versions "
+                "WHERE origin = ? AND local_version BETWEEN ? AND ?",
+                (origin, lo, hi),
+            )
+        }
+        out: list[tuple[int, Change]] = []
+        for local, row in merged:
+            version, replay = mapping.get(local, (0, True))
+            if replay or version <= after:
+                continue
+            out.append(
+                (local, (row[0], row[1], row[2], row[3], row[4], version, row[6], row[7], row[8]))
+            )
+        if held:
+            out = list(heapq.merge(out, [(r[0], r[1]) for r in held], key=lambda item: item[0]))
+            out.sort(key=lambda item: (item[0], item[1][5], item[1][8]))
+        return [change for _, change in out]
+
+    def _merged_rows(
+        self, origin: bytes, lo: int, hi: int | None, limit: int | None
+    ) -> tuple[list[tuple[int, tuple[Any, ...]]], bool]:
+        sql = f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version >= ?"
+        params: list[Any] = [origin, lo]
+        if hi is not None:
+            sql += " AND db_version <= ?"
+            params.append(hi)
+        sql += " ORDER BY db_version, seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self._conn.execute(sql, params).fetchall()
+        return [(int(r[5]), r) for r in rows], limit is not None and len(rows) >= limit
+
+    def _held_rows(
+        self, origin: bytes, after: int, lo: int, hi: int | None, limit: int | None
+    ) -> tuple[list[tuple[int, Change]], bool]:
+        sql = (
+            "SELECT local_version, tbl, pk, cid, val, col_version, version, origin, cl, seq "
+            "FROM crpeer_held WHERE origin = ? AND version > ? AND local_version >= ?"
+        )
+        params: list[Any] = [origin, after, lo]
+        if hi is not None:
+            sql += " AND local_version <= ?"
+            params.append(hi)
+        sql += " ORDER BY local_version, version, seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self._conn.execute(sql, params).fetchall()
+        held = [
+            (int(r[0]), (r[1], bytes(r[2]), r[3], r[4], r[5], r[6], bytes(r[7]), r[8], r[9]))
+            for r in rows
+        ]
+        return held, limit is not None and len(rows) >= limit
+
+    # -- merging changes ---------------------------------------------------
+
+    def apply(self, changes: Sequence[Change], *, hold_unknown: bool = False) -> ApplyResult:
+        """Merge ``changes`` and advance the persisted cursor, in one transaction.
+
+        Every row is validated before the database is touched. Rows for a
+        table or column this database lacks raise InvalidChangeError, unless
+        ``hold_unknown`` (the sender's schema is newer), in which case they
+        are held. Rows that originated here are skipped. On any error nothing
+        of the batch is applied and the cursor does not move; applying the
+        same batch again is harmless.
+
+        Raises InvalidChangeError for a malformed row, StoreError if SQLite
+        fails.
+        """
+        with self._lock:
+            columns = self.crr_columns()
+            groups = _plan_groups(changes, columns, self.site_id, hold_unknown)
+            result_cursor: Cursor = {}
+            tables: set[str] = set()
+            merged = held = 0
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                impacted = 0
+                for origin, version, rows, held_rows in groups:
+                    if rows:
+                        self._conn.executemany(_INSERT_CHANGE, rows)
+                        tables.update(row[0] for row in rows)
+                        (now_impacted,) = self._conn.execute(
+                            "SELECT crsql_rows_impacted()"
+                        ).fetchone()
+                        changed, impacted = now_impacted > impacted, now_impacted
+                    else:
+                        changed = False
+                    if changed or held_rows:
+                        # The local version this group merged at; asking for it
+                        # reserves a new one only when nothing merged (held only).
+                        (local,) = self._conn.execute("SELECT crsql_next_db_version()").fetchone()
+                        self._conn.execute(_UPSERT_VERSION, (origin, local, version, 0))
+                    if held_rows:
+                        self._conn.executemany(
+                            _INSERT_HELD,
+                            [
+                                (origin, local, version, r[8], r[0], r[1], r[2], r[3], r[4], r[7])
+                                for r in held_rows
+                            ],
+                        )
+                    self._conn.execute(_UPSERT_CURSOR, (origin, version))
+                    result_cursor[origin] = max(version, result_cursor.get(origin, 0))
+                    merged += len(rows)
+                    held += len(held_rows)
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+                    raise InvalidChangeError(f"batch rejected by the database: {exc}") from exc
+                raise StoreError(f"applying a batch failed: {exc}") from exc
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            skipped = len(changes) - merged - held
+            return ApplyResult(merged, held, skipped, frozenset(tables), result_cursor)
+
+    @_translate_errors
+    def apply_held(self) -> int:
+        """Merge held rows whose table and column now exist; return how many.
+
+        Held rows stay recorded (and are still served to others at their
+        original place in the order); the merge itself is not re-served.
+        """
+        with self._lock:
+            columns = self.crr_columns()
+            pending = self._conn.execute(
+                "SELECT rowid, tbl, pk, cid, val, col_version, version, origin, cl, seq "
+                "FROM crpeer_held WHERE applied = 0 ORDER BY origin, version, seq"
+            ).fetchall()
+            ready = [r for r in pending if _fits(r[1], r[3], columns)]
+            if not ready:
+                return 0
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for (origin, version), group in _by_group(ready, lambda r: (bytes(r[7]), r[6])):
+                    self._conn.executemany(_INSERT_CHANGE, [tuple(r[1:]) for r in group])
+                    (local,) = self._conn.execute("SELECT crsql_next_db_version()").fetchone()
+                    self._conn.execute(_UPSERT_VERSION, (origin, local, version, 1))
+                    self._conn.executemany(
+                        "UPDATE crpeer_held SET applied = 1 WHERE rowid = ?",
+                        [(r[0],) for r in group],
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            return len(ready)
+
+
+def _fits(table: str, cid: str, columns: Mapping[str, frozenset[str]]) -> bool:
+    known = columns.get(table)
+    return known is not None and (cid == SENTINEL_CID or cid in known)
+
+
+def _by_group(rows: Sequence[Any], key: Callable[[Any], Any]) -> Iterator[tuple[Any, list[Any]]]:
+    """Split consecutive rows with equal ``key`` into groups."""
+    group: list[Any] = []
+    current: Any = None
+    for row in rows:
+        k = key(row)
+        if group and k != current:
+            yield current, group
+            group = []
+        current = k
+        group.append(row)
+    if group:
+        yield current, group
+
+
+def _plan_groups(
+    changes: Sequence[Any],
+    columns: Mapping[str, frozenset[str]],
+    own_site: bytes,
+    hold_unknown: bool,
+) -> list[tuple[bytes, int, list[Change], list[Change]]]:
+    """Validate every row and split the batch into (origin, version) groups.
+
+    Raises InvalidChangeError naming the first bad row; nothing is touched.
+    """
+    if not isinstance(changes, Sequence) or isinstance(changes, str | bytes):
+        raise InvalidChangeError(
+            f"a batch must be a sequence of changes, got {type(changes).__name__}"
+        )
+    groups: list[tuple[bytes, int, list[Change], list[Change]]] = []
+    for index, row in enumerate(changes):
+        _check_row(index, row)
+        table, _, cid, _, _, version, site_id, _, _ = row
+        if site_id == own_site:
+            continue
+        fits = _fits(table, cid, columns)
+        if not fits and not hold_unknown:
+            if table not in columns:
+                raise InvalidChangeError(f"change {index}: unknown table {table!r} (or not a CRR)")
+            raise InvalidChangeError(f"change {index}: unknown column {cid!r} of table {table!r}")
+        if not groups or groups[-1][0] != site_id or groups[-1][1] != version:
+            groups.append((bytes(site_id), version, [], []))
+        _, _, mergeable, held = groups[-1]
+        (mergeable if fits else held).append(row)
+    return groups
+
+
+_FIELD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("table", (str,)),
+    ("pk", (bytes,)),
+    ("cid", (str,)),
+    ("val", _VALUE_TYPES),
+    ("col_version", (int,)),
+    ("version", (int,)),
+    ("site_id", (bytes,)),
+    ("cl", (int,)),
+    ("seq", (int,)),
+)
+
+
+def _check_row(index: int, row: Any) -> None:
+    if not isinstance(row, tuple | list) or len(row) != len(_FIELD_TYPES):
+        raise InvalidChangeError(f"change {index}: expected a 9-field change row, got {row!r:.80}")
+    for (name, types), value in zip(_FIELD_TYPES, row, strict=True):
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise InvalidChangeError(
+                f"change {index}: {name} must be {'/'.join(t.__name__ for t in types)}, "
+                f"got {type(value).__name__}"
+            )
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidChangeError(f"change {index}: {name} {value} is out of 64-bit range")
+    if len(row[6]) != SITE_ID_LENGTH:
+        raise InvalidChangeError(
+            f"change {index}: site_id must be {SITE_ID_LENGTH} bytes, got {len(row[6])}"
+        )
+    if row[5] < 1:
+        raise InvalidChangeError(f"change {index}: version must be >= 1, got {row[5]}")
+    if row[4] < 0 or row[7] < 0 or row[8] < 0:
+        raise InvalidChangeError(f"change {index}: col_version, cl and seq must be >= 0")
+    if not row[0] or row[0].startswith(("crsql_", "crpeer_", "sqlite_")):
+        raise InvalidChangeError(f"change {index}: table {row[0]!r} is not syncable")
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

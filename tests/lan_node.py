@@ -1,0 +1,139 @@
+"""One LAN node for the network-namespace tests; run inside a namespace.
+
+``python -m tests.lan_node --peer-id ID [--lan] [--seconds N]`` starts mDNS
+discovery on every interface of its namespace, with no peer address given, and
+prints one JSON object per line on stdout:
+
+- ``{"event": "ready", "peer_id": ..., "port": ...}`` once advertised;
+- ``{"event": "found", "peer_id": ..., "addresses": [...], "port": ...}``;
+- ``{"event": "lost", "peer_id": ...}``;
+- with ``--lan``: a :class:`~transports.lan.LanTransport` that echoes every
+  frame it receives, and dials each discovered peer it should dial (the
+  smaller id dials), sends one frame and prints
+  ``{"event": "echo", "peer_id": ..., "address": ..., "ok": true}`` (or
+  ``"ok": false`` with ``"error"``) once the echo is back.
+
+It exits cleanly when stdin reaches EOF or after ``--seconds`` (a hard bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+
+from peer.errors import CrpeerError
+from transports.base import Channel
+# TEMP from transports.lan import LanTransport
+from transports.mdns import DiscoveredPeer, MdnsDiscovery
+
+__all__ = ["main"]
+
+
+def emit(**fields: object) -> None:
+    """Write one JSON line to stdout, flushed so the test sees it at once."""
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def _stdin_closed() -> asyncio.Event:
+    closed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not os.read(fd, 4096):
+            loop.remove_reader(fd)
+            closed.set()
+
+    loop.add_reader(fd, readable)
+    return closed
+
+
+async def _wait_for_end(seconds: float) -> None:
+    closed = _stdin_closed()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(closed.wait(), seconds)
+    asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+
+
+async def run_discovery(peer_id: str, seconds: float) -> None:
+    """Advertise a dummy port and report what is found until the end."""
+    discovery = MdnsDiscovery(peer_id, 9)
+
+    def found(peer: DiscoveredPeer) -> None:
+        emit(event="found", peer_id=peer.peer_id, addresses=list(peer.addresses), port=peer.port)
+
+    try:
+        await discovery.start(found, lambda lost: emit(event="lost", peer_id=lost))
+        emit(event="ready", peer_id=peer_id, port=9)
+        await _wait_for_end(seconds)
+    finally:
+        await discovery.stop()
+
+
+async def _echo(channel: Channel) -> None:
+    try:
+        while True:
+            await channel.send(await channel.recv())
+    except CrpeerError:
+        pass
+    finally:
+        await channel.close()
+
+
+async def _ping(transport: LanTransport, address: str, peer_id: str) -> None:
+    frame = f"hello {peer_id} from {transport.peer_id}".encode()
+    try:
+        channel = await transport.dial(address)
+        try:
+            await channel.send(frame)
+            ok = await asyncio.wait_for(channel.recv(), 5.0) == frame
+        finally:
+            await channel.close()
+        emit(event="echo", peer_id=peer_id, address=address, ok=ok)
+    except (CrpeerError, TimeoutError) as exc:
+        emit(event="echo", peer_id=peer_id, address=address, ok=False, error=repr(exc))
+
+
+async def run_lan(peer_id: str, seconds: float) -> None:
+    """Run a LanTransport that echoes inbound frames and pings discovered peers."""
+    from transports.lan import LanTransport  # TEMP
+
+    transport = LanTransport(peer_id)
+    pings: set[asyncio.Task[None]] = set()
+
+    def discovered(address: str, remote_id: str) -> None:
+        emit(event="found", peer_id=remote_id, address=address)
+        task = asyncio.get_running_loop().create_task(_ping(transport, address, remote_id))
+        pings.add(task)
+        task.add_done_callback(pings.discard)
+
+    transport.set_discovery_handler(discovered)
+    try:
+        await transport.start(_echo)
+        emit(event="ready", peer_id=peer_id, addresses=transport.listen_addresses)
+        await _wait_for_end(seconds)
+    finally:
+        for task in list(pings):
+            task.cancel()
+        await asyncio.gather(*pings, return_exceptions=True)
+        await transport.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments and run one node until stdin closes or time runs out."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--peer-id", required=True)
+    parser.add_argument("--lan", action="store_true", help="LanTransport with echo and dial")
+    parser.add_argument("--seconds", type=float, default=30.0, help="hard bound on the run")
+    args = parser.parse_args(argv)
+    runner = run_lan if args.lan else run_discovery
+    asyncio.run(runner(args.peer_id, args.seconds))
+
+
+if __name__ == "__main__":
+    main()

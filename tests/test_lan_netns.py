@@ -1,0 +1,178 @@
+"""LAN discovery and TCP between network namespaces (needs root and iproute2).
+
+Each test builds its own little LAN: one namespace holding a bridge, and one
+namespace per node joined to it by a veth pair, in a private 10.213.x.0/24
+subnet that exists only inside those namespaces. The root namespace is never
+touched, and everything is deleted afterwards, also on failure. The nodes are
+given no addresses: they must find each other by mDNS alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (`ip`) is not installed"),
+]
+
+REPO = Path(__file__).resolve().parent.parent
+NODES = 3
+WAIT_S = 20.0
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@dataclass
+class Lan:
+    """Namespaces of one test LAN: ``nodes[i]`` has address ``addresses[i]`` on eth0."""
+
+    bridge: str
+    nodes: list[str] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    """Build a bridge namespace and NODES node namespaces; always delete them."""
+    try:
+        ip("netns", "add", "crpprobe" + secrets.token_hex(4))
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"cannot create network namespaces here: {exc}")
+    for name in subprocess.run(
+        ["ip", "netns", "list"], check=True, capture_output=True, text=True
+    ).stdout.split():
+        if name.startswith("crpprobe"):
+            ip("netns", "del", name)
+    tag = secrets.token_hex(3)
+    subnet = f"10.213.{secrets.randbelow(256)}"
+    created = Lan(bridge=f"crp{tag}br")
+    namespaces = [created.bridge]
+    try:
+        ip("netns", "add", created.bridge)
+        ip("-n", created.bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        ip("-n", created.bridge, "link", "set", "br0", "up")
+        for i in range(NODES):
+            node = f"crp{tag}n{i}"
+            ip("netns", "add", node)
+            namespaces.append(node)
+            bridge_end = ("-n", created.bridge, "link", "add", f"p{i}", "type", "veth")
+            ip(*bridge_end, "peer", "name", "eth0", "netns", node)
+            ip("-n", created.bridge, "link", "set", f"p{i}", "master", "br0", "up")
+            address = f"{subnet}.{i + 1}"
+            ip("-n", node, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", node, "link", "set", "eth0", "multicast", "on", "up")
+            ip("-n", node, "link", "set", "lo", "up")
+            created.nodes.append(node)
+            created.addresses.append(address)
+        yield created
+    finally:
+        for name in reversed(namespaces):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+class Nodes:
+    """``tests.lan_node`` processes, one per namespace, and the JSON events they print."""
+
+    def __init__(self, lan: Lan, extra: list[str]) -> None:
+        self.events: list[list[dict[str, Any]]] = [[] for _ in lan.nodes]
+        self._buffers = [b"" for _ in lan.nodes]
+        self._selector = selectors.DefaultSelector()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for i, namespace in enumerate(lan.nodes):
+            command = ["ip", "netns", "exec", namespace, sys.executable, "-m", "tests.lan_node"]
+            proc = subprocess.Popen(
+                [*command, "--peer-id", f"node{i}", "--seconds", str(WAIT_S + 10), *extra],
+                cwd=REPO,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            os.set_blocking(proc.stdout.fileno(), False)
+            self._selector.register(proc.stdout, selectors.EVENT_READ, i)
+
+    def wait_for(self, condition: Callable[[], bool], within: float = WAIT_S) -> None:
+        """Read events until ``condition`` holds; fail after ``within`` seconds."""
+        deadline = time.monotonic() + within
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"not met within {within} s; events: {self.events}")
+            for key, _mask in self._selector.select(remaining):
+                self._read(key.data, key.fileobj)  # type: ignore[arg-type]
+
+    def _read(self, index: int, stream: Any) -> None:
+        chunk = os.read(stream.fileno(), 65536)
+        if not chunk:
+            self._selector.unregister(stream)
+            return
+        lines = (self._buffers[index] + chunk).split(b"\n")
+        self._buffers[index] = lines.pop()
+        self.events[index].extend(json.loads(line) for line in lines if line)
+
+    def seen(self, index: int, event: str) -> dict[str, dict[str, Any]]:
+        return {e["peer_id"]: e for e in self.events[index] if e["event"] == event}
+
+    def close(self) -> list[int | None]:
+        """Close every stdin (the nodes then stop cleanly); kill what hangs."""
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(proc.wait(timeout=10))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+                codes.append(None)
+            assert proc.stdout is not None
+            proc.stdout.close()
+        self._selector.close()
+        return codes
+
+
+@pytest.fixture
+def nodes(lan: Lan) -> Iterator[Callable[[list[str]], Nodes]]:
+    started: list[Nodes] = []
+
+    def start(extra: list[str]) -> Nodes:
+        started.append(Nodes(lan, extra))
+        return started[-1]
+
+    yield start
+    for group in started:
+        group.close()
+
+
+def test_every_namespace_discovers_every_other(
+    lan: Lan, nodes: Callable[[list[str]], Nodes]
+) -> None:
+    group = nodes([])
+    ids = [f"node{i}" for i in range(NODES)]
+    group.wait_for(
+        lambda: all(set(group.seen(i, "found")) == set(ids) - {ids[i]} for i in range(NODES))
+    )
+    for i, j in itertools.permutations(range(NODES), 2):
+        found = group.seen(i, "found")[ids[j]]
+        assert found["addresses"] == [lan.addresses[j]]
+        assert found["port"] == 9
+    assert group.close() == [0] * NODES

@@ -1,0 +1,331 @@
+"""Store against the real cr-sqlite extension: merging, cursors, bad input."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from peer import crsqlite
+from peer.errors import ExtensionError, InvalidChangeError, SchemaError, StoreError
+from peer.store import Change, Store
+
+SCHEMA = """
+CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER);
+CREATE TABLE tags (item INTEGER NOT NULL, tag TEXT NOT NULL, note TEXT, PRIMARY KEY (item, tag));
+"""
+
+
+def new_store(path: str | Path = ":memory:") -> Store:
+    store = Store(path)
+    store.executescript(SCHEMA)
+    store.make_crr("items", "tags")
+    return store
+
+
+@pytest.fixture
+def stores() -> Iterator[list[Store]]:
+    opened = [new_store() for _ in range(3)]
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def contents(store: Store) -> tuple[list[Any], list[Any]]:
+    return (
+        store.execute("SELECT * FROM items ORDER BY id"),
+        store.execute("SELECT * FROM tags ORDER BY item, tag"),
+    )
+
+
+def sync(src: Store, dst: Store, limit: int = 1000) -> int:
+    """Pull everything ``dst`` lacks from ``src``, page by page; return rows moved."""
+    moved = 0
+    while batch := src.changes_since(dst.cursor(), limit, exclude={dst.site_id}):
+        dst.apply(batch)
+        moved += len(batch)
+    return moved
+
+
+# -- convergence property ---------------------------------------------------
+
+KEYS = st.integers(min_value=0, max_value=3)
+WRITE = st.one_of(
+    st.tuples(st.just("upsert"), KEYS, st.sampled_from(["a", "b", "c", None]), st.integers(-2, 2)),
+    st.tuples(st.just("update"), KEYS, st.integers(-5, 5)),
+    st.tuples(st.just("delete"), KEYS),
+    st.tuples(st.just("tag"), KEYS, st.sampled_from(["x", "y"]), st.sampled_from(["n1", "n2"])),
+    st.tuples(st.just("untag"), KEYS, st.sampled_from(["x", "y"])),
+)
+
+
+def run_write(store: Store, write: tuple[Any, ...]) -> None:
+    kind = write[0]
+    if kind == "upsert":
+        store.execute(
+            "INSERT INTO items VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
+            "SET name = excluded.name, score = excluded.score",
+            write[1:],
+        )
+    elif kind == "update":
+        store.execute("UPDATE items SET score = ? WHERE id = ?", (write[2], write[1]))
+    elif kind == "delete":
+        store.execute("DELETE FROM items WHERE id = ?", (write[1],))
+    elif kind == "tag":
+        store.execute(
+            "INSERT INTO tags VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET note = excluded.note",
+            write[1:],
+        )
+    else:
+        store.execute("DELETE FROM tags WHERE item = ? AND tag = ?", write[1:])
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[Any, ...]]]:
+    count = draw(st.integers(min_value=3, max_value=5))
+    peer = st.integers(min_value=0, max_value=count - 1)
+    step = st.one_of(
+        st.tuples(st.just("write"), peer, WRITE),
+        st.tuples(st.just("pull"), peer, peer, st.integers(min_value=1, max_value=6)),
+        st.tuples(st.just("replay"), peer),
+    )
+    return count, draw(st.lists(step, min_size=1, max_size=40))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_random_edits_converge_to_the_oracle(scenario: tuple[int, list[tuple[Any, ...]]]) -> None:
+    count, steps = scenario
+    peers = [new_store() for _ in range(count)]
+    oracle = new_store()
+    delivered: list[tuple[int, list[Change]]] = []
+    try:
+        for step in steps:
+            if step[0] == "write":
+                run_write(peers[step[1]], step[2])
+                sync(peers[step[1]], oracle)
+            elif step[0] == "pull" and step[1] != step[2]:
+                src, dst, limit = peers[step[1]], peers[step[2]], step[3]
+                batch = src.changes_since(dst.cursor(), limit, exclude={dst.site_id})
+                if batch:
+                    dst.apply(batch)
+                    delivered.append((step[2], batch))
+            elif step[0] == "replay" and delivered:
+                # A duplicate delivered late, after other changes landed.
+                target, batch = delivered[step[1] % len(delivered)]
+                peers[target].apply(batch)
+        for _ in range(2):
+            for src in peers:
+                for dst in peers:
+                    if src is not dst:
+                        sync(src, dst, limit=3)
+        expected = contents(oracle)
+        for peer in peers:
+            assert contents(peer) == expected
+            sync(peer, oracle)  # the oracle already holds every change
+            assert contents(oracle) == expected
+    finally:
+        for store in [*peers, oracle]:
+            store.close()
+
+
+# -- ordering and groups ----------------------------------------------------
+
+
+def test_a_transaction_is_never_split_across_pages(stores: list[Store]) -> None:
+    a, b, _ = stores
+    a.executescript(
+        "BEGIN;"
+        + "".join(f"INSERT INTO items VALUES ({i}, 'n', {i});" for i in range(10))
+        + "COMMIT;"
+    )
+    a.execute("INSERT INTO items VALUES (99, 'later', 0)")
+    first = a.changes_since({}, 3)
+    assert len(first) == 20  # the whole 20-row transaction, despite limit 3
+    assert {row[5] for row in first} == {1}
+    b.apply(first)
+    rest = a.changes_since(b.cursor(), 3)
+    assert [row[5] for row in rest] == [2, 2]
+
+
+def test_relay_serves_origin_versions_in_order(stores: list[Store]) -> None:
+    a, b, c = stores
+    for i in range(6):
+        a.execute("INSERT INTO items VALUES (?, 'a', ?)", (i, i))
+    b.execute("INSERT INTO items VALUES (100, 'b', 0)")
+    sync(a, b)
+    relayed = b.changes_since({}, 1000, exclude={b.site_id})
+    assert [row[5] for row in relayed] == sorted(row[5] for row in relayed)
+    assert {row[6] for row in relayed} == {a.site_id}
+    assert max(row[5] for row in relayed) == a.db_version() == 6
+    sync(b, c, limit=2)
+    assert c.cursor() == {a.site_id: 6, b.site_id: 1}
+    assert contents(c) == contents(b)
+
+
+def test_nothing_is_served_back_to_its_origin(stores: list[Store]) -> None:
+    a, b, _ = stores
+    a.execute("INSERT INTO items VALUES (1, 'a', 1)")
+    sync(a, b)
+    assert b.changes_since({}, 100, exclude={a.site_id}) == []
+    assert b.apply(a.changes_since({}, 100)).merged == 2
+    echoed = b.changes_since({}, 100)
+    assert a.apply(echoed).skipped == len(echoed)
+
+
+# -- crash safety -----------------------------------------------------------
+
+
+def test_a_batch_failing_half_way_leaves_nothing_behind(stores: list[Store]) -> None:
+    a, b, _ = stores
+    a.execute("INSERT INTO items VALUES (1, 'one', 1)")
+    a.execute("INSERT INTO items VALUES (2, 'two', 2)")
+    good = a.changes_since({}, 100)
+    # The last row passes validation but its packed primary key is garbage,
+    # so cr-sqlite fails on it after merging the rows before it.
+    broken = (*good[-1][:1], b"\xff\xff\xff", *good[-1][2:])
+    with pytest.raises(StoreError):
+        b.apply([*good, broken])
+    assert contents(b) == ([], [])
+    assert b.cursor() == {}
+    assert b.db_version() == 0
+
+
+def test_applying_the_same_batch_twice_changes_nothing_the_second_time(
+    stores: list[Store],
+) -> None:
+    a, b, _ = stores
+    a.execute("INSERT INTO items VALUES (1, 'one', 1)")
+    a.execute("UPDATE items SET score = 5 WHERE id = 1")
+    batch = a.changes_since({}, 100)
+    b.apply(batch)
+    state = (contents(b), b.cursor(), b.db_version())
+    b.apply(batch)
+    assert (contents(b), b.cursor(), b.db_version()) == state
+
+
+def test_a_file_store_keeps_its_cursor_across_reopen(tmp_path: Path) -> None:
+    with new_store() as a:
+        a.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        path = tmp_path / "b.db"
+        with new_store(path) as b:
+            sync(a, b)
+            site = b.site_id
+        with Store(path) as reopened:
+            assert reopened.site_id == site
+            assert reopened.cursor() == {a.site_id: 1}
+            assert contents(reopened)[0] == [(1, "one", 1)]
+
+
+# -- bad input --------------------------------------------------------------
+
+
+def _one_change(store: Store) -> Change:
+    store.execute("INSERT OR REPLACE INTO items VALUES (7, 'seven', 7)")
+    return store.changes_since({}, 100)[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (0, 42, "table must be str"),
+        (1, "pk", "pk must be bytes"),
+        (3, [1, 2], "val must be"),
+        (4, "1", "col_version must be int"),
+        (5, True, "version must be int"),
+        (5, 0, "version must be >= 1"),
+        (6, b"short", "site_id must be 16 bytes"),
+        (6, b"x" * 17, "site_id must be 16 bytes"),
+        (8, 2**64, "out of 64-bit range"),
+        (0, "nope", "unknown table 'nope'"),
+        (0, "plain", "unknown table 'plain'"),
+        (0, "crsql_master", "not syncable"),
+        (2, "color", "unknown column 'color'"),
+    ],
+)
+def test_bad_changes_are_refused_and_nothing_is_applied(
+    stores: list[Store], field: int, value: Any, message: str
+) -> None:
+    a, b, _ = stores
+    b.execute("CREATE TABLE plain (id INTEGER PRIMARY KEY NOT NULL, v TEXT)")
+    good = _one_change(a)
+    bad = list(good)
+    bad[field] = value
+    with pytest.raises(InvalidChangeError, match=message):
+        b.apply([good, tuple(bad)])  # type: ignore[list-item]
+    assert contents(b) == ([], [])
+    assert b.cursor() == {}
+
+
+@pytest.mark.parametrize("batch", ["not a batch", [("too", "short")], [None], 5])
+def test_malformed_batches_are_refused(stores: list[Store], batch: Any) -> None:
+    with pytest.raises(InvalidChangeError):
+        stores[0].apply(batch)
+
+
+# -- schema versions --------------------------------------------------------
+
+
+def test_changes_for_a_newer_schema_are_held_then_applied_after_migration(
+    stores: list[Store],
+) -> None:
+    new, old, third = stores
+    new.migrate(1, "ALTER TABLE items ADD COLUMN color TEXT", alter=["items"])
+    new.execute("INSERT INTO items VALUES (1, 'one', 1, 'red')")
+    batch = new.changes_since({}, 100)
+    with pytest.raises(InvalidChangeError, match="unknown column 'color'"):
+        old.apply(batch)
+    result = old.apply(batch, hold_unknown=True)
+    assert (result.merged, result.held) == (2, 1)
+    assert old.held_count() == 1
+    assert contents(old)[0] == [(1, "one", 1)]
+    # A third peer with the new schema gets the held row through the old one.
+    third.migrate(1, "ALTER TABLE items ADD COLUMN color TEXT", alter=["items"])
+    sync(old, third)
+    assert third.execute("SELECT color FROM items") == [("red",)]
+    assert old.migrate(1, "ALTER TABLE items ADD COLUMN color TEXT", alter=["items"]) == 1
+    assert old.held_count() == 0
+    assert old.execute("SELECT * FROM items") == [(1, "one", 1, "red")]
+    assert old.schema_version() == 1
+    assert (
+        old.schema_fingerprint()
+        == new.schema_fingerprint()
+        != Store(":memory:").schema_fingerprint()
+    )
+
+
+def test_a_failed_migration_changes_nothing(stores: list[Store]) -> None:
+    store = stores[0]
+    with pytest.raises(SchemaError):
+        store.migrate(
+            2, "ALTER TABLE items ADD COLUMN a TEXT; ALTER TABLE nope ADD COLUMN b", alter=["items"]
+        )
+    assert store.schema_version() == 0
+    assert "a" not in store.crr_columns()["items"]
+
+
+def test_make_crr_on_a_missing_table_is_a_schema_error(stores: list[Store]) -> None:
+    with pytest.raises(SchemaError, match="missing"):
+        stores[0].make_crr("missing")
+
+
+# -- opening ------------------------------------------------------------------
+
+
+def test_a_missing_extension_says_what_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRPEER_CRSQLITE", "/nonexistent/crsqlite.so")
+    with pytest.raises(ExtensionError, match=r"scripts/build-crsqlite"):
+        Store(":memory:")
+    assert crsqlite.BUILD_COMMAND in str(ExtensionError(crsqlite.BUILD_COMMAND))
+
+
+def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(StoreError, match="not a usable database"):
+        Store(path)

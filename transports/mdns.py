@@ -1,0 +1,312 @@
+"""Zero-configuration discovery of crpeer peers on the local network (mDNS/DNS-SD).
+
+:class:`MdnsDiscovery` advertises this peer as one DNS-SD service instance and
+browses for the others. It only finds peers: it moves no frames and proves
+nothing. The TXT record carries exactly ``id=<peer id>`` and
+``pv=<protocol version>``, no secrets and no database names; anyone on the LAN
+can claim any id, so the caller must still authenticate whoever it dials.
+
+Lifecycle: ``await start(on_found, on_lost)`` once, then ``await stop()``
+(idempotent). Callbacks run on the event loop, never concurrently; an
+exception a callback raises is logged and discovery goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import ifaddr
+from zeroconf import Error as ZeroconfError
+from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from peer.errors import ConfigError, TransportError
+
+__all__ = [
+    "DEFAULT_SERVICE_TYPE",
+    "DiscoveredPeer",
+    "Interfaces",
+    "MdnsDiscovery",
+    "local_interfaces",
+    "peer_from_properties",
+]
+
+DEFAULT_SERVICE_TYPE = "_crpeer._tcp.local."
+"""The DNS-SD service type crpeer peers advertise and browse."""
+
+Interfaces = Literal["all"] | InterfaceChoice | Sequence[str]
+"""Where mDNS runs: ``"all"`` (every interface) or a list of local IP addresses."""
+
+IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+_log = logging.getLogger(__name__)
+_MAX_LABEL = 56  # a DNS label holds 63 bytes; leave room for zeroconf's "-N" rename
+_RESOLVE_TIMEOUT_MS = 3000
+_GOODBYE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredPeer:
+    """A peer seen on the LAN: what it claims to be and where it listens."""
+
+    peer_id: str
+    addresses: tuple[str, ...]
+    port: int
+    protocol_version: int
+
+
+def local_interfaces(ip_version: IPVersion = IPVersion.V4Only) -> list[IpInterface]:
+    """Addresses (with their prefix) of this host's interfaces, of the given IP version.
+
+    IPv6 link-local addresses carry their ``%scope``. Pure apart from reading
+    the interface table; never raises for an odd interface (it is skipped).
+    """
+    found: list[IpInterface] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                if ip_version is IPVersion.V6Only:
+                    continue
+                text = f"{ip.ip}/{ip.network_prefix}"
+            else:
+                if ip_version is IPVersion.V4Only:
+                    continue
+                address, _flow, scope = ip.ip
+                suffix = f"%{scope}" if scope and address.lower().startswith("fe80") else ""
+                text = f"{address}{suffix}/{ip.network_prefix}"
+            with contextlib.suppress(ValueError):
+                found.append(ipaddress.ip_interface(text))
+    return found
+
+
+def peer_from_properties(
+    properties: dict[bytes, bytes | None],
+    addresses: Sequence[str],
+    port: int | None,
+    accepted_versions: Collection[int],
+) -> DiscoveredPeer | None:
+    """Build a :class:`DiscoveredPeer` from a resolved advert, or ``None`` if unusable.
+
+    Unusable means: no ``id`` or ``pv`` in the TXT record, either not valid
+    text, a protocol version outside ``accepted_versions``, no address, or no
+    port. Other TXT keys are ignored (room for later versions). Pure.
+    """
+    raw_id, raw_pv = properties.get(b"id"), properties.get(b"pv")
+    if not raw_id or not raw_pv or not addresses or not port:
+        return None
+    try:
+        peer_id = raw_id.decode("utf-8")
+        version_text = raw_pv.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not version_text.isdigit() or not peer_id.isprintable():
+        return None
+    version = int(version_text)
+    if version not in accepted_versions:
+        return None
+    return DiscoveredPeer(peer_id, tuple(addresses), port, version)
+
+
+def _instance_label(peer_id: str) -> str:
+    label = peer_id.replace(".", "-")
+    while len(label.encode("utf-8")) > _MAX_LABEL:
+        label = label[:-1]
+    return label
+
+
+def _interface_choice(interfaces: Interfaces) -> InterfaceChoice | list[str]:
+    if isinstance(interfaces, InterfaceChoice):
+        return interfaces
+    if isinstance(interfaces, str):
+        if interfaces != "all":
+            raise ConfigError(f"interfaces must be 'all' or a list of IPs, not {interfaces!r}")
+        return InterfaceChoice.All
+    try:
+        return [str(ipaddress.ip_address(address)) for address in interfaces]
+    except ValueError as exc:
+        raise ConfigError(f"bad interface address: {exc}") from exc
+
+
+class MdnsDiscovery:
+    """Advertise this peer and report the other crpeer peers on the LAN.
+
+    ``interfaces`` picks where mDNS runs (``"all"``, a zeroconf
+    ``InterfaceChoice``, or a list of local IP addresses). ``addresses`` are
+    the addresses advertised for ``port``; by default the given interface
+    addresses, or every non-loopback address of ``ip_version`` (loopback only
+    when there is nothing else). Peers whose ``pv`` is not in
+    ``accepted_versions`` (default: only ``protocol_version``) are ignored.
+
+    Raises ConfigError at construction for an empty, unprintable or too long
+    peer id, a port outside 1..65535, a bad service type, or an interface
+    list entry that is not an IP address.
+    """
+
+    def __init__(
+        self,
+        peer_id: str,
+        port: int,
+        *,
+        service_type: str = DEFAULT_SERVICE_TYPE,
+        interfaces: Interfaces = "all",
+        protocol_version: int = 1,
+        accepted_versions: Collection[int] | None = None,
+        ip_version: IPVersion = IPVersion.V4Only,
+        addresses: Sequence[str] | None = None,
+    ) -> None:
+        if not peer_id or not peer_id.isprintable() or len(peer_id.encode("utf-8")) > 250:
+            raise ConfigError(f"peer id {peer_id!r} cannot be advertised")
+        if not 0 < port < 65536:
+            raise ConfigError(f"port {port} is not a TCP port")
+        if not service_type.endswith("._tcp.local.") or not service_type.startswith("_"):
+            raise ConfigError(f"service type {service_type!r} is not a DNS-SD TCP type")
+        self.peer_id = peer_id
+        self.port = port
+        self.service_type = service_type
+        self.protocol_version = protocol_version
+        self._accepted = frozenset(accepted_versions or (protocol_version,))
+        self._ip_version = ip_version
+        self._interfaces = _interface_choice(interfaces)
+        self._addresses = list(addresses) if addresses is not None else None
+        self._aiozc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._announce: asyncio.Future[Any] | None = None
+        self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._known: dict[str, DiscoveredPeer] = {}
+        self._on_found: Callable[[DiscoveredPeer], None] = lambda _peer: None
+        self._on_lost: Callable[[str], None] = lambda _peer_id: None
+        self._closed = False
+
+    @property
+    def instance_name(self) -> str | None:
+        """Our registered instance name (zeroconf may have renamed it on a clash)."""
+        return self._info.name if self._info is not None else None
+
+    def advertised_addresses(self) -> list[str]:
+        """The addresses this instance advertises (explicit, else derived from the interfaces)."""
+        if self._addresses is not None:
+            return list(self._addresses)
+        if isinstance(self._interfaces, list):
+            return [a for a in self._interfaces if self._version_ok(ipaddress.ip_address(a))]
+        ips = [iface.ip for iface in local_interfaces(self._ip_version)]
+        routable = [ip for ip in ips if not ip.is_loopback]
+        return [str(ip) for ip in routable or ips]
+
+    async def start(
+        self, on_found: Callable[[DiscoveredPeer], None], on_lost: Callable[[str], None]
+    ) -> None:
+        """Open mDNS, browse, and register our instance (returns once the name is claimed).
+
+        ``on_found`` gets each other peer when first resolved and again whenever
+        its advert changes; ``on_lost`` gets its peer id once it says goodbye or
+        expires. Raises TransportError if the mDNS sockets cannot be opened or
+        the registration fails, ConfigError when there is no address to
+        advertise, or when called twice. Call ``stop()`` next, also after a
+        failure here.
+        """
+        if self._aiozc is not None or self._closed:
+            raise ConfigError("MdnsDiscovery.start() may be called only once")
+        addresses = self.advertised_addresses()
+        if not addresses:
+            raise ConfigError("no local address to advertise over mDNS")
+        self._on_found, self._on_lost = on_found, on_lost
+        label = _instance_label(self.peer_id)
+        properties = {"id": self.peer_id, "pv": str(self.protocol_version)}
+        try:
+            self._aiozc = AsyncZeroconf(interfaces=self._interfaces, ip_version=self._ip_version)
+            self._browser = AsyncServiceBrowser(
+                self._aiozc.zeroconf, self.service_type, handlers=[self._on_state_change]
+            )
+            info = AsyncServiceInfo(
+                self.service_type,
+                f"{label}.{self.service_type}",
+                port=self.port,
+                properties=properties,
+                parsed_addresses=addresses,
+            )
+            announce = await self._aiozc.async_register_service(info, allow_name_change=True)
+            self._announce = asyncio.ensure_future(announce)
+            self._info = info
+        except (OSError, ZeroconfError, ValueError, RuntimeError) as exc:
+            await self.stop()
+            raise TransportError(f"mDNS could not start: {exc}") from exc
+
+    async def stop(self) -> None:
+        """Say goodbye, stop browsing, close the sockets. Idempotent; never raises."""
+        self._closed = True
+        if self._browser is not None:
+            await self._browser.async_cancel()
+            self._browser = None
+        tasks = list(self._resolving.values())
+        self._resolving.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        aiozc, self._aiozc = self._aiozc, None
+        if aiozc is None:
+            return
+        if self._announce is not None and not self._announce.done():
+            self._announce.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ZeroconfError):
+                await self._announce
+        if self._info is not None:
+            with contextlib.suppress(ZeroconfError, OSError, TimeoutError):
+                goodbye = await aiozc.async_unregister_service(self._info)
+                await asyncio.wait_for(goodbye, _GOODBYE_TIMEOUT_S)
+        await aiozc.async_close()
+
+    def _version_ok(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if self._ip_version is IPVersion.V4Only:
+            return ip.version == 4
+        return self._ip_version is IPVersion.All or ip.version == 6
+
+    def _on_state_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if self._closed or (self._info is not None and name == self._info.name):
+            return
+        previous = self._resolving.pop(name, None)
+        if previous is not None:
+            previous.cancel()
+        if state_change is ServiceStateChange.Removed:
+            self._forget(name)
+            return
+        task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name))
+        self._resolving[name] = task
+        task.add_done_callback(lambda done: self._resolved(name, done))
+
+    def _resolved(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._resolving.get(name) is task:
+            del self._resolving[name]
+
+    async def _resolve(self, zeroconf: Zeroconf, name: str) -> None:
+        info = AsyncServiceInfo(self.service_type, name)
+        if not await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS):
+            _log.debug("mDNS: %s did not resolve in time", name)
+            return
+        addresses = info.parsed_scoped_addresses(self._ip_version)
+        found = peer_from_properties(info.properties, addresses, info.port, self._accepted)
+        if found is None:
+            _log.debug("mDNS: ignoring %s (malformed TXT or unsupported version)", name)
+            self._forget(name)
+        elif found.peer_id != self.peer_id and self._known.get(name) != found and not self._closed:
+            self._known[name] = found
+            self._call(self._on_found, found)
+
+    def _forget(self, name: str) -> None:
+        gone = self._known.pop(name, None)
+        if gone is not None and all(p.peer_id != gone.peer_id for p in self._known.values()):
+            self._call(self._on_lost, gone.peer_id)
+
+    def _call(self, callback: Callable[[Any], None], argument: object) -> None:
+        try:
+            callback(argument)
+        except Exception:
+            _log.exception("mDNS discovery callback %r failed", callback)
