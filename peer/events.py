@@ -1,0 +1,102 @@
+"""Events a Peer reports to the app.
+
+Subscribe with :meth:`peer.peer.Peer.subscribe` (a callback, run on the
+peer's event loop; it must not block) or iterate :meth:`Peer.events` (an async
+iterator). The blocking facade delivers the same events to any thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peer.errors import CrpeerError
+from peer.store import Cursor
+
+__all__ = [
+    "Changed",
+    "Connected",
+    "Disconnected",
+    "Eose",
+    "Event",
+    "Outdated",
+    "RemotePeer",
+    "SessionFailed",
+    "Synced",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePeer:
+    """The other end of a session."""
+
+    site_id: bytes
+    name: str
+    address: str
+    transport: str
+    inbound: bool
+    peer_id: str | None = None
+    """The authenticated peer id (TLS), or None on a plaintext channel."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A session completed its handshake."""
+
+    remote: RemotePeer
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The remote sent its cursor; catch-up towards it begins."""
+
+    remote: RemotePeer
+    cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Eose:
+    """The remote sent everything it had stored; what follows is live."""
+
+    remote: RemotePeer
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """Remote changes landed in the database (refresh views of ``tables``)."""
+
+    remote: RemotePeer
+    tables: frozenset[str]
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outdated:
+    """The remote's schema is newer: changes for it are held until a migration."""
+
+    remote: RemotePeer
+    local_schema_version: int
+    remote_schema_version: int
+    held_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """A session ended; ``error`` says why when it was not a clean close."""
+
+    remote: RemotePeer
+    error: CrpeerError | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFailed:
+    """A session failed (bad frame, store error, transport error).
+
+    The peer and its other sessions keep running.
+    """
+
+    remote: RemotePeer | None
+    address: str
+    error: CrpeerError
+
+
+Event = Connected | Synced | Eose | Changed | Outdated | Disconnected | SessionFailed

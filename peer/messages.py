@@ -1,0 +1,382 @@
+"""Wire messages of the sync protocol and their msgpack encoding (PROTOCOL.md).
+
+Every frame is one msgpack array ``[type, frame_number, *fields]``. Decoding
+validates everything (types, lengths, ranges, limits) and raises
+:class:`~peer.errors.RemoteProtocolError` with the matching
+:class:`~peer.errors.ErrorCode`; it never lets a msgpack error escape.
+
+Change rows travel grouped by ``(site_id, version)`` so neither is repeated per
+row, with table names interned per frame::
+
+    [3, n, final, [table, ...], [[site_id, version, rows], ...]]
+    rows = [[table_index, pk, cid, val, col_version, cl, seq], ...]
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import msgpack
+
+from peer.errors import ErrorCode, RemoteProtocolError
+from peer.store import SITE_ID_LENGTH, Change, Cursor
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Changes",
+    "Close",
+    "Credit",
+    "CursorMessage",
+    "Eose",
+    "Error",
+    "Hello",
+    "Message",
+    "MessageType",
+    "Ping",
+    "Pong",
+    "decode",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+MAX_NAME_LENGTH = 256
+MAX_REASON_LENGTH = 256
+MAX_CURSOR_ENTRIES = 100_000
+FINGERPRINT_LENGTH = 16
+
+
+class MessageType(enum.IntEnum):
+    HELLO = 1
+    CURSOR = 2
+    CHANGES = 3
+    EOSE = 4
+    CREDIT = 5
+    PING = 6
+    PONG = 7
+    ERROR = 8
+    CLOSE = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message each side sends: who it is and what it accepts."""
+
+    protocol_min: int
+    protocol_max: int
+    site_id: bytes
+    name: str
+    schema_version: int
+    schema_fingerprint: bytes
+    max_batch_rows: int
+    """The most change rows the sender of this Hello accepts in one frame."""
+    window: int
+    """How many CHANGES frames the sender of this Hello lets the other have in flight."""
+    nonce: int
+    """Random per connection; breaks ties between duplicate sessions."""
+
+
+@dataclass(frozen=True, slots=True)
+class CursorMessage:
+    """The sender's version vector: send me what is above it."""
+
+    cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Change rows; ``final`` ends a page, which the receiver applies atomically."""
+
+    changes: list[Change]
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Eose:
+    """End of stored events: the catch-up is complete; live changes follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Permission to send ``frames`` more CHANGES frames."""
+
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The sender failed the session; it closes after this."""
+
+    code: ErrorCode
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The sender ends the session cleanly."""
+
+
+Message: TypeAlias = Hello | CursorMessage | Changes | Eose | Credit | Ping | Pong | Error | Close
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded frame: its number in the sender's sequence and its message."""
+
+    number: int
+    message: Message = field()
+
+
+# -- encoding -------------------------------------------------------------------
+
+
+def encode(message: Message, number: int) -> bytes:
+    """Encode ``message`` as frame ``number`` of its sender."""
+    body: list[Any]
+    match message:
+        case Hello():
+            body = [
+                MessageType.HELLO,
+                number,
+                message.protocol_min,
+                message.protocol_max,
+                message.site_id,
+                message.name,
+                message.schema_version,
+                message.schema_fingerprint,
+                message.max_batch_rows,
+                message.window,
+                message.nonce,
+            ]
+        case CursorMessage():
+            body = [MessageType.CURSOR, number, [[s, v] for s, v in message.cursor.items()]]
+        case Changes():
+            tables, groups = _group_rows(message.changes)
+            body = [MessageType.CHANGES, number, message.final, tables, groups]
+        case Eose():
+            body = [MessageType.EOSE, number]
+        case Credit():
+            body = [MessageType.CREDIT, number, message.frames]
+        case Ping():
+            body = [MessageType.PING, number, message.nonce]
+        case Pong():
+            body = [MessageType.PONG, number, message.nonce]
+        case Error():
+            body = [
+                MessageType.ERROR,
+                number,
+                int(message.code),
+                message.reason[:MAX_REASON_LENGTH],
+            ]
+        case Close():
+            body = [MessageType.CLOSE, number]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def _group_rows(changes: Sequence[Change]) -> tuple[list[str], list[list[Any]]]:
+    table_index: dict[str, int] = {}
+    groups: list[list[Any]] = []
+    rows: list[list[Any]] = []
+    current: tuple[bytes, int] | None = None
+    for table, pk, cid, val, col_version, version, site_id, cl, seq in changes:
+        if (site_id, version) != current:
+            current = (site_id, version)
+            rows = []
+            groups.append([site_id, version, rows])
+        index = table_index.setdefault(table, len(table_index))
+        rows.append([index, pk, cid, val, col_version, cl, seq])
+    return list(table_index), groups
+
+
+# -- decoding -------------------------------------------------------------------
+
+
+def _fail(code: ErrorCode, message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(code, message)
+
+
+def _int(value: Any, what: str, low: int = _INT64_MIN, high: int = _INT64_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(ErrorCode.MALFORMED_FRAME, f"{what} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _bytes(value: Any, what: str, length: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise _fail(ErrorCode.MALFORMED_FRAME, f"{what} must be {length} bytes")
+    return value
+
+
+def _str(value: Any, what: str, max_length: int) -> str:
+    if not isinstance(value, str) or len(value) > max_length:
+        raise _fail(ErrorCode.MALFORMED_FRAME, f"{what} must be a string of at most {max_length}")
+    return value
+
+
+def _list(value: Any, what: str, max_length: int | None = None) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(ErrorCode.MALFORMED_FRAME, f"{what} must be an array")
+    if max_length is not None and len(value) > max_length:
+        raise _fail(
+            ErrorCode.FRAME_TOO_LARGE, f"{what} has {len(value)} entries, limit {max_length}"
+        )
+    return value
+
+
+def _arity(body: list[Any], n: int, what: str) -> None:
+    if len(body) != n:
+        raise _fail(ErrorCode.MALFORMED_FRAME, f"{what} must have {n} fields, got {len(body)}")
+
+
+def decode(frame: bytes, *, max_frame_bytes: int, max_batch_rows: int) -> Frame:
+    """Decode and validate one frame.
+
+    Raises RemoteProtocolError: FRAME_TOO_LARGE past the limits,
+    MALFORMED_FRAME for anything that is not a well-formed message.
+    """
+    if len(frame) > max_frame_bytes:
+        raise _fail(
+            ErrorCode.FRAME_TOO_LARGE, f"frame of {len(frame)} bytes, limit {max_frame_bytes}"
+        )
+    try:
+        body = msgpack.unpackb(frame, use_list=True, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise _fail(ErrorCode.MALFORMED_FRAME, f"not msgpack: {type(exc).__name__}") from exc
+    if not isinstance(body, list) or len(body) < 2:
+        raise _fail(ErrorCode.MALFORMED_FRAME, "a frame must be an array [type, number, ...]")
+    kind = _int(body[0], "message type", 1, len(MessageType))
+    number = _int(body[1], "frame number", 0)
+    return Frame(number, _DECODERS[MessageType(kind)](body, max_batch_rows))
+
+
+def _decode_hello(body: list[Any], _: int) -> Hello:
+    _arity(body, 11, "hello")
+    return Hello(
+        protocol_min=_int(body[2], "protocol_min", 1, 0xFFFF),
+        protocol_max=_int(body[3], "protocol_max", 1, 0xFFFF),
+        site_id=_bytes(body[4], "site_id", SITE_ID_LENGTH),
+        name=_str(body[5], "name", MAX_NAME_LENGTH),
+        schema_version=_int(body[6], "schema_version", -(2**31), 2**31 - 1),
+        schema_fingerprint=_bytes(body[7], "schema_fingerprint", FINGERPRINT_LENGTH),
+        max_batch_rows=_int(body[8], "max_batch_rows", 1, 10_000_000),
+        window=_int(body[9], "window", 1, 1024),
+        nonce=_int(body[10], "nonce", 0),
+    )
+
+
+def _decode_cursor(body: list[Any], _: int) -> CursorMessage:
+    _arity(body, 3, "cursor")
+    cursor: Cursor = {}
+    for entry in _list(body[2], "cursor", MAX_CURSOR_ENTRIES):
+        pair = _list(entry, "cursor entry")
+        _arity([None, None, *pair], 4, "cursor entry")
+        cursor[_bytes(pair[0], "cursor site_id", SITE_ID_LENGTH)] = _int(
+            pair[1], "cursor version", 0
+        )
+    return CursorMessage(cursor)
+
+
+_VALUE_TYPES = (type(None), int, float, str, bytes)
+
+
+def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
+    _arity(body, 5, "changes")
+    final = body[2]
+    if not isinstance(final, bool):
+        raise _fail(ErrorCode.MALFORMED_FRAME, "changes.final must be a boolean")
+    tables = [_str(t, "table name", 1024) for t in _list(body[3], "tables", max_batch_rows)]
+    changes: list[Change] = []
+    for group in _list(body[4], "groups", max_batch_rows):
+        group = _list(group, "group")
+        _arity([None, None, *group], 5, "group")
+        site_id = _bytes(group[0], "site_id", SITE_ID_LENGTH)
+        version = _int(group[1], "version", 1)
+        rows = _list(group[2], "rows", max_batch_rows - len(changes))
+        if not rows:
+            raise _fail(ErrorCode.MALFORMED_FRAME, "a group must have rows")
+        for row in rows:
+            if not isinstance(row, list) or len(row) != 7:
+                raise _fail(ErrorCode.MALFORMED_FRAME, "a change row must have 7 fields")
+            t, pk, cid, val, col_version, cl, seq = row
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(tables):
+                raise _fail(ErrorCode.MALFORMED_FRAME, "table index out of range")
+            if (
+                not isinstance(pk, bytes)
+                or not isinstance(cid, str)
+                or not isinstance(val, _VALUE_TYPES)
+            ):
+                raise _fail(ErrorCode.MALFORMED_FRAME, "change row has a field of the wrong type")
+            changes.append(
+                (
+                    tables[t],
+                    pk,
+                    cid,
+                    val,
+                    _int(col_version, "col_version", 0),
+                    version,
+                    site_id,
+                    _int(cl, "cl", 0),
+                    _int(seq, "seq", 0),
+                )
+            )
+    return Changes(changes, final)
+
+
+def _decode_nothing(kind: type[Eose] | type[Close]) -> Any:
+    def decoder(body: list[Any], _: int) -> Eose | Close:
+        _arity(body, 2, kind.__name__.lower())
+        return kind()
+
+    return decoder
+
+
+def _decode_credit(body: list[Any], _: int) -> Credit:
+    _arity(body, 3, "credit")
+    return Credit(_int(body[2], "credit", 1, 1024))
+
+
+def _decode_ping(body: list[Any], _: int) -> Ping:
+    _arity(body, 3, "ping")
+    return Ping(_int(body[2], "ping nonce", 0))
+
+
+def _decode_pong(body: list[Any], _: int) -> Pong:
+    _arity(body, 3, "pong")
+    return Pong(_int(body[2], "pong nonce", 0))
+
+
+def _decode_error(body: list[Any], _: int) -> Error:
+    _arity(body, 4, "error")
+    raw_code = _int(body[2], "error code", 0, 0xFFFF)
+    try:
+        code = ErrorCode(raw_code)
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return Error(code, _str(body[3], "error reason", MAX_REASON_LENGTH))
+
+
+_DECODERS: dict[MessageType, Any] = {
+    MessageType.HELLO: _decode_hello,
+    MessageType.CURSOR: _decode_cursor,
+    MessageType.CHANGES: _decode_changes,
+    MessageType.EOSE: _decode_nothing(Eose),
+    MessageType.CREDIT: _decode_credit,
+    MessageType.PING: _decode_ping,
+    MessageType.PONG: _decode_pong,
+    MessageType.ERROR: _decode_error,
+    MessageType.CLOSE: _decode_nothing(Close),
+}

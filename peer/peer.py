@@ -1,0 +1,323 @@
+"""The asyncio Peer: a Store, transports, and one session per connection.
+
+::
+
+    async with Peer("notes.db", [TcpTransport(port=9000)], connect=["tcp://10.0.0.2:9000"]) as p:
+        p.subscribe(print)                 # Connected, Synced, Eose, Changed, ...
+        await p.execute("INSERT INTO notes VALUES (1, 'hi')")
+
+Threads: every store call runs on one worker thread ("crpeer-store") that the
+Peer owns, so the event loop never waits on SQLite. A Store passed in is
+used from that thread and left open at stop(); a path is opened and closed
+by the Peer.
+
+Local changes: writes through :meth:`Peer.execute` are pushed at once;
+writes by any other connection (the app's own, another process) are noticed by
+polling ``PRAGMA data_version`` and ``crsql_db_version()`` every
+``poll_interval`` seconds; :meth:`notify_local_change` pushes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type
+
+from peer import events as ev
+from peer.errors import ConfigError, ConnectError, CrpeerError, ErrorCode
+from peer.protocol import Limits, LocalInfo, SyncSession
+from peer.retry import Backoff
+from peer.session import SessionDriver
+from peer.store import ApplyResult, Change, Cursor, Store
+from transports.base import Channel, Transport
+
+__all__ = ["Peer"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+EventCallback = Callable[[ev.Event], None]
+
+
+class Peer:
+    """A replication node. ``await start()`` … ``await stop()``, or ``async with``.
+
+    ``database`` is a Store or a path. ``connect`` lists addresses to dial
+    and keep dialing (``tcp://host:port``, ``ws://…``, ``memory://name``): each
+    gets a session, redialed with exponential backoff and full jitter whenever
+    it ends. Raises ConfigError for an address no transport handles.
+    """
+
+    def __init__(
+        self,
+        database: Store | str | Path,
+        transports: Sequence[Transport] = (),
+        *,
+        name: str | None = None,
+        connect: Sequence[str] = (),
+        limits: Limits | None = None,
+        poll_interval: float = 0.05,
+        ping_interval: float = 15.0,
+        idle_timeout: float = 45.0,
+        backoff: Backoff | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._database = database
+        self.transports = list(transports)
+        self.name = name or ""
+        self.limits = limits or Limits()
+        self.backoff = backoff or Backoff()
+        self._poll_interval = poll_interval
+        self._ping_interval = ping_interval
+        self._idle_timeout = idle_timeout
+        self._random = random.Random(seed)
+        self._connect = list(connect)
+        for address in self._connect:
+            self._transport_for(address)
+        self._store: Store | None = database if isinstance(database, Store) else None
+        self._executor: ThreadPoolExecutor | None = None
+        self._drivers: set[SessionDriver] = set()
+        self._by_site: dict[bytes, SessionDriver] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subscribers: list[EventCallback] = []
+        self._queues: list[asyncio.Queue[ev.Event]] = []
+        self._local: LocalInfo | None = None
+        self._started = False
+        self._stopping = False
+        self.log = logging.getLogger("crpeer.peer")
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ConfigError("the peer is not started")
+        return self._store
+
+    @property
+    def site_id(self) -> bytes:
+        return self.store.site_id
+
+    async def start(self) -> None:
+        """Open the store, start the transports, dial ``connect``. Once."""
+        if self._started:
+            raise ConfigError("a Peer starts once")
+        self._started = True
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crpeer-store")
+        if self._store is None:
+            path = self._database
+            assert not isinstance(path, Store)
+            self._store = await self._in_store_thread(Store, path)
+        if not self.name:
+            self.name = self.store.site_id.hex()[:8]
+        await self.refresh_schema()
+        for transport in self.transports:
+            await transport.start(self._accept)
+        for address in self._connect:
+            self._spawn(self._dial_forever(address), f"crpeer-dial {address}")
+        self._spawn(self._watch_store(), "crpeer-watch")
+
+    async def stop(self) -> None:
+        """Close every session and transport, then the store (if the peer opened it)."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        for driver in list(self._drivers):
+            await driver.close(ErrorCode.SHUTDOWN)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in self.transports:
+            with contextlib.suppress(CrpeerError):
+                await transport.stop()
+        if self._executor is not None:
+            if not isinstance(self._database, Store) and self._store is not None:
+                await self._in_store_thread(self._store.close)
+            self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Peer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- app API ------------------------------------------------------------------
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement on the store thread and push any change at once."""
+        rows = await self._in_store_thread(self.store.execute, sql, params)
+        self.notify_local_change()
+        return rows
+
+    async def run_in_store(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Run ``fn`` on the store thread (the one thread that uses the Store)."""
+        return await self._in_store_thread(fn, *args, **kwargs)
+
+    async def refresh_schema(self) -> None:
+        """Re-read the schema version and fingerprint (after a migration).
+
+        Sessions opened from now on announce the new schema.
+        """
+        store = self.store
+        version, fingerprint = await self._in_store_thread(
+            lambda: (store.schema_version(), store.schema_fingerprint())
+        )
+        self._local = LocalInfo(store.site_id, self.name, version, fingerprint)
+
+    def notify_local_change(self) -> None:
+        """Something was written locally: push it to every session now."""
+        for driver in self._drivers:
+            driver.wake()
+
+    def connect(self, address: str) -> None:
+        """Dial ``address`` and keep redialing it until the peer stops."""
+        self._transport_for(address)
+        self._spawn(self._dial_forever(address), f"crpeer-dial {address}")
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` on the event loop for each event; returns an unsubscribe."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Every event from now on, in order, until the iterator is closed."""
+        queue: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    @property
+    def sessions(self) -> list[SessionDriver]:
+        """Live sessions past their handshake."""
+        return list(self._by_site.values())
+
+    # -- SessionHost --------------------------------------------------------------
+
+    async def changes_since(self, cursor: Cursor, limit: int, exclude: bytes) -> list[Change]:
+        store = self.store
+        return await self._in_store_thread(
+            lambda: store.changes_since(cursor, limit, exclude={exclude})
+        )
+
+    async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
+        store = self.store
+        return await self._in_store_thread(lambda: store.apply(changes, hold_unknown=hold_unknown))
+
+    async def local_cursor(self) -> Cursor:
+        return await self._in_store_thread(self.store.cursor)
+
+    def admit(self, driver: SessionDriver) -> ErrorCode | None:
+        """Keep one session per remote peer: both ends keep the same one."""
+        assert driver.session.remote is not None
+        site = driver.session.remote.site_id
+        existing = self._by_site.get(site)
+        if existing is not None and existing is not driver:
+            if existing.tie_break_key() <= driver.tie_break_key():
+                return ErrorCode.DUPLICATE_SESSION
+            self._spawn(existing.close(ErrorCode.DUPLICATE_SESSION), "crpeer-close-duplicate")
+        self._by_site[site] = driver
+        return None
+
+    def emit(self, event: ev.Event) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                self.log.exception("event callback %r failed", callback)
+        for queue in self._queues:
+            queue.put_nowait(event)
+
+    def applied(self, source: SessionDriver, result: ApplyResult) -> None:
+        if result.merged or result.held:
+            for driver in self._drivers:
+                if driver is not source:
+                    driver.wake()
+
+    # -- internals ----------------------------------------------------------------
+
+    async def _in_store_thread(
+        self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _R:
+        if self._executor is None:
+            raise ConfigError("the peer is not started")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _transport_for(self, address: str) -> Transport:
+        scheme = address.split("://", 1)[0] if "://" in address else ""
+        for transport in self.transports:
+            if scheme == transport.scheme or (
+                scheme in {"wss", "https"} and transport.scheme + "s" == scheme
+            ):
+                return transport
+        raise ConfigError(
+            f"no transport for {address!r} (have: {[t.scheme for t in self.transports]})"
+        )
+
+    async def _accept(self, channel: Channel) -> None:
+        await self._run_channel(channel, outbound=False)
+
+    async def _run_channel(self, channel: Channel, *, outbound: bool) -> SessionDriver:
+        if self._stopping or self._local is None:
+            await channel.close()
+            raise ConnectError("peer is stopping")
+        session = SyncSession(self._local, self.limits, self._random.getrandbits(63))
+        driver = SessionDriver(
+            channel,
+            session,
+            self,
+            outbound=outbound,
+            ping_interval=self._ping_interval,
+            idle_timeout=self._idle_timeout,
+        )
+        self._drivers.add(driver)
+        try:
+            await driver.run()
+        finally:
+            self._drivers.discard(driver)
+            if driver.remote is not None and self._by_site.get(driver.remote.site_id) is driver:
+                del self._by_site[driver.remote.site_id]
+        return driver
+
+    async def _dial_forever(self, address: str) -> None:
+        """Dial, run the session, repeat; back off (full jitter) after failures."""
+        transport = self._transport_for(address)
+        while not self._stopping:
+            retrying = AsyncRetrying(
+                wait=self.backoff.wait(), retry=retry_if_exception_type(ConnectError), reraise=True
+            )
+            channel: Channel = await retrying(transport.dial, address)
+            driver = await self._run_channel(channel, outbound=True)
+            if self._stopping:
+                return
+            duplicate = driver.session.remote and self._by_site.get(driver.session.remote.site_id)
+            if duplicate is not None and duplicate is not driver and duplicate:
+                await duplicate.done.wait()  # the other session serves this peer
+            elif not driver.eose_received.is_set():
+                await asyncio.sleep(self._random.uniform(0, self.backoff.maximum / 10))
+
+    async def _watch_store(self) -> None:
+        """Notice commits by other connections and wake the sessions."""
+        store = self.store
+        marker = await self._in_store_thread(lambda: (store.data_version(), store.db_version()))
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            now = await self._in_store_thread(lambda: (store.data_version(), store.db_version()))
+            if now != marker:
+                marker = now
+                self.notify_local_change()

@@ -1,0 +1,406 @@
+"""The sync protocol as a pure state machine: no asyncio, sockets or SQL.
+
+One :class:`SyncSession` per connection. The driver (``peer.peer``) feeds it
+every received frame with :meth:`SyncSession.receive`, acts on the events it
+returns, and sends the frames it produces. Everything that affects the state
+lives in this module; :data:`ALLOWED` is the whole transition table, and any
+(state, message) pair missing from it fails the session with
+``UNEXPECTED_MESSAGE``.
+
+Lifecycle of the driver::
+
+    session = SyncSession(local, limits, nonce)
+    session.hello()
+    for frame in received:
+        for event in session.receive(frame):     # may raise RemoteProtocolError
+            ...                                   # see the event classes
+        send(*session.data_to_send())            # everything queued, in order
+    # after HelloReceived: session.send_cursor(store.cursor())
+    # after CursorReceived, while session.credit > 0:
+    #     session.send_changes(rows, final=...), then session.send_eose() once
+    # after a ChangesPage is applied: session.page_applied()
+
+Every ``send_*`` method queues a numbered frame; :meth:`SyncSession.data_to_send`
+drains them. On RemoteProtocolError the driver calls
+``session.send_error(exc.code)``, sends what is queued and closes the channel;
+the message text stays local.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from peer.messages import (
+    PROTOCOL_VERSION,
+    Changes,
+    Close,
+    Credit,
+    CursorMessage,
+    Eose,
+    Error,
+    Hello,
+    Message,
+    MessageType,
+    Ping,
+    Pong,
+    decode,
+    encode,
+)
+from peer.store import Change, Cursor
+
+__all__ = [
+    "ALLOWED",
+    "ChangesPage",
+    "CreditReceived",
+    "CursorReceived",
+    "EoseReceived",
+    "Event",
+    "HelloReceived",
+    "Limits",
+    "LocalInfo",
+    "PongReceived",
+    "RemoteClosed",
+    "SessionState",
+    "SyncSession",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What this side accepts. Every limit is an input, never a constant."""
+
+    max_frame_bytes: int = 8 * 1024 * 1024
+    max_batch_rows: int = 5_000
+    """Change rows per CHANGES frame this side accepts (and sends at most)."""
+    max_page_rows: int = 500_000
+    """Rows of one page (one transaction) this side buffers before applying."""
+    window: int = 4
+    """CHANGES frames the other side may have in flight to us."""
+
+    def __post_init__(self) -> None:
+        if min(self.max_frame_bytes, self.max_batch_rows, self.max_page_rows, self.window) < 1:
+            raise ValueError("limits must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalInfo:
+    site_id: bytes
+    name: str
+    schema_version: int
+    schema_fingerprint: bytes
+
+
+class SessionState(enum.Enum):
+    HANDSHAKE = "handshake"
+    """Our hello is sent; waiting for theirs."""
+    READY = "ready"
+    """Hellos exchanged; waiting for their cursor."""
+    SYNCING = "syncing"
+    """Cursors exchanged; changes flow both ways (catch-up, then live)."""
+    CLOSED = "closed"
+
+
+_ALWAYS = {MessageType.PING, MessageType.PONG, MessageType.ERROR, MessageType.CLOSE}
+ALLOWED: dict[SessionState, frozenset[MessageType]] = {
+    SessionState.HANDSHAKE: frozenset({MessageType.HELLO, *_ALWAYS}),
+    SessionState.READY: frozenset({MessageType.CURSOR, *_ALWAYS}),
+    SessionState.SYNCING: frozenset(
+        {MessageType.CHANGES, MessageType.EOSE, MessageType.CREDIT, *_ALWAYS}
+    ),
+    SessionState.CLOSED: frozenset(),
+}
+"""Which received message types each state accepts; all others fail the session."""
+
+
+# -- events -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    """The remote introduced itself. The driver checks trust, then sends its cursor."""
+
+    hello: Hello
+    remote_schema_newer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CursorReceived:
+    """The remote's version vector: the driver may start sending changes."""
+
+    cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesPage:
+    """A whole page: the driver applies it in one transaction, then calls page_applied()."""
+
+    changes: list[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class EoseReceived:
+    """The remote finished sending what it had stored; live changes follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditReceived:
+    """The remote allows more CHANGES frames (see SyncSession.credit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteClosed:
+    """The remote ended the session, cleanly (error is None) or with an error."""
+
+    error: Error | None
+
+
+Event = (
+    HelloReceived
+    | CursorReceived
+    | ChangesPage
+    | EoseReceived
+    | CreditReceived
+    | PongReceived
+    | RemoteClosed
+)
+
+
+class SyncSession:
+    """Protocol state of one connection, both directions.
+
+    ``nonce`` is this side's random connection nonce (an input, so tests and
+    the harness stay deterministic).
+    """
+
+    def __init__(self, local: LocalInfo, limits: Limits, nonce: int) -> None:
+        self.local = local
+        self.limits = limits
+        self.nonce = nonce
+        self.state = SessionState.HANDSHAKE
+        self.remote: Hello | None = None
+        self.remote_cursor: Cursor = {}
+        """What the remote is known to hold: its cursor, plus what went either way since."""
+        self.credit = 0
+        """CHANGES frames we may still send before the remote grants more."""
+        self.eose_sent = False
+        self.eose_received = False
+        self._remote_credit = limits.window
+        self._page: list[Change] = []
+        self._sent_frames = 0
+        self._received_frames = 0
+        self._outbox: list[bytes] = []
+        self._hello_sent = False
+
+    # -- sending ------------------------------------------------------------------
+
+    def _queue(self, message: Message) -> None:
+        self._outbox.append(encode(message, self._sent_frames))
+        self._sent_frames += 1
+
+    def hello(self) -> None:
+        """Queue the first frame. Raises LocalProtocolError if called twice."""
+        if self._hello_sent:
+            raise LocalProtocolError("hello already sent")
+        self._hello_sent = True
+        self._queue(
+            Hello(
+                protocol_min=PROTOCOL_VERSION,
+                protocol_max=PROTOCOL_VERSION,
+                site_id=self.local.site_id,
+                name=self.local.name,
+                schema_version=self.local.schema_version,
+                schema_fingerprint=self.local.schema_fingerprint,
+                max_batch_rows=self.limits.max_batch_rows,
+                window=self.limits.window,
+                nonce=self.nonce,
+            )
+        )
+
+    def send_cursor(self, cursor: Cursor) -> None:
+        """Tell the remote what we hold. Allowed once the remote's hello arrived."""
+        if self.remote is None or self.state is SessionState.CLOSED:
+            raise LocalProtocolError("send_cursor before the remote hello")
+        self._queue(CursorMessage(dict(cursor)))
+
+    @property
+    def max_send_rows(self) -> int:
+        """Most rows one CHANGES frame to this remote may carry."""
+        if self.remote is None:
+            raise LocalProtocolError("no remote hello yet")
+        return min(self.remote.max_batch_rows, self.limits.max_batch_rows)
+
+    def send_changes(self, changes: Sequence[Change], *, final: bool) -> None:
+        """One CHANGES frame; ``final`` closes a page (whole groups only).
+
+        Uses one credit. Raises LocalProtocolError without credit, outside
+        SYNCING, or with more rows than :attr:`max_send_rows`.
+        """
+        if self.state is not SessionState.SYNCING:
+            raise LocalProtocolError(f"cannot send changes in state {self.state.value}")
+        if self.credit < 1:
+            raise LocalProtocolError("no credit: wait for CreditReceived")
+        if len(changes) > self.max_send_rows:
+            raise LocalProtocolError(f"{len(changes)} rows exceed {self.max_send_rows} per frame")
+        self.credit -= 1
+        _advance(self.remote_cursor, changes)
+        self._queue(Changes(list(changes), final))
+
+    def send_eose(self) -> None:
+        """Mark the end of the catch-up. Once per session, in SYNCING."""
+        if self.state is not SessionState.SYNCING or self.eose_sent:
+            raise LocalProtocolError("eose is sent once, after the cursor")
+        self.eose_sent = True
+        self._queue(Eose())
+
+    def page_applied(self) -> None:
+        """After applying a ChangesPage: queues the credit that lets the remote go on."""
+        self._remote_credit += 1
+        self._queue(Credit(1))
+
+    def send_ping(self, nonce: int) -> None:
+        self._queue(Ping(nonce))
+
+    def send_error(self, code: ErrorCode, reason: str = "") -> None:
+        """Fail the session: queue the error; send it, then close the channel."""
+        self.state = SessionState.CLOSED
+        self._queue(Error(code, reason))
+
+    def send_close(self) -> None:
+        """End the session cleanly: queue the close; send it, then close the channel."""
+        self.state = SessionState.CLOSED
+        self._queue(Close())
+
+    def data_to_send(self) -> list[bytes]:
+        """Every frame queued so far, in order; the driver sends them in this order.
+
+        Frames are numbered when queued, so a driver with several tasks must
+        drain and send under one lock.
+        """
+        out, self._outbox = self._outbox, []
+        return out
+
+    # -- receiving ----------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[Event]:
+        """Process one received frame and return what happened.
+
+        Raises RemoteProtocolError (and moves to CLOSED) if the frame is
+        malformed, too large, out of sequence, or not allowed in this state.
+        """
+        if self.state is SessionState.CLOSED:
+            raise LocalProtocolError("receive on a closed session")
+        try:
+            frame = decode(
+                data,
+                max_frame_bytes=self.limits.max_frame_bytes,
+                max_batch_rows=self.limits.max_batch_rows,
+            )
+            if frame.number != self._received_frames:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_MESSAGE,
+                    f"frame {frame.number} arrived, expected {self._received_frames}",
+                )
+            self._received_frames += 1
+            kind = _TYPE_OF[type(frame.message)]
+            if kind not in ALLOWED[self.state]:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_MESSAGE, f"{kind.name} not allowed in {self.state.value}"
+                )
+            return self._handle(frame.message)
+        except RemoteProtocolError:
+            self.state = SessionState.CLOSED
+            raise
+
+    def _handle(self, message: Message) -> list[Event]:
+        match message:
+            case Hello():
+                return [self._on_hello(message)]
+            case CursorMessage():
+                self.remote_cursor = dict(message.cursor)
+                self.state = SessionState.SYNCING
+                return [CursorReceived(dict(message.cursor))]
+            case Changes():
+                return self._on_changes(message)
+            case Eose():
+                if self.eose_received:
+                    raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "second EOSE")
+                self.eose_received = True
+                return [EoseReceived()]
+            case Credit():
+                self.credit += message.frames
+                if self.credit > (self.remote.window if self.remote else 0):
+                    raise RemoteProtocolError(ErrorCode.FLOW_CONTROL, "credit above the window")
+                return [CreditReceived()]
+            case Ping():
+                self._queue(Pong(message.nonce))
+                return []
+            case Pong():
+                return [PongReceived(message.nonce)]
+            case Error():
+                self.state = SessionState.CLOSED
+                return [RemoteClosed(message)]
+            case Close():
+                self.state = SessionState.CLOSED
+                return [RemoteClosed(None)]
+        raise AssertionError(f"unhandled {message!r}")  # pragma: no cover
+
+    def _on_hello(self, hello: Hello) -> HelloReceived:
+        if hello.protocol_min > PROTOCOL_VERSION or hello.protocol_max < PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                ErrorCode.VERSION_MISMATCH,
+                f"remote speaks {hello.protocol_min}..{hello.protocol_max}, "
+                f"we speak {PROTOCOL_VERSION}",
+            )
+        if hello.site_id == self.local.site_id:
+            raise RemoteProtocolError(ErrorCode.SELF_CONNECTION, "connected to ourselves")
+        self.remote = hello
+        self.credit = hello.window
+        self.state = SessionState.READY
+        return HelloReceived(hello, hello.schema_version > self.local.schema_version)
+
+    def _on_changes(self, message: Changes) -> list[Event]:
+        if self._remote_credit < 1:
+            raise RemoteProtocolError(ErrorCode.FLOW_CONTROL, "changes sent without credit")
+        if len(self._page) + len(message.changes) > self.limits.max_page_rows:
+            raise RemoteProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"page exceeds {self.limits.max_page_rows} rows"
+            )
+        self._remote_credit -= 1
+        self._page.extend(message.changes)
+        _advance(self.remote_cursor, message.changes)
+        if not message.final:
+            # Buffered within max_page_rows: the sender may go on at once.
+            self._remote_credit += 1
+            self._queue(Credit(1))
+            return []
+        page, self._page = self._page, []
+        return [ChangesPage(page)]
+
+
+_TYPE_OF: dict[type, MessageType] = {
+    Hello: MessageType.HELLO,
+    CursorMessage: MessageType.CURSOR,
+    Changes: MessageType.CHANGES,
+    Eose: MessageType.EOSE,
+    Credit: MessageType.CREDIT,
+    Ping: MessageType.PING,
+    Pong: MessageType.PONG,
+    Error: MessageType.ERROR,
+    Close: MessageType.CLOSE,
+}
+
+
+def _advance(cursor: Cursor, changes: Sequence[Change]) -> None:
+    """Raise each origin's entry in ``cursor`` to the highest version in ``changes``."""
+    for change in changes:
+        site_id, version = change[6], change[5]
+        if cursor.get(site_id, 0) < version:
+            cursor[site_id] = version

@@ -1,0 +1,298 @@
+"""Drives one SyncSession over one Channel: the asyncio half of a session.
+
+A :class:`SessionDriver` owns its channel from :meth:`run` until it returns.
+It reads frames, feeds the pure protocol, applies pages through the peer's
+store thread, and streams changes (catch-up, EOSE, then live) whenever the
+peer wakes it. The Peer supplies the hooks in :class:`SessionHost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from peer import events
+from peer.errors import (
+    ChannelClosed,
+    CrpeerError,
+    ErrorCode,
+    InvalidChangeError,
+    RemoteProtocolError,
+    StoreError,
+    TransportError,
+)
+from peer.protocol import (
+    ChangesPage,
+    CreditReceived,
+    CursorReceived,
+    EoseReceived,
+    HelloReceived,
+    RemoteClosed,
+    SyncSession,
+)
+from peer.store import ApplyResult, Change, Cursor
+from transports.base import Channel
+
+__all__ = ["SessionDriver", "SessionHost", "SessionStats"]
+
+
+class SessionHost(Protocol):
+    """What a session needs from its Peer."""
+
+    async def changes_since(self, cursor: Cursor, limit: int, exclude: bytes) -> list[Change]: ...
+    async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult: ...
+    async def local_cursor(self) -> Cursor: ...
+    def admit(self, driver: SessionDriver) -> ErrorCode | None:
+        """Called after the remote hello: None to go on, or the code to refuse with."""
+        ...
+
+    def emit(self, event: events.Event) -> None: ...
+    def applied(self, source: SessionDriver, result: ApplyResult) -> None:
+        """Remote changes landed: wake the other sessions to relay them."""
+        ...
+
+
+@dataclass(slots=True)
+class SessionStats:
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    rows_sent: int = 0
+    rows_received: int = 0
+
+
+class SessionDriver:
+    """One live session. Call :meth:`run` once; :meth:`wake` when the store changed."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        session: SyncSession,
+        host: SessionHost,
+        *,
+        outbound: bool,
+        ping_interval: float,
+        idle_timeout: float,
+        peer_id: str | None = None,
+    ) -> None:
+        self.channel = channel
+        self.session = session
+        self.host = host
+        self.outbound = outbound
+        self.peer_id = peer_id
+        self.stats = SessionStats()
+        self.remote: events.RemotePeer | None = None
+        self.error: CrpeerError | None = None
+        self.eose_received = asyncio.Event()
+        self.done = asyncio.Event()
+        self._ping_interval = ping_interval
+        self._idle_timeout = idle_timeout
+        self._wake = asyncio.Event()
+        self._credit = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._sender: asyncio.Task[None] | None = None
+        self._log = logging.getLogger("crpeer.session")
+
+    @property
+    def address(self) -> str:
+        return self.channel.remote.address
+
+    def wake(self) -> None:
+        """Something new may be in the store: the sender looks again."""
+        self._wake.set()
+
+    def tie_break_key(self) -> tuple[bytes, int]:
+        """Of two sessions with one peer, both sides keep the smaller key.
+
+        The key is the dialing side's site id and connection nonce, which both
+        ends know alike.
+        """
+        remote = self.session.remote
+        assert remote is not None
+        if self.outbound:
+            return self.session.local.site_id, self.session.nonce
+        return remote.site_id, remote.nonce
+
+    async def close(self, code: ErrorCode | None = None) -> None:
+        """End the session (with an error code, or cleanly), then the channel."""
+        with contextlib.suppress(CrpeerError, TimeoutError):
+            if self.session.state.value != "closed" or code is not None:
+                if code is not None:
+                    self.session.send_error(code)
+                else:
+                    self.session.send_close()
+            await asyncio.wait_for(self._flush(), timeout=1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.channel.close(), timeout=2.0)
+
+    async def run(self) -> None:
+        """Run the session until either side ends it; never raises a CrpeerError.
+
+        Failures are kept in :attr:`error` and reported as events.
+        """
+        try:
+            self.session.hello()
+            await self._flush()
+            await self._read_loop()
+        except RemoteProtocolError as exc:
+            self.error = exc
+            self._log.warning("session %s failed: %s", self.address, exc)
+            await self.close(exc.code)
+        except InvalidChangeError as exc:
+            self.error = exc
+            self._log.warning("session %s sent invalid changes: %s", self.address, exc)
+            await self.close(ErrorCode.INVALID_CHANGE)
+        except StoreError as exc:
+            self.error = exc
+            self._log.error("session %s: store failed: %s", self.address, exc)
+            await self.close(ErrorCode.INTERNAL)
+        except TimeoutError:
+            self.error = RemoteProtocolError(ErrorCode.TIMEOUT, "remote silent too long")
+            await self.close(ErrorCode.TIMEOUT)
+        except TransportError as exc:
+            if not isinstance(exc, ChannelClosed):
+                self.error = exc
+        finally:
+            if self._sender is not None:
+                self._sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CrpeerError):
+                    await self._sender
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.channel.close(), timeout=2.0)
+            if self.error is not None:
+                self.host.emit(events.SessionFailed(self.remote, self.address, self.error))
+            if self.remote is not None:
+                self.host.emit(events.Disconnected(self.remote, self.error))
+            self.done.set()
+
+    async def _flush(self) -> None:
+        """Send every queued frame in order (frames are numbered when queued)."""
+        async with self._send_lock:
+            for frame in self.session.data_to_send():
+                await self.channel.send(frame)
+                self.stats.frames_sent += 1
+                self.stats.bytes_sent += len(frame)
+
+    async def _read_loop(self) -> None:
+        while True:
+            frame = await asyncio.wait_for(self.channel.recv(), timeout=self._idle_timeout)
+            self.stats.frames_received += 1
+            self.stats.bytes_received += len(frame)
+            for event in self.session.receive(frame):
+                match event:
+                    case HelloReceived():
+                        await self._on_hello(event)
+                        if self.session.state.value == "closed":
+                            return
+                    case CursorReceived():
+                        assert self.remote is not None
+                        self.host.emit(events.Synced(self.remote, event.cursor))
+                        self._sender = asyncio.create_task(self._send_loop(), name="crpeer-sender")
+                        self._sender.add_done_callback(self._sender_done)
+                    case ChangesPage():
+                        await self._on_page(event.changes)
+                    case EoseReceived():
+                        assert self.remote is not None
+                        self.eose_received.set()
+                        self.host.emit(events.Eose(self.remote))
+                    case CreditReceived():
+                        self._credit.set()
+                    case RemoteClosed():
+                        if event.error is not None:
+                            self.error = RemoteProtocolError(
+                                event.error.code, f"remote closed: {event.error.reason}"
+                            )
+                        return
+            await self._flush()
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._log.warning("session %s: sender stopped: %r", self.address, exc)
+        if isinstance(exc, CrpeerError) and self.error is None:
+            self.error = exc
+        # Unblock the reader so the session ends.
+        asyncio.get_running_loop().create_task(self.channel.close())
+
+    async def _on_hello(self, event: HelloReceived) -> None:
+        hello = event.hello
+        remote = self.channel.remote
+        self.remote = events.RemotePeer(
+            site_id=hello.site_id,
+            name=hello.name,
+            address=remote.address,
+            transport=remote.transport,
+            inbound=remote.inbound,
+            peer_id=self.peer_id,
+        )
+        refusal = self.host.admit(self)
+        if refusal is not None:
+            self.error = RemoteProtocolError(refusal, "refused by admission")
+            await self.close(refusal)
+            return
+        self.host.emit(events.Connected(self.remote))
+        self.session.send_cursor(await self.host.local_cursor())
+        await self._flush()
+
+    async def _on_page(self, changes: list[Change]) -> None:
+        assert self.remote is not None
+        assert self.session.remote is not None
+        newer = self.session.remote.schema_version > self.session.local.schema_version
+        result = await self.host.apply(changes, newer)
+        self.stats.rows_received += len(changes)
+        self.session.page_applied()
+        await self._flush()
+        if result.merged:
+            self.host.emit(events.Changed(self.remote, result.tables, result.merged))
+        if result.held:
+            self.host.emit(
+                events.Outdated(
+                    self.remote,
+                    self.session.local.schema_version,
+                    self.session.remote.schema_version,
+                    result.held,
+                )
+            )
+        self.host.applied(self, result)
+
+    async def _wait_credit(self) -> None:
+        while self.session.credit < 1:
+            self._credit.clear()
+            await self._credit.wait()
+
+    async def _send_loop(self) -> None:
+        """Catch-up, EOSE, then live: whatever the remote lacks, as credit allows."""
+        assert self.session.remote is not None
+        remote_site = self.session.remote.site_id
+        rows_per_frame = self.session.max_send_rows
+        while True:
+            await self._wait_credit()
+            self._wake.clear()
+            page = await self.host.changes_since(
+                dict(self.session.remote_cursor), rows_per_frame, remote_site
+            )
+            if not page:
+                if not self.session.eose_sent:
+                    self.session.send_eose()
+                    await self._flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._ping_interval)
+                if not self._wake.is_set():
+                    self.session.send_ping(self.stats.frames_sent)
+                    await self._flush()
+                continue
+            chunks = [page[i : i + rows_per_frame] for i in range(0, len(page), rows_per_frame)]
+            for index, chunk in enumerate(chunks):
+                await self._wait_credit()
+                self.session.send_changes(chunk, final=index == len(chunks) - 1)
+                await self._flush()
+                self.stats.rows_sent += len(chunk)
+
+
+ChannelRunner = Callable[[Channel], Awaitable[None]]

@@ -1,0 +1,340 @@
+"""The pure protocol: two SyncSessions wired together in memory, no I/O."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from peer.messages import (
+    Changes,
+    Close,
+    Credit,
+    CursorMessage,
+    Eose,
+    Error,
+    Hello,
+    Message,
+    MessageType,
+    Ping,
+    Pong,
+    decode,
+    encode,
+)
+from peer.protocol import (
+    ALLOWED,
+    ChangesPage,
+    CreditReceived,
+    CursorReceived,
+    EoseReceived,
+    HelloReceived,
+    Limits,
+    LocalInfo,
+    RemoteClosed,
+    SessionState,
+    SyncSession,
+)
+from peer.store import Change
+
+A_SITE, B_SITE, C_SITE = (bytes([n]) * 16 for n in (1, 2, 3))
+FINGERPRINT = b"f" * 16
+
+
+def session(site: bytes, *, schema: int = 0, limits: Limits | None = None) -> SyncSession:
+    return SyncSession(LocalInfo(site, site.hex()[:4], schema, FINGERPRINT), limits or Limits(), 7)
+
+
+def change(version: int, seq: int = 0, site: bytes = A_SITE) -> Change:
+    return ("items", b"\x01\x09\x01", "name", f"v{version}", 1, version, site, 1, seq)
+
+
+def deliver(src: SyncSession, dst: SyncSession) -> list[Any]:
+    """Move every queued frame from src to dst; return dst's events."""
+    out: list[Any] = []
+    for frame in src.data_to_send():
+        out.extend(dst.receive(frame))
+    return out
+
+
+def kinds(frames: list[bytes]) -> list[MessageType]:
+    return [MessageType(msgpack.unpackb(f)[0]) for f in frames]
+
+
+class ProtocolPair:
+    """Two sessions past the handshake and cursor exchange."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.a = session(A_SITE, limits=limits)
+        self.b = session(B_SITE, limits=limits)
+        self.a.hello()
+        self.b.hello()
+        assert isinstance(deliver(self.a, self.b)[0], HelloReceived)
+        assert isinstance(deliver(self.b, self.a)[0], HelloReceived)
+        self.a.send_cursor({})
+        self.b.send_cursor({C_SITE: 4})
+        assert deliver(self.a, self.b) == [CursorReceived({})]
+        assert deliver(self.b, self.a) == [CursorReceived({C_SITE: 4})]
+
+
+def test_the_exact_message_sequence_of_a_sync() -> None:
+    a, b = session(A_SITE), session(B_SITE)
+    a.hello()
+    b.hello()
+    hello_a = a.data_to_send()
+    assert kinds(hello_a) == [MessageType.HELLO]
+    (event,) = b.receive(hello_a[0])
+    assert isinstance(event, HelloReceived)
+    assert (event.hello.site_id, event.hello.schema_version, event.remote_schema_newer) == (
+        A_SITE,
+        0,
+        False,
+    )
+    deliver(b, a)
+    assert a.state is SessionState.READY
+    a.send_cursor({})
+    b.send_cursor({C_SITE: 4})
+    assert kinds(a.data_to_send() + b.data_to_send()) == [MessageType.CURSOR] * 2
+    # Rebuild a fresh pair for the body of the exchange.
+    pair = ProtocolPair()
+    a, b = pair.a, pair.b
+    assert a.state is b.state is SessionState.SYNCING
+    assert a.credit == Limits().window
+    a.send_changes([change(1), change(1, 1)], final=False)
+    a.send_changes([change(2)], final=True)
+    a.send_eose()
+    frames = a.data_to_send()
+    assert kinds(frames) == [MessageType.CHANGES, MessageType.CHANGES, MessageType.EOSE]
+    assert b.receive(frames[0]) == []  # buffered: a page is applied whole
+    credit = b.data_to_send()
+    assert kinds(credit) == [MessageType.CREDIT]  # the non-final frame is credited at once
+    assert a.receive(credit[0]) == [CreditReceived()]
+    assert b.receive(frames[1]) == [ChangesPage([change(1), change(1, 1), change(2)])]
+    assert b.receive(frames[2]) == [EoseReceived()]
+    b.page_applied()
+    assert deliver(b, a) == [CreditReceived()]
+    assert a.credit == Limits().window
+    # Live: after EOSE, more pages flow the same way.
+    a.send_changes([change(3)], final=True)
+    assert deliver(a, b) == [ChangesPage([change(3)])]
+    assert b.remote_cursor[A_SITE] == 3
+    a.send_close()
+    assert deliver(a, b) == [RemoteClosed(None)]
+    assert {a.state, b.state} == {SessionState.CLOSED}
+
+
+def test_the_remote_cursor_tracks_what_went_either_way() -> None:
+    pair = ProtocolPair()
+    pair.a.send_changes([change(5, site=C_SITE)], final=True)
+    deliver(pair.a, pair.b)
+    assert pair.a.remote_cursor == {C_SITE: 5}  # b's cursor was {C: 4}
+    assert pair.b.remote_cursor[C_SITE] == 5  # a holds what it sent
+
+
+def test_sending_without_credit_is_a_local_error_and_overrunning_is_a_remote_one() -> None:
+    pair = ProtocolPair(Limits(window=1))
+    pair.a.send_changes([change(1)], final=True)
+    with pytest.raises(LocalProtocolError, match="no credit"):
+        pair.a.send_changes([change(2)], final=True)
+    deliver(pair.a, pair.b)
+    # Forge a second frame beyond the window.
+    forged = encode(Changes([change(2)], True), 3)
+    with pytest.raises(RemoteProtocolError) as caught:
+        pair.b.receive(forged)
+    assert caught.value.code is ErrorCode.FLOW_CONTROL
+
+
+def test_a_page_larger_than_the_limit_fails_the_session() -> None:
+    pair = ProtocolPair(Limits(max_batch_rows=2, max_page_rows=3))
+    pair.a.send_changes([change(1), change(1, 1)], final=False)
+    pair.a.send_changes([change(1, 2), change(1, 3)], final=True)
+    frames = pair.a.data_to_send()
+    pair.b.receive(frames[0])
+    with pytest.raises(RemoteProtocolError) as caught:
+        pair.b.receive(frames[1])
+    assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
+    assert pair.b.state is SessionState.CLOSED
+
+
+def test_frames_out_of_sequence_fail_the_session() -> None:
+    pair = ProtocolPair()
+    pair.a.send_changes([change(1)], final=True)
+    pair.a.send_changes([change(2)], final=True)
+    _, second = pair.a.data_to_send()
+    with pytest.raises(RemoteProtocolError, match="expected"):
+        pair.b.receive(second)
+    pair2 = ProtocolPair()
+    pair2.a.send_changes([change(1)], final=True)
+    (frame,) = pair2.a.data_to_send()
+    pair2.b.receive(frame)
+    with pytest.raises(RemoteProtocolError, match="expected"):
+        pair2.b.receive(frame)  # a duplicate
+
+
+def test_version_mismatch_and_self_connection_are_refused() -> None:
+    a = session(A_SITE)
+    newer = Hello(2, 3, B_SITE, "b", 0, FINGERPRINT, 10, 4, 1)
+    with pytest.raises(RemoteProtocolError) as caught:
+        a.receive(encode(newer, 0))
+    assert caught.value.code is ErrorCode.VERSION_MISMATCH
+    b = session(A_SITE)
+    with pytest.raises(RemoteProtocolError) as caught:
+        b.receive(encode(Hello(1, 1, A_SITE, "me", 0, FINGERPRINT, 10, 4, 1), 0))
+    assert caught.value.code is ErrorCode.SELF_CONNECTION
+
+
+def test_a_newer_remote_schema_is_reported() -> None:
+    old, new = session(A_SITE, schema=1), session(B_SITE, schema=2)
+    new.hello()
+    (event,) = deliver(new, old)
+    assert isinstance(event, HelloReceived)
+    assert event.remote_schema_newer
+
+
+def test_pings_are_answered_and_errors_close() -> None:
+    pair = ProtocolPair()
+    pair.a.send_ping(42)
+    assert deliver(pair.a, pair.b) == []
+    assert deliver(pair.b, pair.a)[0].nonce == 42
+    pair.b.send_error(ErrorCode.INTERNAL, "boom")
+    (closed,) = deliver(pair.b, pair.a)
+    assert closed == RemoteClosed(Error(ErrorCode.INTERNAL, "boom"))
+    with pytest.raises(LocalProtocolError):
+        pair.a.receive(b"\x90")
+
+
+# -- every state and every message -----------------------------------------------------
+
+
+def sample_message(kind: MessageType) -> Message:
+    samples: dict[MessageType, Message] = {
+        MessageType.HELLO: Hello(1, 1, C_SITE, "c", 0, FINGERPRINT, 100, 4, 9),
+        MessageType.CURSOR: CursorMessage({C_SITE: 1}),
+        MessageType.CHANGES: Changes([change(1)], True),
+        MessageType.EOSE: Eose(),
+        MessageType.CREDIT: Credit(1),
+        MessageType.PING: Ping(1),
+        MessageType.PONG: Pong(1),
+        MessageType.ERROR: Error(ErrorCode.INTERNAL, "x"),
+        MessageType.CLOSE: Close(),
+    }
+    return samples[kind]
+
+
+def session_in(state: SessionState) -> tuple[SyncSession, int]:
+    """A session in ``state`` and the number of frames it has received."""
+    if state is SessionState.HANDSHAKE:
+        s = session(A_SITE)
+        s.hello()
+        return s, 0
+    pair = ProtocolPair()
+    if state is SessionState.READY:
+        s = session(A_SITE)
+        s.hello()
+        s.receive(encode(Hello(1, 1, B_SITE, "b", 0, FINGERPRINT, 100, 4, 9), 0))
+        return s, 1
+    if state is SessionState.SYNCING:
+        return pair.a, 2
+    pair.a.send_close()
+    return pair.a, 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(list(SessionState)), st.sampled_from(list(MessageType)))
+def test_every_state_and_message_pair_is_handled(state: SessionState, kind: MessageType) -> None:
+    s, received = session_in(state)
+    frame = encode(sample_message(kind), received)
+    if state is SessionState.CLOSED:
+        with pytest.raises(LocalProtocolError):
+            s.receive(frame)
+        return
+    if kind not in ALLOWED[state]:
+        with pytest.raises(RemoteProtocolError) as caught:
+            s.receive(frame)
+        assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
+        assert s.state is SessionState.CLOSED
+        return
+    if kind is MessageType.CREDIT:
+        s.credit = 0  # make room within the window
+    events = s.receive(frame)
+    assert isinstance(events, list)
+    if kind in {MessageType.ERROR, MessageType.CLOSE}:
+        assert s.state is SessionState.CLOSED
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_escape_as_anything_but_a_protocol_error(data: bytes) -> None:
+    s, _ = session_in(SessionState.SYNCING)
+    code: ErrorCode | None = None
+    try:
+        s.receive(data)
+    except RemoteProtocolError as exc:
+        code = exc.code
+    assert code in {
+        None,
+        ErrorCode.MALFORMED_FRAME,
+        ErrorCode.UNEXPECTED_MESSAGE,
+        ErrorCode.FRAME_TOO_LARGE,
+    }
+
+
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=5)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 9), JSONISH)
+def test_well_typed_frames_with_wrong_fields_are_refused(kind: int, fields: Any) -> None:
+    body = [kind, 0, *(fields if isinstance(fields, list) else [fields])]
+    code: ErrorCode | None = None
+    try:
+        decode(msgpack.packb(body), max_frame_bytes=1 << 20, max_batch_rows=100)
+    except RemoteProtocolError as exc:
+        code = exc.code
+    assert code in {None, ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE}
+
+
+def test_oversized_frames_are_refused_before_decoding() -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode(os.urandom(2048), max_frame_bytes=1024, max_batch_rows=10)
+    assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["items", "tags"]),
+            st.binary(min_size=1, max_size=8),
+            st.sampled_from(["name", "-1"]),
+            st.none()
+            | st.integers(-(2**63), 2**63 - 1)
+            | st.floats(allow_nan=False)
+            | st.text()
+            | st.binary(),
+            st.integers(0, 10),
+            st.integers(1, 5),
+            st.sampled_from([A_SITE, B_SITE]),
+            st.integers(0, 3),
+            st.integers(0, 3),
+        ),
+        max_size=30,
+    ),
+    st.booleans(),
+)
+def test_changes_round_trip(changes: list[Change], final: bool) -> None:
+    frame = decode(encode(Changes(changes, final), 3), max_frame_bytes=1 << 20, max_batch_rows=100)
+    assert frame.number == 3
+    assert frame.message == Changes(changes, final)
