@@ -7,6 +7,7 @@ iterator). The blocking facade delivers the same events to any thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from peer.errors import CrpeerError
@@ -18,6 +19,7 @@ __all__ = [
     "Disconnected",
     "Eose",
     "Event",
+    "EventCallback",
     "Outdated",
     "RemotePeer",
     "SessionFailed",
@@ -100,3 +102,4 @@ class SessionFailed:
 
 
 Event = Connected | Synced | Eose | Changed | Outdated | Disconnected | SessionFailed
+EventCallback = Callable[[Event], None]

@@ -42,7 +42,7 @@ __all__ = ["Peer"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-EventCallback = Callable[[ev.Event], None]
+EventCallback = ev.EventCallback
 
 
 class Peer:
@@ -270,6 +270,9 @@ class Peer:
         )
 
     async def _accept(self, channel: Channel) -> None:
+        if self._stopping or self._local is None:
+            await channel.close()
+            return
         await self._run_channel(channel, outbound=False)
 
     async def _run_channel(self, channel: Channel, *, outbound: bool) -> SessionDriver:

@@ -203,7 +203,7 @@ class SessionDriver:
                     case CreditReceived():
                         self._credit.set()
                     case RemoteClosed():
-                        if event.error is not None:
+                        if event.error is not None and event.error.code != ErrorCode.SHUTDOWN:
                             self.error = RemoteProtocolError(
                                 event.error.code, f"remote closed: {event.error.reason}"
                             )

@@ -1,0 +1,388 @@
+"""Peers over the in-memory transport: catch-up, EOSE, live relay, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pysqlite3.dbapi2 as sqlite3
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from peer import crsqlite, events
+from peer.errors import ChannelClosed, ErrorCode
+from peer.messages import Changes, CursorMessage, Hello, decode, encode
+from peer.peer import Peer
+from peer.protocol import Limits
+from peer.retry import Backoff
+from peer.store import Store
+from transports.memory import MemoryNetwork, MemoryTransport
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT, n INTEGER)"
+FAST = Backoff(initial=0.01, maximum=0.2)
+
+
+def new_store(path: str | Path = ":memory:") -> Store:
+    store = Store(path)
+    store.execute(SCHEMA)
+    store.make_crr("notes")
+    return store
+
+
+def rows(store: Store) -> list[Any]:
+    return store.execute("SELECT * FROM notes ORDER BY id")
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+class Cluster:
+    """N peers with stores on one MemoryNetwork; closes everything on exit."""
+
+    def __init__(self, count: int, seed: int = 0, limits: Limits | None = None) -> None:
+        self.network = MemoryNetwork(seed=seed)
+        self.stores = [new_store() for _ in range(count)]
+        self.peers: list[Peer] = []
+        self.limits = limits
+
+    def peer(self, index: int, connect: list[int]) -> Peer:
+        peer = Peer(
+            self.stores[index],
+            [MemoryTransport(self.network, f"p{index}")],
+            name=f"p{index}",
+            connect=[f"memory://p{i}" for i in connect],
+            backoff=FAST,
+            limits=self.limits,
+            poll_interval=0.02,
+            seed=index,
+        )
+        self.peers.append(peer)
+        return peer
+
+    def converged(self) -> bool:
+        views = [rows(s) for s in self.stores]
+        return all(v == views[0] for v in views)
+
+    async def __aenter__(self) -> Cluster:
+        for peer in self.peers:
+            await peer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for peer in self.peers:
+            await peer.stop()
+        for store in self.stores:
+            store.close()
+
+
+async def test_catch_up_eose_then_live_across_a_line_of_three() -> None:
+    cluster = Cluster(3)
+    a, b, c = (cluster.peer(0, []), cluster.peer(1, [0]), cluster.peer(2, [1]))
+    for i in range(50):
+        cluster.stores[0].execute("INSERT INTO notes VALUES (?, 'from a', ?)", (i, i))
+    seen: list[events.Event] = []
+    c.subscribe(seen.append)
+    async with cluster:
+        await wait_for(lambda: len(rows(cluster.stores[2])) == 50)
+        await wait_for(lambda: {events.Eose, events.Changed} <= {type(e) for e in seen})
+        # c's catch-up from b may end (EOSE) before b has a's rows: those then
+        # arrive live. Either way the handshake and cursor come first.
+        assert [type(e) for e in seen[:2]] == [events.Connected, events.Synced]
+        assert sum(isinstance(e, events.Eose) for e in seen) == 1
+        # Live, both directions, through the middle peer.
+        await c.execute("INSERT INTO notes VALUES (100, 'from c', 0)")
+        await a.execute("UPDATE notes SET body = 'edited on a' WHERE id = 3")
+        await wait_for(cluster.converged)
+        assert rows(cluster.stores[0])[3][1] == "edited on a"
+        assert len(rows(cluster.stores[0])) == 51
+        changed = [e for e in seen if isinstance(e, events.Changed)]
+        assert changed
+        assert all(e.tables == frozenset({"notes"}) for e in changed)
+        assert b.store.held_count() == 0
+
+
+async def test_nothing_is_echoed_to_where_it_came_from() -> None:
+    cluster = Cluster(2)
+    a, b = cluster.peer(0, []), cluster.peer(1, [0])
+    async with cluster:
+        await wait_for(lambda: len(a.sessions) == 1 and len(b.sessions) == 1)
+        for i in range(20):
+            await a.execute("INSERT INTO notes VALUES (?, 'x', ?)", (i, i))
+        await wait_for(cluster.converged)
+        await asyncio.sleep(0.2)
+        assert b.sessions[0].stats.rows_sent == 0
+        assert a.sessions[0].stats.rows_sent == 40
+
+
+async def test_writes_from_another_connection_reach_peers_without_a_call(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    new_store(path).close()
+    cluster = Cluster(1)
+    cluster.stores.insert(0, Store(path))
+    cluster.peer(0, [])
+    cluster.peer(1, [0])
+    async with cluster:
+        other = sqlite3.connect(str(path), isolation_level=None)
+        crsqlite.load(other)
+        try:
+            other.execute("INSERT INTO notes VALUES (1, 'written elsewhere', 1)")
+        finally:
+            other.execute("SELECT crsql_finalize()")
+            other.close()
+        await wait_for(lambda: rows(cluster.stores[1]) == [(1, "written elsewhere", 1)])
+
+
+async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() -> None:
+    cluster = Cluster(2, limits=Limits(max_batch_rows=50, window=1))
+    source = cluster.stores[0]
+    source.executescript(
+        "BEGIN;"
+        + "".join(f"INSERT INTO notes VALUES ({i}, 'row', {i});" for i in range(2000))
+        + "COMMIT;"
+    )
+    for i in range(2000, 2300):
+        source.execute("INSERT INTO notes VALUES (?, 'single', ?)", (i, i))
+    cluster.peer(0, [])
+    receiver = cluster.peer(1, [0])
+    origin, target = cluster.stores[0].site_id, cluster.stores[1]
+
+    def snapshot() -> tuple[int, int]:
+        return len(rows(target)), target.cursor().get(origin, 0)
+
+    def consistent(count: int, version: int) -> bool:
+        # Version 1 is the 2000-row transaction; each later version adds one row.
+        return (count, version) == (0, 0) or count == 2000 + version - 1
+
+    seen: list[events.Event] = []
+    receiver.subscribe(seen.append)
+    async with cluster:
+        samples = []
+        while len(samples) < 500 and snapshot()[0] < 2300:
+            samples.append(await receiver.run_in_store(snapshot))
+            if len(samples) == 20:
+                await cluster.network.cut("p0", "p1")
+            await asyncio.sleep(0.001)
+        await wait_for(cluster.converged, within=30)
+        samples.append(await receiver.run_in_store(snapshot))
+    assert all(consistent(*sample) for sample in samples), samples
+    assert samples[19][0] < 2300  # the cut came mid-catch-up
+    assert any(isinstance(e, events.Disconnected) for e in seen)
+    assert samples[-1] == (2300, 301)
+
+
+async def test_a_newer_schema_is_held_then_applied_after_migration() -> None:
+    cluster = Cluster(2)
+    new_peer, old_peer = cluster.peer(0, []), cluster.peer(1, [0])
+    cluster.stores[0].migrate(1, "ALTER TABLE notes ADD COLUMN color TEXT", alter=["notes"])
+    cluster.stores[0].execute("INSERT INTO notes VALUES (1, 'colored', 1, 'red')")
+    seen: list[events.Event] = []
+    old_peer.subscribe(seen.append)
+    async with cluster:
+        await wait_for(lambda: any(isinstance(e, events.Outdated) for e in seen))
+        outdated = next(e for e in seen if isinstance(e, events.Outdated))
+        assert (outdated.local_schema_version, outdated.remote_schema_version) == (0, 1)
+        assert rows(cluster.stores[1]) == [(1, "colored", 1)]
+        # The older peer's own writes still reach the newer one.
+        await old_peer.execute("INSERT INTO notes VALUES (2, 'old', 2)")
+        await wait_for(lambda: len(rows(cluster.stores[0])) == 2)
+        await old_peer.run_in_store(
+            cluster.stores[1].migrate, 1, "ALTER TABLE notes ADD COLUMN color TEXT", alter=["notes"]
+        )
+        assert rows(cluster.stores[1]) == [(1, "colored", 1, "red"), (2, "old", 2, None)]
+        assert new_peer.store.held_count() == 0
+
+
+async def test_a_slow_receiver_slows_the_sender() -> None:
+    window = 2
+    cluster = Cluster(2, limits=Limits(max_batch_rows=10, window=window))
+    for i in range(300):
+        cluster.stores[0].execute("INSERT INTO notes VALUES (?, 'x', ?)", (i, i))
+    sender, receiver = cluster.peer(0, []), cluster.peer(1, [0])
+    original = receiver.apply
+    in_flight: list[int] = []
+
+    async def slow_apply(changes: Any, hold_unknown: bool) -> Any:
+        session = sender.sessions[0]
+        # Frames the sender sent that the receiver has not credited back yet.
+        in_flight.append(window - session.session.credit)
+        await asyncio.sleep(0.01)
+        return await original(changes, hold_unknown)
+
+    receiver.apply = slow_apply  # type: ignore[method-assign]
+    async with cluster:
+        await wait_for(cluster.converged, within=30)
+    assert in_flight
+    assert max(in_flight) <= window
+
+
+# -- hostile input ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def lone_peer() -> AsyncIterator[tuple[Peer, MemoryNetwork]]:
+    network = MemoryNetwork()
+    store = new_store()
+    peer = Peer(
+        store,
+        [MemoryTransport(network, "target")],
+        name="target",
+        backoff=FAST,
+        limits=Limits(max_frame_bytes=64 * 1024),
+    )
+    await peer.start()
+    yield peer, network
+    await peer.stop()
+    store.close()
+
+
+async def talk(
+    network: MemoryNetwork, name: str, frames: list[bytes]
+) -> tuple[ErrorCode | None, int]:
+    """Dial the target, send frames; return the error code it answered with."""
+    transport = MemoryTransport(network, name, listen=False)
+    await transport.start(lambda channel: channel.close())
+    channel = await transport.dial("memory://target")
+    hello = decode(await channel.recv(), max_frame_bytes=1 << 20, max_batch_rows=10)
+    number = 0
+    for frame in frames:
+        await channel.send(frame)
+    code = None
+    try:
+        for _ in range(10):
+            answer = decode(
+                await asyncio.wait_for(channel.recv(), 5),
+                max_frame_bytes=1 << 20,
+                max_batch_rows=10**6,
+            )
+            number = answer.number
+            if type(answer.message).__name__ == "Error":
+                code = answer.message.code  # type: ignore[union-attr]
+                break
+    except ChannelClosed:
+        pass
+    await transport.stop()
+    assert isinstance(hello.message, Hello)
+    return code, number
+
+
+def hello_frame(site: bytes) -> bytes:
+    return encode(Hello(1, 1, site, "hostile", 0, b"\0" * 16, 100, 4, 1), 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "expected"),
+    [
+        ("garbage", [b"\xc1\xff\x00 not msgpack"], ErrorCode.MALFORMED_FRAME),
+        ("wrong-type", [msgpack.packb([1, 0, "one", 1, b"x" * 16])], ErrorCode.MALFORMED_FRAME),
+        ("early-changes", [encode(Changes([], True), 0)], ErrorCode.UNEXPECTED_MESSAGE),
+        ("oversized", [b"\x00" * (100 * 1024)], ErrorCode.FRAME_TOO_LARGE),
+        (
+            "unknown-table",
+            [
+                hello_frame(b"H" * 16),
+                encode(CursorMessage({}), 1),
+                encode(
+                    Changes([("secret", b"\x01\t\x01", "x", 1, 1, 1, b"H" * 16, 1, 0)], True), 2
+                ),
+            ],
+            ErrorCode.INVALID_CHANGE,
+        ),
+    ],
+)
+async def test_hostile_frames_get_a_specific_error_and_the_peer_keeps_serving(
+    lone_peer: tuple[Peer, MemoryNetwork], name: str, frames: list[bytes], expected: ErrorCode
+) -> None:
+    peer, network = lone_peer
+    code, _ = await talk(network, name, frames)
+    assert code is expected
+    assert rows(peer.store) == []
+    # A well-behaved peer still syncs with it afterwards.
+    friend = new_store()
+    friend.execute("INSERT INTO notes VALUES (1, 'friend', 1)")
+    async with Peer(
+        friend,
+        [MemoryTransport(network, f"friend-{name}")],
+        connect=["memory://target"],
+        backoff=FAST,
+    ):
+        await wait_for(lambda: rows(peer.store) == [(1, "friend", 1)])
+    friend.close()
+
+
+# -- convergence under random topologies and cuts ------------------------------------------
+
+
+@st.composite
+def topologies(
+    draw: st.DrawFn,
+) -> tuple[int, list[tuple[int, int]], list[tuple[str, int, int]], int]:
+    count = draw(st.integers(3, 6))
+    # A random spanning tree keeps the graph connected, plus random extra links.
+    edges = [(i, draw(st.integers(0, i - 1))) for i in range(1, count)]
+    extra = draw(
+        st.lists(st.tuples(st.integers(0, count - 1), st.integers(0, count - 1)), max_size=4)
+    )
+    edges += [(a, b) for a, b in extra if a != b]
+    actions = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("write"), st.integers(0, count - 1), st.integers(0, 5)),
+                st.tuples(st.just("delete"), st.integers(0, count - 1), st.integers(0, 5)),
+                st.tuples(st.just("cut"), st.integers(0, len(edges) - 1), st.just(0)),
+            ),
+            min_size=1,
+            max_size=25,
+        )
+    )
+    return count, edges, actions, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies())
+def test_random_topologies_with_cuts_converge_to_the_oracle(
+    scenario: tuple[int, list[tuple[int, int]], list[tuple[str, int, int]], int],
+) -> None:
+    asyncio.run(_converge(*scenario))
+
+
+async def _converge(
+    count: int, edges: list[tuple[int, int]], actions: list[tuple[str, int, int]], seed: int
+) -> None:
+    cluster = Cluster(count, seed=seed)
+    dials: dict[int, list[int]] = {i: [] for i in range(count)}
+    for a, b in edges:
+        dials[a].append(b)
+    for i in range(count):
+        cluster.peer(i, dials[i])
+    oracle = new_store()
+    rng = random.Random(seed)
+    async with cluster:
+        for kind, who, key in actions:
+            if kind == "write":
+                await cluster.peers[who].execute(
+                    "INSERT INTO notes VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                    (key, f"p{who}-{rng.random():.6f}", who),
+                )
+            elif kind == "delete":
+                await cluster.peers[who].execute("DELETE FROM notes WHERE id = ?", (key,))
+            else:
+                a, b = edges[who]
+                await cluster.network.cut(f"p{a}", f"p{b}")
+            # Everything committed anywhere goes to the oracle as it happens.
+            for store in cluster.stores:
+                while batch := store.changes_since(oracle.cursor(), 500, exclude={oracle.site_id}):
+                    oracle.apply(batch)
+            await asyncio.sleep(rng.choice([0, 0, 0.01]))
+        await wait_for(lambda: all(rows(s) == rows(oracle) for s in cluster.stores), within=30)
+    oracle.close()
