@@ -108,7 +108,7 @@ class Demo:
             cut = self.names[-1]
             others = self.names[:-1]
             self.say(f"partition: {cut} is cut off from {', '.join(others)}")
-            await self.network.partition([cut], others)
+            self.network.partition([cut], others)
             await self.write(len(self.peers) - 1, 200, "written while offline")
             await self.write(0, 201, "written while the other was offline")
             await asyncio.sleep(0.5)

@@ -166,11 +166,11 @@ async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() ->
     seen: list[events.Event] = []
     receiver.subscribe(seen.append)
     async with cluster:
-        samples = []
+        samples: list[tuple[int, int]] = []
         while len(samples) < 500 and snapshot()[0] < 2300:
             samples.append(await receiver.run_in_store(snapshot))
             if len(samples) == 20:
-                await cluster.network.cut("p0", "p1")
+                cluster.network.cut("p0", "p1")
             await asyncio.sleep(0.001)
         await wait_for(cluster.converged, within=30)
         samples.append(await receiver.run_in_store(snapshot))
@@ -378,7 +378,7 @@ async def _converge(
                 await cluster.peers[who].execute("DELETE FROM notes WHERE id = ?", (key,))
             else:
                 a, b = edges[who]
-                await cluster.network.cut(f"p{a}", f"p{b}")
+                cluster.network.cut(f"p{a}", f"p{b}")
             # Everything committed anywhere goes to the oracle as it happens.
             for store in cluster.stores:
                 while batch := store.changes_since(oracle.cursor(), 500, exclude={oracle.site_id}):
