@@ -56,6 +56,7 @@ class Demo:
                 connect=dial,
                 backoff=Backoff(initial=0.05, maximum=1.0),
                 seed=seed + index,
+                insecure=True,
             )
             peer.subscribe(self._printer(name))
             self.peers.append(peer)

@@ -31,11 +31,21 @@ from typing import Any, ParamSpec, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type
 
 from peer import events as ev
-from peer.errors import ConfigError, ConnectError, CrpeerError, ErrorCode
+from peer.auth import Gate, authenticate
+from peer.errors import (
+    ConfigError,
+    ConnectError,
+    CrpeerError,
+    ErrorCode,
+    RemoteProtocolError,
+    SecurityError,
+)
+from peer.identity import Identity
 from peer.protocol import Limits, LocalInfo, SyncSession
 from peer.retry import Backoff
 from peer.session import SessionDriver
 from peer.store import ApplyResult, Change, Cursor, Store
+from peer.trust import TrustStore, default_trust_path
 from transports.base import Channel, Transport
 
 __all__ = ["Peer"]
@@ -52,6 +62,13 @@ class Peer:
     and keep dialing (``tcp://host:port``, ``ws://…``, ``memory://name``): each
     gets a session, redialed with exponential backoff and full jitter whenever
     it ends. Raises ConfigError for an address no transport handles.
+
+    Security is on by default: pass ``identity`` (and build the transports
+    with its TLS contexts) and a ``trust`` store (default: next to the
+    database); only trusted peer ids sync, and a peer that proves it knows a
+    join secret (the trust store's, or ``join_secret``) pairs. ``insecure=True``
+    accepts plaintext channels from anyone, for tests and debugging, and logs
+    a warning.
     """
 
     def __init__(
@@ -67,7 +84,27 @@ class Peer:
         idle_timeout: float = 45.0,
         backoff: Backoff | None = None,
         seed: int | None = None,
+        identity: Identity | None = None,
+        trust: TrustStore | None = None,
+        join_secret: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        self.log = logging.getLogger("crpeer.peer")
+        if insecure:
+            self.log.warning("insecure mode: plaintext channels, no peer authentication")
+            self.gate = Gate(None, None)
+        else:
+            if identity is None:
+                raise ConfigError(
+                    "crpeer encrypts by default: pass identity= "
+                    "(peer.identity.Identity.load_or_create(path)) or insecure=True"
+                )
+            if trust is None:
+                if isinstance(database, Store) and database.path == ":memory:":
+                    raise ConfigError("pass trust= (a TrustStore) for an in-memory database")
+                path = database.path if isinstance(database, Store) else database
+                trust = TrustStore.load(default_trust_path(path))
+            self.gate = Gate(identity, trust, join_secret)
         self._database = database
         self.transports = list(transports)
         self.name = name or ""
@@ -90,7 +127,7 @@ class Peer:
         self._local: LocalInfo | None = None
         self._started = False
         self._stopping = False
-        self.log = logging.getLogger("crpeer.peer")
+        self._unsubscribe_trust: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -103,6 +140,11 @@ class Peer:
     @property
     def site_id(self) -> bytes:
         return self.store.site_id
+
+    @property
+    def peer_id(self) -> str | None:
+        """This node's peer id (None in insecure mode without an identity)."""
+        return self.gate.identity.peer_id if self.gate.identity else None
 
     async def start(self) -> None:
         """Open the store, start the transports, dial ``connect``. Once."""
@@ -117,6 +159,13 @@ class Peer:
         if not self.name:
             self.name = self.store.site_id.hex()[:8]
         await self.refresh_schema()
+        if self.gate.trust is not None:
+            loop = asyncio.get_running_loop()
+
+            def removed(peer_id: str) -> None:
+                loop.call_soon_threadsafe(self.cut_peer, peer_id)
+
+            self._unsubscribe_trust = self.gate.trust.on_removed(removed)
         for transport in self.transports:
             await transport.start(self._accept)
         for address in self._connect:
@@ -128,6 +177,8 @@ class Peer:
         if not self._started or self._stopping:
             return
         self._stopping = True
+        if self._unsubscribe_trust is not None:
+            self._unsubscribe_trust()
         for driver in list(self._drivers):
             await driver.close(ErrorCode.SHUTDOWN)
         for task in list(self._tasks):
@@ -175,6 +226,13 @@ class Peer:
         """Something was written locally: push it to every session now."""
         for driver in self._drivers:
             driver.wake()
+
+    def cut_peer(self, peer_id: str) -> None:
+        """Close every live session with ``peer_id`` (it was removed from trust)."""
+        for driver in list(self._drivers):
+            if driver.peer_id == peer_id:
+                self.log.warning("peer %s is no longer trusted: closing its session", peer_id)
+                self._spawn(driver.close(ErrorCode.UNTRUSTED), "crpeer-cut")
 
     def connect(self, address: str) -> None:
         """Dial ``address`` and keep redialing it until the peer stops."""
@@ -275,10 +333,27 @@ class Peer:
             return
         await self._run_channel(channel, outbound=False)
 
-    async def _run_channel(self, channel: Channel, *, outbound: bool) -> SessionDriver:
+    async def _run_channel(self, channel: Channel, *, outbound: bool) -> SessionDriver | None:
+        """Authenticate, then run one sync session; None if it was refused."""
         if self._stopping or self._local is None:
             await channel.close()
             raise ConnectError("peer is stopping")
+        try:
+            peer_id = await authenticate(channel, self.gate)
+        except (SecurityError, RemoteProtocolError) as exc:
+            self.log.warning("refused %s: %s", channel.remote.address, exc)
+            self.emit(ev.SessionFailed(None, channel.remote.address, exc))
+            with contextlib.suppress(CrpeerError):
+                await channel.close()
+            return None
+        except CrpeerError as exc:  # the channel broke during authentication
+            self.emit(ev.SessionFailed(None, channel.remote.address, exc))
+            with contextlib.suppress(CrpeerError):
+                await channel.close()
+            return None
+        if self._stopping:
+            await channel.close()
+            return None
         session = SyncSession(self._local, self.limits, self._random.getrandbits(63))
         driver = SessionDriver(
             channel,
@@ -287,6 +362,7 @@ class Peer:
             outbound=outbound,
             ping_interval=self._ping_interval,
             idle_timeout=self._idle_timeout,
+            peer_id=peer_id,
         )
         self._drivers.add(driver)
         try:
@@ -308,11 +384,12 @@ class Peer:
             driver = await self._run_channel(channel, outbound=True)
             if self._stopping:
                 return
-            duplicate = driver.session.remote and self._by_site.get(driver.session.remote.site_id)
-            if duplicate is not None and duplicate is not driver and duplicate:
+            remote = driver.session.remote if driver else None
+            duplicate = self._by_site.get(remote.site_id) if remote else None
+            if driver is not None and duplicate is not None and duplicate is not driver:
                 await duplicate.done.wait()  # the other session serves this peer
-            elif not driver.eose_received.is_set():
-                await asyncio.sleep(self._random.uniform(0, self.backoff.maximum / 10))
+            elif driver is None or not driver.eose_received.is_set():
+                await asyncio.sleep(self._random.uniform(0, self.backoff.maximum))
 
     async def _watch_store(self) -> None:
         """Notice commits by other connections and wake the sessions."""

@@ -1,17 +1,24 @@
 """One LAN node for the network-namespace tests; run inside a namespace.
 
-``python -m tests.lan_node --peer-id ID [--lan] [--seconds N]`` starts mDNS
-discovery on every interface of its namespace, with no peer address given, and
-prints one JSON object per line on stdout:
+``python -m tests.lan_node --peer-id ID [--lan] [--seconds N]`` runs on every
+interface of its namespace, with no peer address given, and prints one JSON
+object per line on stdout.
 
-- ``{"event": "ready", "peer_id": ..., "port": ...}`` once advertised;
+Without ``--lan``: :class:`~transports.mdns.MdnsDiscovery` advertising port 9:
+
+- ``{"event": "ready", "peer_id": ..., "port": 9}`` once advertised;
 - ``{"event": "found", "peer_id": ..., "addresses": [...], "port": ...}``;
-- ``{"event": "lost", "peer_id": ...}``;
-- with ``--lan``: a :class:`~transports.lan.LanTransport` that echoes every
-  frame it receives, and dials each discovered peer it should dial (the
-  smaller id dials), sends one frame and prints
-  ``{"event": "echo", "peer_id": ..., "address": ..., "ok": true}`` (or
-  ``"ok": false`` with ``"error"``) once the echo is back.
+- ``{"event": "lost", "peer_id": ...}``.
+
+With ``--lan``: a :class:`~transports.lan.LanTransport` that echoes every frame
+it receives, and dials each peer its discovery handler reports (those with a
+larger id), sends one frame and waits for it to come back:
+
+- ``{"event": "ready", "peer_id": ..., "addresses": [listen addresses]}``;
+- ``{"event": "inbound", "host": ..., "address": ...}`` per inbound channel;
+- ``{"event": "found", "peer_id": ..., "address": ...}`` per peer to dial;
+- ``{"event": "echo", "peer_id": ..., "address": ..., "ok": true}`` (or
+  ``"ok": false`` with ``"error"``).
 
 It exits cleanly when stdin reaches EOF or after ``--seconds`` (a hard bound).
 """
@@ -24,10 +31,11 @@ import contextlib
 import json
 import os
 import sys
+from urllib.parse import urlsplit
 
 from peer.errors import CrpeerError
 from transports.base import Channel
-# TEMP from transports.lan import LanTransport
+from transports.lan import LanTransport
 from transports.mdns import DiscoveredPeer, MdnsDiscovery
 
 __all__ = ["main"]
@@ -76,6 +84,8 @@ async def run_discovery(peer_id: str, seconds: float) -> None:
 
 
 async def _echo(channel: Channel) -> None:
+    host = urlsplit(channel.remote.address).hostname
+    emit(event="inbound", host=host, address=channel.remote.address)
     try:
         while True:
             await channel.send(await channel.recv())
@@ -101,8 +111,6 @@ async def _ping(transport: LanTransport, address: str, peer_id: str) -> None:
 
 async def run_lan(peer_id: str, seconds: float) -> None:
     """Run a LanTransport that echoes inbound frames and pings discovered peers."""
-    from transports.lan import LanTransport  # TEMP
-
     transport = LanTransport(peer_id)
     pings: set[asyncio.Task[None]] = set()
 

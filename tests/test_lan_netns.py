@@ -52,21 +52,15 @@ class Lan:
 @pytest.fixture
 def lan() -> Iterator[Lan]:
     """Build a bridge namespace and NODES node namespaces; always delete them."""
-    try:
-        ip("netns", "add", "crpprobe" + secrets.token_hex(4))
-    except (subprocess.CalledProcessError, OSError) as exc:
-        pytest.skip(f"cannot create network namespaces here: {exc}")
-    for name in subprocess.run(
-        ["ip", "netns", "list"], check=True, capture_output=True, text=True
-    ).stdout.split():
-        if name.startswith("crpprobe"):
-            ip("netns", "del", name)
     tag = secrets.token_hex(3)
     subnet = f"10.213.{secrets.randbelow(256)}"
     created = Lan(bridge=f"crp{tag}br")
-    namespaces = [created.bridge]
     try:
         ip("netns", "add", created.bridge)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"cannot create network namespaces here: {exc}")
+    namespaces = [created.bridge]
+    try:
         ip("-n", created.bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         ip("-n", created.bridge, "link", "set", "br0", "up")
         for i in range(NODES):
@@ -117,7 +111,7 @@ class Nodes:
             if remaining <= 0:
                 raise AssertionError(f"not met within {within} s; events: {self.events}")
             for key, _mask in self._selector.select(remaining):
-                self._read(key.data, key.fileobj)  # type: ignore[arg-type]
+                self._read(key.data, key.fileobj)
 
     def _read(self, index: int, stream: Any) -> None:
         chunk = os.read(stream.fileno(), 65536)
@@ -136,7 +130,7 @@ class Nodes:
         for proc in self.procs:
             if proc.stdin is not None:
                 proc.stdin.close()
-        codes = []
+        codes: list[int | None] = []
         for proc in self.procs:
             try:
                 codes.append(proc.wait(timeout=10))
@@ -175,4 +169,23 @@ def test_every_namespace_discovers_every_other(
         found = group.seen(i, "found")[ids[j]]
         assert found["addresses"] == [lan.addresses[j]]
         assert found["port"] == 9
+    assert group.close() == [0] * NODES
+
+
+def test_lan_transports_find_and_echo_across_namespaces(
+    lan: Lan, nodes: Callable[[list[str]], Nodes]
+) -> None:
+    group = nodes(["--lan"])
+    ids = [f"node{i}" for i in range(NODES)]
+    pairs = list(itertools.combinations(range(NODES), 2))  # (smaller id, larger id)
+    group.wait_for(lambda: all(ids[j] in group.seen(i, "echo") for i, j in pairs))
+    for i, j in pairs:
+        echo = group.seen(i, "echo")[ids[j]]
+        assert echo["ok"], echo
+        assert group.seen(j, "ready")[ids[j]]["addresses"] == [echo["address"]]
+        assert echo["address"].startswith(f"tcp://{lan.addresses[j]}:")
+        assert ids[i] not in group.seen(j, "echo"), "only the smaller peer id dials"
+    for j in range(NODES):
+        inbound = sorted(e["host"] for e in group.events[j] if e["event"] == "inbound")
+        assert inbound == sorted(lan.addresses[:j]), "dialed once by each smaller id, no other"
     assert group.close() == [0] * NODES

@@ -16,7 +16,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from zeroconf import IPVersion
+from zeroconf._dns import DNSPointer
+from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_RESPONSE, _TYPE_PTR
 
 from peer.errors import ConfigError
 from transports.mdns import DiscoveredPeer, MdnsDiscovery, peer_from_properties
@@ -178,6 +181,39 @@ async def test_bad_adverts_are_ignored(raw_zc: AsyncZeroconf, service_type: str)
     assert seen.ids() == {"good"}
 
 
+async def test_pointer_to_a_foreign_name_is_ignored(
+    raw_zc: AsyncZeroconf, service_type: str
+) -> None:
+    seen = Seen()
+    a = MdnsDiscovery("alpha", 4251, service_type=service_type, interfaces=LOOPBACK)
+    try:
+        await a.start(seen.on_found, seen.on_lost)
+        hostile = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+        for alias in ("evil._other._tcp.local.", "no-type-at-all.", f"x{service_type}"):
+            pointer = DNSPointer(service_type, _TYPE_PTR, _CLASS_IN, 120, alias)
+            hostile.add_answer_at_time(pointer, 0)
+        raw_zc.zeroconf.async_send(hostile)
+        await register_raw(raw_zc, service_type, "good", 4252, {"id": "good", "pv": "1"})
+        await seen.until(lambda: "good" in seen.ids())
+    finally:
+        await a.stop()
+    assert seen.ids() == {"good"}
+
+
+async def test_cancelled_start_leaves_nothing_running(
+    loopback_multicast: None, service_type: str
+) -> None:
+    a = MdnsDiscovery("alpha", 4261, service_type=service_type, interfaces=LOOPBACK)
+    starting = asyncio.create_task(a.start(lambda _p: None, lambda _i: None))
+    await asyncio.sleep(0.1)  # inside the ~1 s of name probing
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert a.instance_name is None
+    with pytest.raises(ConfigError):
+        await a.start(lambda _p: None, lambda _i: None)
+
+
 async def test_port_change_reports_the_peer_again(raw_zc: AsyncZeroconf, service_type: str) -> None:
     seen = Seen()
     a = MdnsDiscovery("alpha", 4301, service_type=service_type, interfaces=LOOPBACK)
@@ -264,9 +300,10 @@ def test_peer_from_properties() -> None:
         ("p", 1, {"service_type": "_crpeer._udp.local."}),
         ("p", 1, {"interfaces": "eth0"}),
         ("p", 1, {"interfaces": ["not-an-ip"]}),
+        ("p", 1, {"addresses": ["localhost"]}),
     ],
 )
-def test_bad_configuration_is_refused(peer_id: str, port: int, kwargs: dict[str, str]) -> None:
+def test_bad_configuration_is_refused(peer_id: str, port: int, kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         MdnsDiscovery(peer_id, port, **kwargs)  # type: ignore[arg-type]
 

@@ -65,6 +65,7 @@ class Cluster:
             limits=self.limits,
             poll_interval=0.02,
             seed=index,
+            insecure=True,
         )
         self.peers.append(peer)
         return peer
@@ -238,6 +239,7 @@ async def lone_peer() -> AsyncIterator[tuple[Peer, MemoryNetwork]]:
         name="target",
         backoff=FAST,
         limits=Limits(max_frame_bytes=64 * 1024),
+        insecure=True,
     )
     await peer.start()
     yield peer, network
@@ -314,6 +316,7 @@ async def test_hostile_frames_get_a_specific_error_and_the_peer_keeps_serving(
         [MemoryTransport(network, f"friend-{name}")],
         connect=["memory://target"],
         backoff=FAST,
+        insecure=True,
     ):
         await wait_for(lambda: rows(peer.store) == [(1, "friend", 1)])
     friend.close()

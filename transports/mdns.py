@@ -7,8 +7,9 @@ nothing. The TXT record carries exactly ``id=<peer id>`` and
 can claim any id, so the caller must still authenticate whoever it dials.
 
 Lifecycle: ``await start(on_found, on_lost)`` once, then ``await stop()``
-(idempotent). Callbacks run on the event loop, never concurrently; an
-exception a callback raises is logged and discovery goes on.
+(idempotent; to abandon a ``start()`` still probing, cancel its task). The
+callbacks run on the event loop; an exception one raises is logged, and
+discovery goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_SERVICE_TYPE",
     "DiscoveredPeer",
     "Interfaces",
+    "IpInterface",
     "MdnsDiscovery",
     "local_interfaces",
     "peer_from_properties",
@@ -44,6 +46,7 @@ Interfaces = Literal["all"] | InterfaceChoice | Sequence[str]
 """Where mDNS runs: ``"all"`` (every interface) or a list of local IP addresses."""
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+"""One local interface address with its prefix, as :func:`local_interfaces` returns."""
 
 _log = logging.getLogger(__name__)
 _MAX_LABEL = 56  # a DNS label holds 63 bytes; leave room for zeroconf's "-N" rename
@@ -120,6 +123,13 @@ def _instance_label(peer_id: str) -> str:
     return label
 
 
+def _ip_literals(addresses: Sequence[str], what: str) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(address)) for address in addresses]
+    except ValueError as exc:
+        raise ConfigError(f"bad {what} address: {exc}") from exc
+
+
 def _interface_choice(interfaces: Interfaces) -> InterfaceChoice | list[str]:
     if isinstance(interfaces, InterfaceChoice):
         return interfaces
@@ -127,10 +137,7 @@ def _interface_choice(interfaces: Interfaces) -> InterfaceChoice | list[str]:
         if interfaces != "all":
             raise ConfigError(f"interfaces must be 'all' or a list of IPs, not {interfaces!r}")
         return InterfaceChoice.All
-    try:
-        return [str(ipaddress.ip_address(address)) for address in interfaces]
-    except ValueError as exc:
-        raise ConfigError(f"bad interface address: {exc}") from exc
+    return _ip_literals(interfaces, "interface")
 
 
 class MdnsDiscovery:
@@ -144,8 +151,8 @@ class MdnsDiscovery:
     ``accepted_versions`` (default: only ``protocol_version``) are ignored.
 
     Raises ConfigError at construction for an empty, unprintable or too long
-    peer id, a port outside 1..65535, a bad service type, or an interface
-    list entry that is not an IP address.
+    peer id, a port outside 1..65535, a bad service type, or an interface or
+    advertised address that is not an IP address.
     """
 
     def __init__(
@@ -173,7 +180,7 @@ class MdnsDiscovery:
         self._accepted = frozenset(accepted_versions or (protocol_version,))
         self._ip_version = ip_version
         self._interfaces = _interface_choice(interfaces)
-        self._addresses = list(addresses) if addresses is not None else None
+        self._addresses = None if addresses is None else _ip_literals(addresses, "advertised")
         self._aiozc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
@@ -194,7 +201,8 @@ class MdnsDiscovery:
         if self._addresses is not None:
             return list(self._addresses)
         if isinstance(self._interfaces, list):
-            return [a for a in self._interfaces if self._version_ok(ipaddress.ip_address(a))]
+            wanted = {IPVersion.V4Only: {4}, IPVersion.V6Only: {6}}.get(self._ip_version, {4, 6})
+            return [a for a in self._interfaces if ipaddress.ip_address(a).version in wanted]
         ips = [iface.ip for iface in local_interfaces(self._ip_version)]
         routable = [ip for ip in ips if not ip.is_loopback]
         return [str(ip) for ip in routable or ips]
@@ -237,6 +245,9 @@ class MdnsDiscovery:
         except (OSError, ZeroconfError, ValueError, RuntimeError) as exc:
             await self.stop()
             raise TransportError(f"mDNS could not start: {exc}") from exc
+        except BaseException:  # cancelled while probing: leave nothing running
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Say goodbye, stop browsing, close the sockets. Idempotent; never raises."""
@@ -262,15 +273,13 @@ class MdnsDiscovery:
                 await asyncio.wait_for(goodbye, _GOODBYE_TIMEOUT_S)
         await aiozc.async_close()
 
-    def _version_ok(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if self._ip_version is IPVersion.V4Only:
-            return ip.version == 4
-        return self._ip_version is IPVersion.All or ip.version == 6
-
     def _on_state_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         if self._closed or (self._info is not None and name == self._info.name):
+            return
+        if not name.endswith(f".{self.service_type}"):
+            _log.debug("mDNS: ignoring %r, not an instance of %s", name, self.service_type)
             return
         previous = self._resolving.pop(name, None)
         if previous is not None:
@@ -287,18 +296,28 @@ class MdnsDiscovery:
             del self._resolving[name]
 
     async def _resolve(self, zeroconf: Zeroconf, name: str) -> None:
-        info = AsyncServiceInfo(self.service_type, name)
-        if not await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS):
+        try:
+            info = AsyncServiceInfo(self.service_type, name)
+            resolved = await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS)
+        except (ZeroconfError, ValueError) as exc:
+            _log.debug("mDNS: cannot resolve %r: %r", name, exc)
+            return
+        if not resolved:
             _log.debug("mDNS: %s did not resolve in time", name)
             return
         addresses = info.parsed_scoped_addresses(self._ip_version)
         found = peer_from_properties(info.properties, addresses, info.port, self._accepted)
-        if found is None:
-            _log.debug("mDNS: ignoring %s (malformed TXT or unsupported version)", name)
+        if found is None or found.peer_id == self.peer_id:
+            _log.debug("mDNS: ignoring %s (malformed, unsupported version, or our id)", name)
             self._forget(name)
-        elif found.peer_id != self.peer_id and self._known.get(name) != found and not self._closed:
-            self._known[name] = found
-            self._call(self._on_found, found)
+            return
+        previous = self._known.get(name)
+        if previous == found:
+            return
+        if previous is not None and previous.peer_id != found.peer_id:
+            self._forget(name)
+        self._known[name] = found
+        self._call(self._on_found, found)
 
     def _forget(self, name: str) -> None:
         gone = self._known.pop(name, None)

@@ -1,0 +1,227 @@
+"""Peers over real TLS on loopback: trust, pairing, removal, men in the middle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peer import events
+from peer.errors import ConfigError
+from peer.identity import Identity
+from peer.peer import Peer
+from peer.retry import Backoff
+from peer.store import Store
+from peer.trust import TrustStore
+from transports.memory import MemoryNetwork, MemoryTransport
+from transports.tcp import TcpTransport
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
+FAST = Backoff(initial=0.02, maximum=0.3)
+
+
+class Node:
+    """A database, an identity and a trust store in one directory."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.store = Store(directory / f"{name}.db")
+        self.store.execute(SCHEMA)
+        self.store.make_crr("notes")
+        self.identity = Identity.load_or_create(directory / f"{name}.key")
+        self.trust = TrustStore.load(directory / f"{name}.trust.json")
+        self.seen: list[events.Event] = []
+
+    def peer(self, connect: list[str] = (), join_secret: str | None = None) -> Peer:  # type: ignore[assignment]
+        transport = TcpTransport(
+            "127.0.0.1",
+            0,
+            server_ssl=self.identity.server_ssl_context(),
+            client_ssl=self.identity.client_ssl_context(),
+        )
+        peer = Peer(
+            self.store,
+            [transport],
+            name=self.name,
+            connect=list(connect),
+            identity=self.identity,
+            trust=self.trust,
+            join_secret=join_secret,
+            backoff=FAST,
+        )
+        peer.subscribe(self.seen.append)
+        return peer
+
+    def rows(self) -> list[Any]:
+        return self.store.execute("SELECT * FROM notes ORDER BY id")
+
+    def close(self) -> None:
+        self.store.close()
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def address(peer: Peer) -> str:
+    return peer.transports[0].listen_addresses[0]
+
+
+def refusals(node: Node) -> list[events.SessionFailed]:
+    return [e for e in node.seen if isinstance(e, events.SessionFailed)]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Any:
+    made: list[Node] = []
+
+    def make(name: str) -> Node:
+        node = Node(tmp_path / name, name)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+async def test_trusted_peers_sync_over_tls_and_learn_each_others_ids(nodes: Any) -> None:
+    a, b = nodes("a"), nodes("b")
+    a.trust.add(b.identity.peer_id)
+    b.trust.add(a.identity.peer_id)
+    a.store.execute("INSERT INTO notes VALUES (1, 'secret note')")
+    async with a.peer() as pa, b.peer([address(pa)]) as pb:
+        await wait_for(lambda: b.rows() == [(1, "secret note")])
+        (session,) = pb.sessions
+        assert session.peer_id == a.identity.peer_id
+        assert pa.sessions[0].peer_id == b.identity.peer_id
+
+
+async def test_an_unknown_peer_is_refused_and_receives_zero_rows(nodes: Any) -> None:
+    a, stranger = nodes("a"), nodes("stranger")
+    a.store.execute("INSERT INTO notes VALUES (1, 'secret note')")
+    stranger.trust.add(a.identity.peer_id)  # the stranger trusts a; a does not trust it
+    async with a.peer() as pa, stranger.peer([address(pa)]) as ps:
+        await wait_for(lambda: len(refusals(a)) >= 1 and len(refusals(stranger)) >= 1)
+        assert stranger.rows() == []
+        assert pa.sessions == []
+        assert ps.sessions == []
+    assert "not trusted" in str(refusals(a)[0].error)
+
+
+async def test_a_man_in_the_middle_with_another_key_is_refused(nodes: Any, tmp_path: Path) -> None:
+    a, b = nodes("a"), nodes("b")
+    a.trust.add(b.identity.peer_id)
+    b.trust.add(a.identity.peer_id)
+    # The attacker has b's database and trust store but not b's private key.
+    mallory = Identity.load_or_create(tmp_path / "mallory.key")
+    b.identity = mallory
+    a.store.execute("INSERT INTO notes VALUES (1, 'secret note')")
+    async with a.peer() as pa, b.peer([address(pa)]):
+        await wait_for(lambda: len(refusals(a)) >= 1)
+        assert b.rows() == []
+    assert mallory.peer_id != Identity.load_or_create(tmp_path / "b" / "b.key").peer_id
+
+
+async def test_removing_a_peer_cuts_its_live_session_within_a_second(nodes: Any) -> None:
+    a, b = nodes("a"), nodes("b")
+    a.trust.add(b.identity.peer_id)
+    b.trust.add(a.identity.peer_id)
+    async with a.peer() as pa, b.peer([address(pa)]):
+        await wait_for(lambda: len(pa.sessions) == 1)
+        started = time.monotonic()
+        a.trust.remove(b.identity.peer_id)
+        await wait_for(lambda: pa.sessions == [], within=1.0)
+        assert time.monotonic() - started < 1.0
+        a.store.execute("INSERT INTO notes VALUES (9, 'after removal')")
+        await asyncio.sleep(0.5)
+        assert b.rows() == []
+
+
+async def test_the_right_join_secret_pairs_and_a_wrong_one_is_refused(nodes: Any) -> None:
+    host, joiner, intruder = nodes("host"), nodes("joiner"), nodes("intruder")
+    secret = host.trust.rotate_join_secret()
+    host.store.execute("INSERT INTO notes VALUES (1, 'for members')")
+    async with host.peer() as ph:
+        async with intruder.peer([address(ph)], join_secret="WRONG-SECRET-WRONG-SECRET-12"):
+            await wait_for(lambda: len(refusals(host)) >= 1)
+            assert intruder.rows() == []
+            assert not host.trust.is_trusted(intruder.identity.peer_id)
+        async with joiner.peer([address(ph)], join_secret=secret):
+            await wait_for(lambda: joiner.rows() == [(1, "for members")])
+        assert host.trust.is_trusted(joiner.identity.peer_id)
+        assert joiner.trust.is_trusted(host.identity.peer_id)
+
+
+async def test_a_rotated_secret_stops_the_old_one(nodes: Any) -> None:
+    host, late = nodes("host"), nodes("late")
+    old = host.trust.rotate_join_secret()
+    new = host.trust.rotate_join_secret()
+    assert old != new
+    async with host.peer() as ph:
+        async with late.peer([address(ph)], join_secret=old):
+            await wait_for(lambda: len(refusals(host)) >= 1)
+        assert not host.trust.is_trusted(late.identity.peer_id)
+        async with late.peer([address(ph)], join_secret=new):
+            await wait_for(lambda: host.trust.is_trusted(late.identity.peer_id))
+
+
+async def test_a_secure_peer_refuses_plaintext(nodes: Any) -> None:
+    a = nodes("a")
+    a.store.execute("INSERT INTO notes VALUES (1, 'secret note')")
+    # Over TCP the TLS handshake itself fails: no channel ever exists.
+    async with a.peer() as pa:
+        plain_store = new_plain_store()
+        plain = Peer(
+            plain_store,
+            [TcpTransport("127.0.0.1", 0)],
+            connect=[address(pa)],
+            insecure=True,
+            backoff=FAST,
+        )
+        async with plain:
+            await asyncio.sleep(1.0)
+            assert pa.sessions == []
+            assert plain.sessions == []
+        assert plain_store.execute("SELECT count(*) FROM notes") == [(0,)]
+        plain_store.close()
+    # A channel without a certificate (here: the memory transport) is refused
+    # by the peer itself before any sync frame.
+    network = MemoryNetwork()
+    secure = Peer(a.store, [MemoryTransport(network, "secure")], identity=a.identity, trust=a.trust)
+    secure.subscribe(a.seen.append)
+    plain_store = new_plain_store()
+    async with (
+        secure,
+        Peer(
+            plain_store,
+            [MemoryTransport(network, "plain")],
+            connect=["memory://secure"],
+            insecure=True,
+        ),
+    ):
+        await wait_for(lambda: len(refusals(a)) >= 1)
+        assert "plaintext" in str(refusals(a)[0].error)
+        assert plain_store.execute("SELECT count(*) FROM notes") == [(0,)]
+    plain_store.close()
+
+
+def new_plain_store() -> Store:
+    store = Store(":memory:")
+    store.execute(SCHEMA)
+    store.make_crr("notes")
+    return store
+
+
+def test_security_is_the_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="encrypts by default"):
+        Peer(tmp_path / "x.db", [])
