@@ -1,0 +1,180 @@
+"""TcpTransport and StreamChannel on loopback: hostile input, TLS timeouts, IPv6."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
+from tests.test_transport_contract import WAIT, Loopback, assert_no_tasks_left, tls_contexts
+from transports.base import Channel, RemoteInfo
+from transports.tcp import StreamChannel, TcpTransport
+
+
+async def raw_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    return await asyncio.open_connection(host.strip("[]"), int(port))
+
+
+async def closed_by_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """True once the server closed the raw connection (EOF or reset)."""
+    try:
+        for _ in range(1000):
+            if not await asyncio.wait_for(reader.read(65536), WAIT):
+                return True
+    except ConnectionResetError:
+        return True
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return False
+
+
+async def assert_still_serving(loop: Loopback) -> None:
+    dialed, accepted = await loop.pair()
+    await dialed.send(b"ping")
+    assert await asyncio.wait_for(accepted.recv(), WAIT) == b"ping"
+    await accepted.send(b"pong")
+    assert await asyncio.wait_for(dialed.recv(), WAIT) == b"pong"
+    await dialed.close()
+
+
+@pytest.mark.parametrize(
+    ("garbage", "error"),
+    [
+        (b"\xff\xff\xff\xff" + b"x" * 100, FrameTooLarge),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", FrameTooLarge),
+        (b"\x00\x00\x00\x10" + b"short", ChannelClosed),
+        (random.Random(7).randbytes(3000), TransportError),
+    ],
+    ids=["huge-length", "http-get", "truncated", "random"],
+)
+async def test_garbage_closes_that_connection_only(
+    garbage: bytes, error: type[TransportError]
+) -> None:
+    async with Loopback("tcp") as loop:
+        reader, writer = await raw_connection(loop.address)
+        writer.write(garbage)
+        if error is ChannelClosed:
+            writer.write_eof()
+        hostile = (await asyncio.wait_for(loop.accepted.get(), WAIT)).channel
+        with pytest.raises(error):
+            await asyncio.wait_for(hostile.recv(), WAIT)
+        assert await closed_by_server(reader, writer)
+        await assert_still_serving(loop)
+
+
+async def test_silent_client_does_not_block_others() -> None:
+    async with Loopback("tcp") as loop:
+        reader, writer = await raw_connection(loop.address)
+        silent = (await asyncio.wait_for(loop.accepted.get(), WAIT)).channel
+        await assert_still_serving(loop)
+        writer.close()
+        await writer.wait_closed()
+        with pytest.raises(ChannelClosed):
+            await asyncio.wait_for(silent.recv(), WAIT)
+        assert not await reader.read()
+
+
+async def test_tls_handshake_timeout_drops_silent_client(tmp_path: Path) -> None:
+    server_ssl, client_ssl, _, _ = tls_contexts(tmp_path)
+    server = {"server_ssl": server_ssl, "handshake_timeout": 0.3}
+    async with Loopback("tcp", server, {"client_ssl": client_ssl}) as loop:
+        reader, writer = await raw_connection(loop.address)  # never sends a ClientHello
+        await assert_still_serving(loop)
+        assert await closed_by_server(reader, writer)
+        assert loop.accepted.empty()
+
+
+async def test_stop_during_tls_handshake_leaves_nothing(tmp_path: Path) -> None:
+    server_ssl, _, _, _ = tls_contexts(tmp_path)
+    before = asyncio.all_tasks()
+    transport = TcpTransport(server_ssl=server_ssl, handshake_timeout=60.0)
+    await transport.start(_never)
+    reader, writer = await raw_connection(transport.listen_addresses[0])
+    await asyncio.sleep(0.05)  # let the server accept it
+    await asyncio.wait_for(transport.stop(), WAIT)
+    await assert_no_tasks_left(before)
+    assert await closed_by_server(reader, writer)
+
+
+async def test_dial_times_out_when_tls_never_answers(tmp_path: Path) -> None:
+    _, client_ssl, _, _ = tls_contexts(tmp_path)
+    silent = await asyncio.start_server(_hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    transport = TcpTransport(listen=False, client_ssl=client_ssl, handshake_timeout=0.3)
+    await transport.start(_never)
+    with pytest.raises(ConnectError, match=f"127.0.0.1:{port}"):
+        await asyncio.wait_for(transport.dial(f"tcp://127.0.0.1:{port}"), WAIT)
+    await transport.stop()
+    silent.close()
+    await silent.wait_closed()
+
+
+@pytest.mark.parametrize("address", ["udp://127.0.0.1:1", "tcp://127.0.0.1", "tcp://:5", "x"])
+async def test_malformed_address_is_config_error(address: str) -> None:
+    transport = TcpTransport(listen=False)
+    await transport.start(_never)
+    with pytest.raises(ConfigError):
+        await transport.dial(address)
+    await transport.stop()
+
+
+async def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("::1 not available")
+    async with Loopback("tcp", {"host": "::1"}) as loop:
+        assert loop.address.startswith("tcp://[::1]:")
+        await assert_still_serving(loop)
+
+
+async def test_listen_addresses_give_the_bound_port() -> None:
+    async with Loopback("tcp") as loop:
+        assert loop.address.startswith("tcp://127.0.0.1:")
+        assert int(loop.address.rsplit(":", 1)[1]) > 0
+        assert loop.client.listen_addresses == []
+
+
+async def test_stream_channel_over_any_stream_pair() -> None:
+    accepted: asyncio.Queue[StreamChannel] = asyncio.Queue()
+    closed: list[StreamChannel] = []
+
+    def on_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        remote = RemoteInfo("test", "inbound", inbound=True)
+        accepted.put_nowait(StreamChannel(reader, writer, remote, on_close=closed.append))
+
+    server = await asyncio.start_server(on_accept, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    dialed = StreamChannel(reader, writer, RemoteInfo("test", "out", inbound=False), max_frame=10)
+    inbound = await asyncio.wait_for(accepted.get(), WAIT)
+    await dialed.send(b"0123456789")
+    assert await asyncio.wait_for(inbound.recv(), WAIT) == b"0123456789"
+    await inbound.send(b"0123456789A")  # inbound allows 8 MiB, dialed only 10 bytes
+    with pytest.raises(FrameTooLarge):
+        await asyncio.wait_for(dialed.recv(), WAIT)
+    with pytest.raises(ChannelClosed):
+        await asyncio.wait_for(inbound.recv(), WAIT)
+    await inbound.close()
+    assert closed == [inbound]
+    server.close()
+    await server.wait_closed()
+
+
+async def _never(channel: Channel) -> None:
+    raise AssertionError("unexpected inbound channel")
+
+
+async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()  # until the dialer gives up
+    writer.close()

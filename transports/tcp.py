@@ -1,0 +1,280 @@
+"""TCP transport: length-prefixed frames over asyncio streams, optionally TLS.
+
+Wire format: every frame is a 4-byte big-endian length followed by that many
+bytes. A length over ``max_frame`` closes the connection before the payload
+is read (:class:`~peer.errors.FrameTooLarge`).
+
+Addresses are ``tcp://HOST:PORT`` (IPv6: ``tcp://[::1]:PORT``).
+
+:class:`StreamChannel` is the framing on its own, over any connected
+``(asyncio.StreamReader, asyncio.StreamWriter)`` pair; other stream transports
+(LAN discovery) build on it and on :class:`TcpTransport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import struct
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
+from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, RemoteInfo, Transport
+
+__all__ = ["StreamChannel", "TcpTransport"]
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+
+
+class StreamChannel(Channel):
+    """Length-prefixed frames over a connected asyncio stream pair.
+
+    ``reader``/``writer`` must already be connected (and TLS-wrapped, if
+    wanted); the channel owns them from now on and closes the writer in
+    :meth:`close`. ``remote`` is reported as-is. ``close_timeout`` bounds the
+    clean shutdown (TLS close_notify) before the connection is aborted.
+    ``on_close`` is called once, after the connection is closed; transports use
+    it to forget the channel.
+
+    One task may call :meth:`recv` at a time; :meth:`send` may be called from
+    several tasks (each frame is written whole).
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        remote: RemoteInfo,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        close_timeout: float = 5.0,
+        on_close: Callable[[StreamChannel], None] | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._remote = remote
+        self._max_frame = max_frame
+        self._close_timeout = close_timeout
+        self._on_close = on_close
+        self._closed = False
+
+    @property
+    def remote(self) -> RemoteInfo:
+        return self._remote
+
+    async def send(self, frame: bytes) -> None:
+        """Write one frame and wait until the transport's buffer drains."""
+        if self._closed or self._writer.is_closing():
+            raise ChannelClosed(f"channel to {self._remote.address} is closed")
+        if len(frame) > self._max_frame:
+            raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds {self._max_frame}")
+        try:
+            self._writer.writelines([_HEADER.pack(len(frame)), frame])
+            await self._writer.drain()
+        except OSError as exc:  # ConnectionError and ssl.SSLError included
+            raise ChannelClosed(f"connection to {self._remote.address} broke: {exc}") from exc
+
+    async def recv(self) -> bytes:
+        """Read the next frame; an oversized length closes the connection."""
+        if self._closed:
+            raise ChannelClosed(f"channel to {self._remote.address} is closed")
+        try:
+            (length,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
+            if length > self._max_frame:
+                await self.close()
+                raise FrameTooLarge(
+                    f"{self._remote.address} sent a frame of {length} bytes"
+                    f" (limit {self._max_frame})"
+                )
+            return await self._reader.readexactly(length)
+        except (asyncio.IncompleteReadError, OSError) as exc:
+            await self.close()
+            raise ChannelClosed(f"connection to {self._remote.address} closed") from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()
+        except OSError:
+            pass  # the connection broke while closing: closed all the same
+        if self._on_close is not None:
+            self._on_close(self)
+
+
+class TcpTransport(Transport):
+    """Listens on and dials ``tcp://`` addresses; TLS when contexts are given.
+
+    ``server_ssl`` wraps accepted connections (the TLS handshake must finish
+    within ``handshake_timeout`` or the connection is dropped); ``client_ssl``
+    wraps dialed ones. With TLS, :attr:`RemoteInfo.certificate` is the remote's
+    certificate (DER) when it presented one. ``close_timeout`` bounds each
+    channel's clean close and how long :meth:`stop` waits for handlers to
+    return before cancelling them.
+    """
+
+    scheme = "tcp"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        listen: bool = True,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._listen = listen
+        self._max_frame = max_frame
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._handshake_timeout = handshake_timeout
+        self._close_timeout = close_timeout
+        self._handler: ChannelHandler | None = None
+        self._server: asyncio.Server | None = None
+        self._channels: set[StreamChannel] = set()
+        self._handshakes: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._stopped = False
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        if self._server is None:
+            return []
+        return [_address(sock.getsockname()) for sock in self._server.sockets]
+
+    async def start(self, handler: ChannelHandler) -> None:
+        """Start listening (when ``listen``); raises TransportError if the
+        address cannot be bound."""
+        if self._handler is not None:
+            raise ConfigError("TcpTransport.start() called twice")
+        self._handler = handler
+        if not self._listen:
+            return
+        try:
+            self._server = await asyncio.start_server(self._accepted, self._host, self._port)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.close()
+        for task, writer in self._handshakes.items():
+            writer.transport.abort()  # the task may not have started: it cannot clean up
+            task.cancel()
+        await asyncio.gather(*(channel.close() for channel in list(self._channels)))
+        if self._handlers:
+            _, late = await asyncio.wait(self._handlers, timeout=self._close_timeout)
+            for task in late:
+                log.warning("channel handler did not return after stop(); cancelling it")
+                task.cancel()
+        await asyncio.gather(*self._handshakes, *self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def dial(self, address: str) -> Channel:
+        """Connect to ``address``; raises ConnectError on refusal, unreachable
+        host, TLS failure or timeout (``handshake_timeout``)."""
+        host, port = _parse(address)
+        if self._stopped:
+            raise ConnectError(f"cannot dial {address}: transport is stopped")
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=self._client_ssl,
+                    ssl_handshake_timeout=self._handshake_timeout if self._client_ssl else None,
+                )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectError(f"cannot connect to {address}: {exc!r}") from exc
+        return self._channel(reader, writer, address, inbound=False)
+
+    def _channel(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: str,
+        *,
+        inbound: bool,
+    ) -> StreamChannel:
+        ssl_object = writer.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        channel = StreamChannel(
+            reader,
+            writer,
+            RemoteInfo(self.scheme, address, inbound, certificate),
+            max_frame=self._max_frame,
+            close_timeout=self._close_timeout,
+            on_close=self._channels.discard,
+        )
+        self._channels.add(channel)
+        return channel
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopped:
+            writer.transport.abort()
+            return
+        task = asyncio.create_task(self._serve(reader, writer), name="crpeer-tcp-accept")
+        self._handshakes[task] = writer
+        task.add_done_callback(lambda done: self._handshakes.pop(done, None))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = _address(writer.get_extra_info("peername"))
+        if self._server_ssl is not None:
+            try:
+                await writer.start_tls(
+                    self._server_ssl, ssl_handshake_timeout=self._handshake_timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                log.debug("TLS handshake with %s failed: %r", address, exc)
+                writer.transport.abort()
+                return
+        # From here on the handler owns the connection: move this task from
+        # the handshake set (cancelled at once on stop) to the handler set.
+        task = asyncio.current_task()
+        assert task is not None
+        del self._handshakes[task]
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        channel = self._channel(reader, writer, address, inbound=True)
+        assert self._handler is not None
+        try:
+            await self._handler(channel)
+        except Exception:
+            log.exception("channel handler for %s failed", address)
+        finally:
+            await channel.close()
+
+
+def _parse(address: str) -> tuple[str, int]:
+    parts = urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"bad port in address {address!r}") from exc
+    if parts.scheme != "tcp" or not parts.hostname or port is None:
+        raise ConfigError(f"not a tcp://HOST:PORT address: {address!r}")
+    return parts.hostname, port
+
+
+def _address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"

@@ -1,0 +1,252 @@
+"""WebSocket transport: one binary WebSocket message per frame.
+
+Built on the ``websockets`` library (its asyncio implementation), which does
+the HTTP upgrade, masking, fragmentation, keepalive pings and the closing
+handshake. This module only maps messages to frames and library errors to
+crpeer errors.
+
+Addresses are ``ws://HOST:PORT/PATH`` or, with TLS, ``wss://HOST:PORT/PATH``.
+A text message from the remote is a protocol violation: the connection is
+closed with code 1008 and the owner gets :class:`~peer.errors.ChannelClosed`.
+An incoming message over ``max_frame`` closes the connection with code 1009
+and the owner gets :class:`~peer.errors.FrameTooLarge`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
+from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, RemoteInfo, Transport
+
+__all__ = ["WebSocketTransport"]
+
+log = logging.getLogger(__name__)
+
+
+class _WebSocketChannel(Channel):
+    """A channel over one open WebSocket connection (client or server side)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        remote: RemoteInfo,
+        max_frame: int,
+        on_close: Callable[[_WebSocketChannel], None],
+    ) -> None:
+        self._connection = connection
+        self._remote = remote
+        self._max_frame = max_frame
+        self._on_close = on_close
+        self._closed = False
+
+    @property
+    def remote(self) -> RemoteInfo:
+        return self._remote
+
+    async def send(self, frame: bytes) -> None:
+        if self._closed:
+            raise ChannelClosed(f"channel to {self._remote.address} is closed")
+        if len(frame) > self._max_frame:
+            raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds {self._max_frame}")
+        try:
+            await self._connection.send(frame)
+        except ConnectionClosed as exc:
+            raise self._translate(exc) from exc
+
+    async def recv(self) -> bytes:
+        if self._closed:
+            raise ChannelClosed(f"channel to {self._remote.address} is closed")
+        try:
+            message = await self._connection.recv()
+        except ConnectionClosed as exc:
+            raise self._translate(exc) from exc
+        if isinstance(message, str):
+            await self._connection.close(CloseCode.POLICY_VIOLATION, "binary frames only")
+            raise ChannelClosed(f"{self._remote.address} sent a text message")
+        return message
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._connection.close()  # bounded by the library's close_timeout
+        self._on_close(self)
+
+    def _translate(self, exc: ConnectionClosed) -> ChannelClosed | FrameTooLarge:
+        if exc.sent and exc.sent.code == CloseCode.MESSAGE_TOO_BIG and not exc.rcvd_then_sent:
+            return FrameTooLarge(f"{self._remote.address} sent a message over {self._max_frame}")
+        return ChannelClosed(f"connection to {self._remote.address} closed: {exc}")
+
+
+class WebSocketTransport(Transport):
+    """Listens on ``HOST:PORT/PATH`` and dials ``ws://``/``wss://`` addresses.
+
+    ``server_ssl`` makes the listener ``wss``; ``client_ssl`` is used to dial
+    ``wss://`` addresses (the library's default context when ``None``). With
+    TLS, :attr:`RemoteInfo.certificate` is the remote's certificate (DER) when
+    it presented one. ``ping_interval``/``ping_timeout`` drive the library's
+    keepalive: a remote that stops answering pings is disconnected.
+    ``handshake_timeout`` bounds the TLS and WebSocket opening handshakes (both
+    when dialing and accepting); ``close_timeout`` bounds the closing handshake
+    and how long :meth:`stop` waits for handlers before cancelling them.
+    Connections go direct: proxies from the environment are ignored.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        path: str = "/crpeer",
+        listen: bool = True,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 20.0,
+        handshake_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.scheme = "wss" if server_ssl is not None else "ws"
+        self._host = host
+        self._port = port
+        self._path = path
+        self._listen = listen
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._handshake_timeout = handshake_timeout
+        self._close_timeout = close_timeout
+        self._options: dict[str, Any] = {
+            "max_size": max_frame,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "open_timeout": handshake_timeout,
+            "close_timeout": close_timeout,
+            "compression": None,
+        }
+        self._max_frame = max_frame
+        self._handler: ChannelHandler | None = None
+        self._server: Server | None = None
+        self._channels: set[_WebSocketChannel] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._stopped = False
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        if self._server is None:
+            return []
+        return [
+            _address(self.scheme, sock.getsockname(), self._path) for sock in self._server.sockets
+        ]
+
+    async def start(self, handler: ChannelHandler) -> None:
+        """Start listening (when ``listen``); raises TransportError if the
+        address cannot be bound."""
+        if self._handler is not None:
+            raise ConfigError("WebSocketTransport.start() called twice")
+        self._handler = handler
+        if not self._listen:
+            return
+        try:
+            self._server = await serve(
+                self._serve,
+                self._host,
+                self._port,
+                ssl=self._server_ssl,
+                process_request=self._check_path,
+                server_header=None,
+                **self._options,
+            )
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.close()  # rejects handshakes in progress, closes open connections
+        await asyncio.gather(*(channel.close() for channel in list(self._channels)))
+        if self._handlers:
+            _, late = await asyncio.wait(self._handlers, timeout=self._close_timeout)
+            for task in late:
+                log.warning("channel handler did not return after stop(); cancelling it")
+                task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def dial(self, address: str) -> Channel:
+        """Open a WebSocket to ``address``; raises ConnectError on refusal,
+        unreachable host, rejected upgrade, TLS failure or timeout."""
+        scheme = urlsplit(address).scheme
+        if scheme not in ("ws", "wss"):
+            raise ConfigError(f"not a ws:// or wss:// address: {address!r}")
+        if self._stopped:
+            raise ConnectError(f"cannot dial {address}: transport is stopped")
+        tls: dict[str, Any] = (
+            {"ssl": self._client_ssl} if scheme == "wss" and self._client_ssl else {}
+        )
+        try:
+            connection = await connect(
+                address, proxy=None, user_agent_header=None, **tls, **self._options
+            )
+        except InvalidURI as exc:
+            raise ConfigError(f"bad WebSocket address {address!r}") from exc
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise ConnectError(f"cannot connect to {address}: {exc!r}") from exc
+        return self._channel(connection, scheme, address, inbound=False)
+
+    def _channel(
+        self, connection: Connection, scheme: str, address: str, *, inbound: bool
+    ) -> _WebSocketChannel:
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        channel = _WebSocketChannel(
+            connection,
+            RemoteInfo(scheme, address, inbound, certificate),
+            self._max_frame,
+            self._channels.discard,
+        )
+        self._channels.add(channel)
+        return channel
+
+    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path != self._path:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        return None
+
+    async def _serve(self, connection: ServerConnection) -> None:
+        """Runs in the library's per-connection task; the connection lives as
+        long as this coroutine does."""
+        task = asyncio.current_task()
+        assert task is not None
+        assert self._handler is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        address = _address(self.scheme, connection.remote_address, "")
+        channel = self._channel(connection, self.scheme, address, inbound=True)
+        try:
+            await self._handler(channel)
+        except Exception:
+            log.exception("channel handler for %s failed", address)
+        finally:
+            await channel.close()
+
+
+def _address(scheme: str, sockname: Any, path: str) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"{scheme}://[{host}]:{port}{path}" if ":" in host else f"{scheme}://{host}:{port}{path}"
