@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_never
 
 from peer import events as ev
 from peer.auth import Gate, authenticate
@@ -46,7 +46,7 @@ from peer.retry import Backoff
 from peer.session import SessionDriver
 from peer.store import ApplyResult, Change, Cursor, Store
 from peer.trust import TrustStore, default_trust_path
-from transports.base import Channel, Transport
+from transports.base import Channel, SupportsDiscovery, Transport
 
 __all__ = ["Peer"]
 
@@ -167,6 +167,8 @@ class Peer:
 
             self._unsubscribe_trust = self.gate.trust.on_removed(removed)
         for transport in self.transports:
+            if isinstance(transport, SupportsDiscovery):
+                transport.set_discovery_handler(self._make_discovery_handler(transport))
             await transport.start(self._accept)
         for address in self._connect:
             self._spawn(self._dial_forever(address), f"crpeer-dial {address}")
@@ -373,23 +375,66 @@ class Peer:
                 del self._by_site[driver.remote.site_id]
         return driver
 
+    async def _dial(self, transport: Transport, address: str, attempts: int | None) -> Channel:
+        """Dial with exponential backoff and full jitter; raises ConnectError after
+        ``attempts`` failures (never gives up when None)."""
+        retrying = AsyncRetrying(
+            wait=self.backoff.wait(),
+            retry=retry_if_exception_type(ConnectError),
+            stop=stop_after_attempt(attempts) if attempts else stop_never,
+            reraise=True,
+        )
+        channel: Channel = await retrying(transport.dial, address)
+        return channel
+
+    async def _session_ended(self, driver: SessionDriver | None) -> None:
+        """Wait before redialing: for a duplicate's end, or a jittered pause after a failure."""
+        remote = driver.session.remote if driver else None
+        duplicate = self._by_site.get(remote.site_id) if remote else None
+        if duplicate is not None and duplicate is not driver:
+            await duplicate.done.wait()  # the other session serves this peer
+        elif driver is None or not driver.eose_received.is_set():
+            await asyncio.sleep(self._random.uniform(0, self.backoff.maximum))
+
     async def _dial_forever(self, address: str) -> None:
-        """Dial, run the session, repeat; back off (full jitter) after failures."""
+        """Dial, run the session, repeat, until the peer stops."""
         transport = self._transport_for(address)
         while not self._stopping:
-            retrying = AsyncRetrying(
-                wait=self.backoff.wait(), retry=retry_if_exception_type(ConnectError), reraise=True
-            )
-            channel: Channel = await retrying(transport.dial, address)
+            channel = await self._dial(transport, address, attempts=None)
             driver = await self._run_channel(channel, outbound=True)
             if self._stopping:
                 return
-            remote = driver.session.remote if driver else None
-            duplicate = self._by_site.get(remote.site_id) if remote else None
-            if driver is not None and duplicate is not None and duplicate is not driver:
-                await duplicate.done.wait()  # the other session serves this peer
-            elif driver is None or not driver.eose_received.is_set():
-                await asyncio.sleep(self._random.uniform(0, self.backoff.maximum))
+            await self._session_ended(driver)
+
+    def _make_discovery_handler(self, transport: SupportsDiscovery) -> Callable[[str, str], None]:
+        dialing: dict[str, asyncio.Task[None]] = {}
+
+        def found(address: str, peer_id: str) -> None:
+            task = dialing.get(peer_id)
+            if self._stopping or (task is not None and not task.done()):
+                return
+            task = asyncio.get_running_loop().create_task(
+                self._dial_discovered(transport, address, peer_id), name=f"crpeer-lan {peer_id}"
+            )
+            dialing[peer_id] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return found
+
+    async def _dial_discovered(
+        self, discovery: SupportsDiscovery, address: str, peer_id: str
+    ) -> None:
+        """Dial a peer found on the LAN for as long as it stays advertised."""
+        transport = self._transport_for(address)
+        while not self._stopping and discovery.is_discovered(peer_id):
+            try:
+                channel = await self._dial(transport, address, attempts=6)
+            except ConnectError as exc:
+                self.log.info("giving up on %s (%s) for now: %s", address, peer_id, exc)
+                return
+            driver = await self._run_channel(channel, outbound=True)
+            await self._session_ended(driver)
 
     async def _watch_store(self) -> None:
         """Notice commits by other connections and wake the sessions."""

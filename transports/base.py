@@ -18,8 +18,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_MAX_FRAME", "Channel", "ChannelHandler", "RemoteInfo", "Transport"]
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "Channel",
+    "ChannelHandler",
+    "DiscoveryHandler",
+    "RemoteInfo",
+    "SupportsDiscovery",
+    "Transport",
+]
 
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 """Largest frame a transport accepts unless told otherwise (8 MiB)."""
@@ -111,3 +120,18 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def listen_addresses(self) -> list[str]:
         """Addresses others can dial to reach this listener (after start)."""
+
+
+DiscoveryHandler = Callable[[str, str], None]
+"""Called with ``(address, peer_id)`` for each discovered peer this side should dial."""
+
+
+@runtime_checkable
+class SupportsDiscovery(Protocol):
+    """A transport that finds peers by itself (LAN mDNS) and asks the Peer to dial them."""
+
+    def set_discovery_handler(self, handler: DiscoveryHandler | None) -> None:
+        """Set the handler before ``start()``; ``None`` removes it."""
+
+    def is_discovered(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is still being advertised."""

@@ -166,6 +166,10 @@ class LanTransport(Transport):
         """
         self._on_discovered = handler
 
+    def is_discovered(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is still advertised on the LAN."""
+        return peer_id in self.discovered
+
     @property
     def discovered(self) -> Mapping[str, DiscoveredPeer]:
         """Peers currently advertised on the LAN, by peer id (read-only view)."""

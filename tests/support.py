@@ -1,0 +1,84 @@
+"""Helpers shared by the tests that run secure peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from peer import events
+from peer.identity import Identity
+from peer.peer import Peer
+from peer.retry import Backoff
+from peer.store import Store
+from peer.trust import TrustStore
+from transports.base import Transport
+from transports.tcp import TcpTransport
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
+FAST = Backoff(initial=0.02, maximum=0.3)
+
+
+class Node:
+    """A database, an identity and a trust store in one directory."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.store = Store(directory / f"{name}.db")
+        self.store.execute(SCHEMA)
+        self.store.make_crr("notes")
+        self.identity = Identity.load_or_create(directory / f"{name}.key")
+        self.trust = TrustStore.load(directory / f"{name}.trust.json")
+        self.seen: list[events.Event] = []
+
+    def tcp(self) -> TcpTransport:
+        return TcpTransport(
+            "127.0.0.1",
+            0,
+            server_ssl=self.identity.server_ssl_context(),
+            client_ssl=self.identity.client_ssl_context(),
+        )
+
+    def peer(
+        self,
+        connect: Sequence[str] = (),
+        join_secret: str | None = None,
+        transports: Sequence[Transport] | None = None,
+    ) -> Peer:
+        peer = Peer(
+            self.store,
+            list(transports) if transports is not None else [self.tcp()],
+            name=self.name,
+            connect=list(connect),
+            identity=self.identity,
+            trust=self.trust,
+            join_secret=join_secret,
+            backoff=FAST,
+        )
+        peer.subscribe(self.seen.append)
+        return peer
+
+    def rows(self) -> list[Any]:
+        return self.store.execute("SELECT * FROM notes ORDER BY id")
+
+    def close(self) -> None:
+        self.store.close()
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def address(peer: Peer) -> str:
+    return peer.transports[0].listen_addresses[0]
+
+
+def refusals(node: Node) -> list[events.SessionFailed]:
+    return [e for e in node.seen if isinstance(e, events.SessionFailed)]
