@@ -33,6 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from peer import events as ev
 from peer.auth import Gate, authenticate
 from peer.errors import (
+    ChannelClosed,
     ConfigError,
     ConnectError,
     CrpeerError,
@@ -349,7 +350,10 @@ class Peer:
                 await channel.close()
             return None
         except CrpeerError as exc:  # the channel broke during authentication
-            self.emit(ev.SessionFailed(None, channel.remote.address, exc))
+            if isinstance(exc, ChannelClosed):
+                self.log.info("%s closed during authentication", channel.remote.address)
+            else:
+                self.emit(ev.SessionFailed(None, channel.remote.address, exc))
             with contextlib.suppress(CrpeerError):
                 await channel.close()
             return None

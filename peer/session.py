@@ -214,9 +214,10 @@ class SessionDriver:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        self._log.warning("session %s: sender stopped: %r", self.address, exc)
-        if isinstance(exc, CrpeerError) and self.error is None:
-            self.error = exc
+        if not isinstance(exc, ChannelClosed):
+            self._log.warning("session %s: sender stopped: %r", self.address, exc)
+            if isinstance(exc, CrpeerError) and self.error is None:
+                self.error = exc
         # Unblock the reader so the session ends.
         asyncio.get_running_loop().create_task(self.channel.close())
 
