@@ -167,6 +167,7 @@ class Peer:
                 loop.call_soon_threadsafe(self.cut_peer, peer_id)
 
             self._unsubscribe_trust = self.gate.trust.on_removed(removed)
+            self._spawn(self._watch_trust(self.gate.trust), "crpeer-watch-trust")
         for transport in self.transports:
             if isinstance(transport, SupportsDiscovery):
                 transport.set_discovery_handler(self._make_discovery_handler(transport))
@@ -439,6 +440,15 @@ class Peer:
                 return
             driver = await self._run_channel(channel, outbound=True)
             await self._session_ended(driver)
+
+    async def _watch_trust(self, trust: TrustStore) -> None:
+        """Pick up trust changes made by another process (the CLI) within a second."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                trust.reload_if_changed()
+            except CrpeerError as exc:
+                self.log.error("trust store unreadable, keeping the previous one: %s", exc)
 
     async def _watch_store(self) -> None:
         """Notice commits by other connections and wake the sessions."""

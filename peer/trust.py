@@ -69,6 +69,7 @@ class TrustStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._removal_callbacks: builtins.list[Callable[[str], None]] = []
+        self._stamp = _stamp(path)
 
     @classmethod
     def load(
@@ -132,6 +133,30 @@ class TrustStore:
                 callback(canonical)
             except Exception:  # one faulty listener must not stop the others
                 _log.exception("a trust removal callback failed for %s", canonical)
+        return True
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if another process changed it; return whether it did.
+
+        Ids that disappeared fire the :meth:`on_removed` callbacks, exactly as
+        :meth:`remove` does. Raises ConfigError if the new file is corrupt (the
+        store keeps its previous contents).
+        """
+        with self._lock:
+            stamp = _stamp(self._path)
+            if stamp == self._stamp:
+                return False
+            data = _read_private_file(self._path, ConfigError)
+            peers, secret = ({}, None) if data is None else _parse(data, self._path)
+            removed = sorted(set(self._peers) - set(peers))
+            self._peers, self._join_secret, self._stamp = peers, secret, stamp
+            callbacks = builtins.list(self._removal_callbacks)
+        for peer_id in removed:
+            for callback in callbacks:
+                try:
+                    callback(peer_id)
+                except Exception:  # one faulty listener must not stop the others
+                    _log.exception("a trust removal callback failed for %s", peer_id)
         return True
 
     def list(self) -> builtins.list[TrustedPeer]:
@@ -214,6 +239,16 @@ class TrustStore:
                 "check that its folder exists and is writable"
             ) from exc
         self._peers, self._join_secret = peers, join_secret
+        self._stamp = _stamp(self._path)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells a changed file apart: modification time and size."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
 def _parse(data: bytes, path: Path) -> tuple[dict[str, TrustedPeer], str | None]:

@@ -13,6 +13,7 @@ from peer.errors import ConfigError
 from peer.identity import Identity
 from peer.peer import Peer
 from peer.store import Store
+from peer.trust import TrustStore
 from tests.support import FAST, SCHEMA, Node, address, refusals, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 from transports.tcp import TcpTransport
@@ -83,6 +84,20 @@ async def test_removing_a_peer_cuts_its_live_session_within_a_second(nodes: Any)
         a.store.execute("INSERT INTO notes VALUES (9, 'after removal')")
         await asyncio.sleep(0.5)
         assert b.rows() == []
+
+
+async def test_a_removal_by_another_process_cuts_the_session(nodes: Any) -> None:
+    a, b = nodes("a"), nodes("b")
+    a.trust.add(b.identity.peer_id)
+    b.trust.add(a.identity.peer_id)
+    async with a.peer() as pa, b.peer([address(pa)]):
+        await wait_for(lambda: len(pa.sessions) == 1)
+        # Another process (say, `crpeer trust remove`) edits the same file.
+        TrustStore.load(a.trust.path).remove(b.identity.peer_id)
+        started = time.monotonic()
+        await wait_for(lambda: pa.sessions == [], within=1.5)
+        assert time.monotonic() - started < 1.5
+        assert not a.trust.is_trusted(b.identity.peer_id)
 
 
 async def test_the_right_join_secret_pairs_and_a_wrong_one_is_refused(nodes: Any) -> None:
