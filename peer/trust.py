@@ -127,13 +127,19 @@ class TrustStore:
                 return False
             peers = {key: value for key, value in self._peers.items() if key != canonical}
             self._save(peers, self._join_secret)
-            callbacks = builtins.list(self._removal_callbacks)
-        for callback in callbacks:
-            try:
-                callback(canonical)
-            except Exception:  # one faulty listener must not stop the others
-                _log.exception("a trust removal callback failed for %s", canonical)
+        self._notify_removed([canonical])
         return True
+
+    def _notify_removed(self, peer_ids: builtins.list[str]) -> None:
+        """Tell every :meth:`on_removed` listener; one failing does not stop the others."""
+        with self._lock:
+            callbacks = builtins.list(self._removal_callbacks)
+        for peer_id in peer_ids:
+            for callback in callbacks:
+                try:
+                    callback(peer_id)
+                except Exception:
+                    _log.exception("a trust removal callback failed for %s", peer_id)
 
     def reload_if_changed(self) -> bool:
         """Re-read the file if another process changed it; return whether it did.
@@ -150,13 +156,7 @@ class TrustStore:
             peers, secret = ({}, None) if data is None else _parse(data, self._path)
             removed = sorted(set(self._peers) - set(peers))
             self._peers, self._join_secret, self._stamp = peers, secret, stamp
-            callbacks = builtins.list(self._removal_callbacks)
-        for peer_id in removed:
-            for callback in callbacks:
-                try:
-                    callback(peer_id)
-                except Exception:  # one faulty listener must not stop the others
-                    _log.exception("a trust removal callback failed for %s", peer_id)
+        self._notify_removed(removed)
         return True
 
     def list(self) -> builtins.list[TrustedPeer]:
