@@ -21,8 +21,8 @@ from typing import Any, TypeAlias
 
 import msgpack
 
+from peer.changes import SITE_ID_LENGTH, Change, Cursor
 from peer.errors import ErrorCode, RemoteProtocolError
-from peer.store import SITE_ID_LENGTH, Change, Cursor
 
 __all__ = [
     "PROTOCOL_VERSION",

@@ -32,6 +32,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from peer.changes import Change, Cursor
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peer.messages import (
     PROTOCOL_VERSION,
@@ -49,7 +50,6 @@ from peer.messages import (
     decode,
     encode,
 )
-from peer.store import Change, Cursor
 
 __all__ = [
     "ALLOWED",

@@ -41,14 +41,24 @@ from __future__ import annotations
 import hashlib
 import heapq
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeAlias, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pysqlite3.dbapi2 as sqlite3
 
 from peer import crsqlite
+from peer.changes import (
+    SENTINEL_CID,
+    SITE_ID_LENGTH,
+    Change,
+    Cursor,
+    SqlValue,
+    by_group,
+    fits,
+    plan_groups,
+)
 from peer.errors import InvalidChangeError, SchemaError, StoreError
 
 __all__ = [
@@ -61,18 +71,6 @@ __all__ = [
     "Store",
 ]
 
-SqlValue: TypeAlias = int | float | str | bytes | None
-Change: TypeAlias = tuple[str, bytes, str, SqlValue, int, int, bytes, int, int]
-"""``(table, pk, cid, val, col_version, version, site_id, cl, seq)``."""
-Cursor: TypeAlias = dict[bytes, int]
-"""A version vector: origin site_id -> highest origin version held."""
-
-SITE_ID_LENGTH = 16
-SENTINEL_CID = "-1"
-"""The cid cr-sqlite uses for a row's existence (create/delete) record."""
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_VALUE_TYPES = (type(None), int, float, str, bytes)
 
 _BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS crpeer_versions (
@@ -521,7 +519,7 @@ class Store:
         """
         with self._lock:
             columns = self.crr_columns()
-            groups = _plan_groups(changes, columns, self.site_id, hold_unknown)
+            groups = plan_groups(changes, columns, self.site_id, hold_unknown)
             result_cursor: Cursor = {}
             tables: set[str] = set()
             merged = held = 0
@@ -582,12 +580,12 @@ class Store:
                 "SELECT rowid, tbl, pk, cid, val, col_version, version, origin, cl, seq "
                 "FROM crpeer_held WHERE applied = 0 ORDER BY origin, version, seq"
             ).fetchall()
-            ready = [r for r in pending if _fits(r[1], r[3], columns)]
+            ready = [r for r in pending if fits(r[1], r[3], columns)]
             if not ready:
                 return 0
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                for (origin, version), group in _by_group(ready, lambda r: (bytes(r[7]), r[6])):
+                for (origin, version), group in by_group(ready, lambda r: (bytes(r[7]), r[6])):
                     self._conn.executemany(_INSERT_CHANGE, [tuple(r[1:]) for r in group])
                     (local,) = self._conn.execute("SELECT crsql_next_db_version()").fetchone()
                     self._conn.execute(_UPSERT_VERSION, (origin, local, version, 1))
@@ -601,94 +599,6 @@ class Store:
                     self._conn.execute("ROLLBACK")
                 raise
             return len(ready)
-
-
-def _fits(table: str, cid: str, columns: Mapping[str, frozenset[str]]) -> bool:
-    known = columns.get(table)
-    return known is not None and (cid == SENTINEL_CID or cid in known)
-
-
-def _by_group(rows: Sequence[Any], key: Callable[[Any], Any]) -> Iterator[tuple[Any, list[Any]]]:
-    """Split consecutive rows with equal ``key`` into groups."""
-    group: list[Any] = []
-    current: Any = None
-    for row in rows:
-        k = key(row)
-        if group and k != current:
-            yield current, group
-            group = []
-        current = k
-        group.append(row)
-    if group:
-        yield current, group
-
-
-def _plan_groups(
-    changes: Sequence[Any],
-    columns: Mapping[str, frozenset[str]],
-    own_site: bytes,
-    hold_unknown: bool,
-) -> list[tuple[bytes, int, list[Change], list[Change]]]:
-    """Validate every row and split the batch into (origin, version) groups.
-
-    Raises InvalidChangeError naming the first bad row; nothing is touched.
-    """
-    if not isinstance(changes, Sequence) or isinstance(changes, str | bytes):
-        raise InvalidChangeError(
-            f"a batch must be a sequence of changes, got {type(changes).__name__}"
-        )
-    groups: list[tuple[bytes, int, list[Change], list[Change]]] = []
-    for index, row in enumerate(changes):
-        _check_row(index, row)
-        table, _, cid, _, _, version, site_id, _, _ = row
-        if site_id == own_site:
-            continue
-        fits = _fits(table, cid, columns)
-        if not fits and not hold_unknown:
-            if table not in columns:
-                raise InvalidChangeError(f"change {index}: unknown table {table!r} (or not a CRR)")
-            raise InvalidChangeError(f"change {index}: unknown column {cid!r} of table {table!r}")
-        if not groups or groups[-1][0] != site_id or groups[-1][1] != version:
-            groups.append((bytes(site_id), version, [], []))
-        _, _, mergeable, held = groups[-1]
-        (mergeable if fits else held).append(row)
-    return groups
-
-
-_FIELD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
-    ("table", (str,)),
-    ("pk", (bytes,)),
-    ("cid", (str,)),
-    ("val", _VALUE_TYPES),
-    ("col_version", (int,)),
-    ("version", (int,)),
-    ("site_id", (bytes,)),
-    ("cl", (int,)),
-    ("seq", (int,)),
-)
-
-
-def _check_row(index: int, row: Any) -> None:
-    if not isinstance(row, tuple | list) or len(row) != len(_FIELD_TYPES):
-        raise InvalidChangeError(f"change {index}: expected a 9-field change row, got {row!r:.80}")
-    for (name, types), value in zip(_FIELD_TYPES, row, strict=True):
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise InvalidChangeError(
-                f"change {index}: {name} must be {'/'.join(t.__name__ for t in types)}, "
-                f"got {type(value).__name__}"
-            )
-        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
-            raise InvalidChangeError(f"change {index}: {name} {value} is out of 64-bit range")
-    if len(row[6]) != SITE_ID_LENGTH:
-        raise InvalidChangeError(
-            f"change {index}: site_id must be {SITE_ID_LENGTH} bytes, got {len(row[6])}"
-        )
-    if row[5] < 1:
-        raise InvalidChangeError(f"change {index}: version must be >= 1, got {row[5]}")
-    if row[4] < 0 or row[7] < 0 or row[8] < 0:
-        raise InvalidChangeError(f"change {index}: col_version, cl and seq must be >= 0")
-    if not row[0] or row[0].startswith(("crsql_", "crpeer_", "sqlite_")):
-        raise InvalidChangeError(f"change {index}: table {row[0]!r} is not syncable")
 
 
 def _quote_identifier(name: str) -> str:

@@ -1,0 +1,125 @@
+"""Validating change rows and grouping them into transactions: pure, no SQL.
+
+A change row is ``(table, pk, cid, val, col_version, version, site_id, cl,
+seq)`` (see :mod:`peer.store`). :func:`plan_groups` checks every row of a
+batch and splits it into ``(site_id, version)`` groups, each of which the store
+merges whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from peer.errors import InvalidChangeError
+
+__all__ = [
+    "SENTINEL_CID",
+    "SITE_ID_LENGTH",
+    "Change",
+    "SqlValue",
+    "by_group",
+    "fits",
+    "plan_groups",
+]
+
+SqlValue: TypeAlias = int | float | str | bytes | None
+Change: TypeAlias = tuple[str, bytes, str, SqlValue, int, int, bytes, int, int]
+"""``(table, pk, cid, val, col_version, version, site_id, cl, seq)``."""
+Cursor: TypeAlias = dict[bytes, int]
+"""A version vector: origin site_id -> highest origin version held."""
+
+SITE_ID_LENGTH = 16
+SENTINEL_CID = "-1"
+"""The cid cr-sqlite uses for a row's existence (create/delete) record."""
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_VALUE_TYPES = (type(None), int, float, str, bytes)
+
+
+def fits(table: str, cid: str, columns: Mapping[str, frozenset[str]]) -> bool:
+    known = columns.get(table)
+    return known is not None and (cid == SENTINEL_CID or cid in known)
+
+
+def by_group(rows: Sequence[Any], key: Callable[[Any], Any]) -> Iterator[tuple[Any, list[Any]]]:
+    """Split consecutive rows with equal ``key`` into groups."""
+    group: list[Any] = []
+    current: Any = None
+    for row in rows:
+        k = key(row)
+        if group and k != current:
+            yield current, group
+            group = []
+        current = k
+        group.append(row)
+    if group:
+        yield current, group
+
+
+def plan_groups(
+    changes: Sequence[Any],
+    columns: Mapping[str, frozenset[str]],
+    own_site: bytes,
+    hold_unknown: bool,
+) -> list[tuple[bytes, int, list[Change], list[Change]]]:
+    """Validate every row and split the batch into (origin, version) groups.
+
+    Raises InvalidChangeError naming the first bad row; nothing is touched.
+    """
+    if not isinstance(changes, Sequence) or isinstance(changes, str | bytes):
+        raise InvalidChangeError(
+            f"a batch must be a sequence of changes, got {type(changes).__name__}"
+        )
+    groups: list[tuple[bytes, int, list[Change], list[Change]]] = []
+    for index, row in enumerate(changes):
+        _check_row(index, row)
+        table, _, cid, _, _, version, site_id, _, _ = row
+        if site_id == own_site:
+            continue
+        known = fits(table, cid, columns)
+        if not known and not hold_unknown:
+            if table not in columns:
+                raise InvalidChangeError(f"change {index}: unknown table {table!r} (or not a CRR)")
+            raise InvalidChangeError(f"change {index}: unknown column {cid!r} of table {table!r}")
+        if not groups or groups[-1][0] != site_id or groups[-1][1] != version:
+            groups.append((bytes(site_id), version, [], []))
+        _, _, mergeable, held = groups[-1]
+        (mergeable if known else held).append(row)
+    return groups
+
+
+_FIELD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("table", (str,)),
+    ("pk", (bytes,)),
+    ("cid", (str,)),
+    ("val", _VALUE_TYPES),
+    ("col_version", (int,)),
+    ("version", (int,)),
+    ("site_id", (bytes,)),
+    ("cl", (int,)),
+    ("seq", (int,)),
+)
+
+
+def _check_row(index: int, row: Any) -> None:
+    if not isinstance(row, tuple | list) or len(row) != len(_FIELD_TYPES):
+        raise InvalidChangeError(f"change {index}: expected a 9-field change row, got {row!r:.80}")
+    for (name, types), value in zip(_FIELD_TYPES, row, strict=True):
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise InvalidChangeError(
+                f"change {index}: {name} must be {'/'.join(t.__name__ for t in types)}, "
+                f"got {type(value).__name__}"
+            )
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidChangeError(f"change {index}: {name} {value} is out of 64-bit range")
+    if len(row[6]) != SITE_ID_LENGTH:
+        raise InvalidChangeError(
+            f"change {index}: site_id must be {SITE_ID_LENGTH} bytes, got {len(row[6])}"
+        )
+    if row[5] < 1:
+        raise InvalidChangeError(f"change {index}: version must be >= 1, got {row[5]}")
+    if row[4] < 0 or row[7] < 0 or row[8] < 0:
+        raise InvalidChangeError(f"change {index}: col_version, cl and seq must be >= 0")
+    if not row[0] or row[0].startswith(("crsql_", "crpeer_", "sqlite_")):
+        raise InvalidChangeError(f"change {index}: table {row[0]!r} is not syncable")
