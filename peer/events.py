@@ -21,6 +21,7 @@ __all__ = [
     "Event",
     "EventCallback",
     "Outdated",
+    "Progress",
     "RemotePeer",
     "SessionFailed",
     "Synced",
@@ -63,6 +64,30 @@ class Eose:
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """Catch-up progress from one remote, after each page until its EOSE."""
+
+    remote: RemotePeer
+    rows_received: int
+    rows_expected: int
+    """The remote's estimate (an upper bound); at least ``rows_received``."""
+    bytes_received: int
+    elapsed: float
+    """Seconds since the remote announced its backlog."""
+
+    @property
+    def rate(self) -> float:
+        """Change rows per second so far."""
+        return self.rows_received / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def remaining(self) -> float | None:
+        """Estimated seconds left, or None before the rate is known."""
+        rate = self.rate
+        return (self.rows_expected - self.rows_received) / rate if rate > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
 class Changed:
     """Remote changes landed in the database (refresh views of ``tables``)."""
 
@@ -101,5 +126,5 @@ class SessionFailed:
     error: CrpeerError
 
 
-Event = Connected | Synced | Eose | Changed | Outdated | Disconnected | SessionFailed
+Event = Connected | Synced | Progress | Eose | Changed | Outdated | Disconnected | SessionFailed
 EventCallback = Callable[[Event], None]

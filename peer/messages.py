@@ -26,6 +26,7 @@ from peer.errors import ErrorCode, RemoteProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Backlog",
     "Changes",
     "Close",
     "Credit",
@@ -59,6 +60,7 @@ class MessageType(enum.IntEnum):
     PONG = 7
     ERROR = 8
     CLOSE = 9
+    BACKLOG = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,13 @@ class Credit:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """About how many change rows the sender's catch-up holds (for progress)."""
+
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     nonce: int
 
@@ -129,7 +138,9 @@ class Close:
     """The sender ends the session cleanly."""
 
 
-Message: TypeAlias = Hello | CursorMessage | Changes | Eose | Credit | Ping | Pong | Error | Close
+Message: TypeAlias = (
+    Hello | CursorMessage | Changes | Eose | Credit | Ping | Pong | Error | Close | Backlog
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +194,8 @@ def encode(message: Message, number: int) -> bytes:
             ]
         case Close():
             body = [MessageType.CLOSE, number]
+        case Backlog():
+            body = [MessageType.BACKLOG, number, message.rows]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 
@@ -349,6 +362,11 @@ def _decode_credit(body: list[Any], _: int) -> Credit:
     return Credit(_int(body[2], "credit", 1, 1024))
 
 
+def _decode_backlog(body: list[Any], _: int) -> Backlog:
+    _arity(body, 3, "backlog")
+    return Backlog(_int(body[2], "backlog rows", 0))
+
+
 def _decode_ping(body: list[Any], _: int) -> Ping:
     _arity(body, 3, "ping")
     return Ping(_int(body[2], "ping nonce", 0))
@@ -379,4 +397,5 @@ _DECODERS: dict[MessageType, Any] = {
     MessageType.PONG: _decode_pong,
     MessageType.ERROR: _decode_error,
     MessageType.CLOSE: _decode_nothing(Close),
+    MessageType.BACKLOG: _decode_backlog,
 }

@@ -275,6 +275,12 @@ class Peer:
         store = self.store
         return await self._in_store_thread(lambda: store.apply(changes, hold_unknown=hold_unknown))
 
+    async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int:
+        store = self.store
+        return await self._in_store_thread(
+            lambda: store.backlog_estimate(cursor, exclude={exclude})
+        )
+
     async def local_cursor(self) -> Cursor:
         return await self._in_store_thread(self.store.cursor)
 

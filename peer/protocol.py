@@ -36,6 +36,7 @@ from peer.changes import Change, Cursor
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peer.messages import (
     PROTOCOL_VERSION,
+    Backlog,
     Changes,
     Close,
     Credit,
@@ -53,6 +54,7 @@ from peer.messages import (
 
 __all__ = [
     "ALLOWED",
+    "BacklogReceived",
     "ChangesPage",
     "CreditReceived",
     "CursorReceived",
@@ -108,7 +110,7 @@ ALLOWED: dict[SessionState, frozenset[MessageType]] = {
     SessionState.HANDSHAKE: frozenset({MessageType.HELLO, *_ALWAYS}),
     SessionState.READY: frozenset({MessageType.CURSOR, *_ALWAYS}),
     SessionState.SYNCING: frozenset(
-        {MessageType.CHANGES, MessageType.EOSE, MessageType.CREDIT, *_ALWAYS}
+        {MessageType.CHANGES, MessageType.EOSE, MessageType.CREDIT, MessageType.BACKLOG, *_ALWAYS}
     ),
     SessionState.CLOSED: frozenset(),
 }
@@ -146,6 +148,13 @@ class EoseReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class BacklogReceived:
+    """The remote's estimate of its catch-up, in change rows (for progress)."""
+
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
 class CreditReceived:
     """The remote allows more CHANGES frames (see SyncSession.credit)."""
 
@@ -163,7 +172,8 @@ class RemoteClosed:
 
 
 Event = (
-    HelloReceived
+    BacklogReceived
+    | HelloReceived
     | CursorReceived
     | ChangesPage
     | EoseReceived
@@ -252,6 +262,12 @@ class SyncSession:
         self.credit -= 1
         _advance(self.remote_cursor, changes)
         self._queue(Changes(list(changes), final))
+
+    def send_backlog(self, rows: int) -> None:
+        """Tell the remote about how many rows the catch-up holds. In SYNCING."""
+        if self.state is not SessionState.SYNCING:
+            raise LocalProtocolError("backlog is sent after the cursor")
+        self._queue(Backlog(max(0, rows)))
 
     def send_eose(self) -> None:
         """Mark the end of the catch-up. Once per session, in SYNCING."""
@@ -344,6 +360,8 @@ class SyncSession:
                 return []
             case Pong():
                 return [PongReceived(message.nonce)]
+            case Backlog():
+                return [BacklogReceived(message.rows)]
             case Error():
                 self.state = SessionState.CLOSED
                 return [RemoteClosed(message)]
@@ -395,6 +413,7 @@ _TYPE_OF: dict[type, MessageType] = {
     Pong: MessageType.PONG,
     Error: MessageType.ERROR,
     Close: MessageType.CLOSE,
+    Backlog: MessageType.BACKLOG,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +27,7 @@ from peer.errors import (
     TransportError,
 )
 from peer.protocol import (
+    BacklogReceived,
     ChangesPage,
     CreditReceived,
     CursorReceived,
@@ -46,6 +48,7 @@ class SessionHost(Protocol):
     async def changes_since(self, cursor: Cursor, limit: int, exclude: bytes) -> list[Change]: ...
     async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult: ...
     async def local_cursor(self) -> Cursor: ...
+    async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int: ...
     def admit(self, driver: SessionDriver) -> ErrorCode | None:
         """Called after the remote hello: None to go on, or the code to refuse with."""
         ...
@@ -96,6 +99,8 @@ class SessionDriver:
         self._credit = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task[None] | None = None
+        self._backlog: tuple[int, float, int, int] | None = None
+        """The remote's announced backlog: (rows, when, rows and bytes received before)."""
         self._log = logging.getLogger("crpeer.session")
 
     @property
@@ -196,6 +201,13 @@ class SessionDriver:
                         self._sender.add_done_callback(self._sender_done)
                     case ChangesPage():
                         await self._on_page(event.changes)
+                    case BacklogReceived():
+                        self._backlog = (
+                            event.rows,
+                            time.monotonic(),
+                            self.stats.rows_received,
+                            self.stats.bytes_received,
+                        )
                     case EoseReceived():
                         assert self.remote is not None
                         self.eose_received.set()
@@ -249,6 +261,18 @@ class SessionDriver:
         self.stats.rows_received += len(changes)
         self.session.page_applied()
         await self._flush()
+        if self._backlog is not None and not self.eose_received.is_set():
+            expected, since, rows_before, bytes_before = self._backlog
+            received = self.stats.rows_received - rows_before
+            self.host.emit(
+                events.Progress(
+                    self.remote,
+                    received,
+                    max(expected, received),
+                    self.stats.bytes_received - bytes_before,
+                    time.monotonic() - since,
+                )
+            )
         if result.merged:
             self.host.emit(events.Changed(self.remote, result.tables, result.merged))
         if result.held:
@@ -272,6 +296,10 @@ class SessionDriver:
         assert self.session.remote is not None
         remote_site = self.session.remote.site_id
         rows_per_frame = self.session.max_send_rows
+        self.session.send_backlog(
+            await self.host.backlog_estimate(dict(self.session.remote_cursor), remote_site)
+        )
+        await self._flush()
         while True:
             await self._wait_credit()
             self._wake.clear()

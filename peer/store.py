@@ -502,6 +502,43 @@ class Store:
         ]
         return held, limit is not None and len(rows) >= limit
 
+    @_translate_errors
+    def backlog_estimate(
+        self, cursor: Mapping[bytes, int], *, exclude: Collection[bytes] = ()
+    ) -> int:
+        """About how many change rows :meth:`changes_since` will serve above ``cursor``.
+
+        An upper bound from the clock tables' db_version index (no scan of
+        ``crsql_changes``); for progress reports, not for correctness.
+        """
+        with self._lock:
+            starts: list[int] = []
+            if self.site_id not in exclude:
+                starts.append(cursor.get(self.site_id, 0))
+            for (origin,) in self._conn.execute("SELECT origin FROM crpeer_cursor").fetchall():
+                if bytes(origin) in exclude:
+                    continue
+                (start,) = self._conn.execute(
+                    "SELECT min(local_version) FROM crpeer_versions "
+                    "WHERE origin = ? AND origin_version > ? AND replay = 0",
+                    (origin, cursor.get(bytes(origin), 0)),
+                ).fetchone()
+                if start is not None:
+                    starts.append(int(start) - 1)
+            if not starts:
+                return 0
+            after = min(starts)
+            return sum(
+                int(
+                    self._conn.execute(
+                        f"SELECT count(*) FROM {_quote_identifier(table + '__crsql_clock')} "
+                        "WHERE db_version > ?",
+                        (after,),
+                    ).fetchone()[0]
+                )
+                for table in self.crr_columns()
+            )
+
     # -- merging changes ---------------------------------------------------
 
     def apply(self, changes: Sequence[Change], *, hold_unknown: bool = False) -> ApplyResult:

@@ -181,6 +181,32 @@ async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() ->
     assert samples[-1] == (2300, 301)
 
 
+async def test_catch_up_reports_progress_until_eose() -> None:
+    cluster = Cluster(2, limits=Limits(max_batch_rows=200))
+    cluster.stores[0].executescript(
+        "BEGIN;"
+        + "".join(f"INSERT INTO notes VALUES ({i}, 'row', {i});" for i in range(1500))
+        + "COMMIT;"
+    )
+    for i in range(1500, 1600):
+        cluster.stores[0].execute("INSERT INTO notes VALUES (?, 'single', ?)", (i, i))
+    cluster.peer(0, [])
+    receiver = cluster.peer(1, [0])
+    seen: list[events.Event] = []
+    receiver.subscribe(seen.append)
+    async with cluster:
+        await wait_for(lambda: any(isinstance(e, events.Eose) for e in seen))
+    progress = [e for e in seen if isinstance(e, events.Progress)]
+    assert len(progress) > 2
+    received = [p.rows_received for p in progress]
+    assert received == sorted(received)
+    assert progress[-1].rows_received == 3200  # 1,600 rows of 2 columns
+    assert all(p.rows_expected >= p.rows_received for p in progress)
+    assert progress[0].rows_expected == 3200  # the estimate is exact for a fresh peer
+    assert progress[-1].rate > 0
+    assert progress[-1].remaining == 0
+
+
 async def test_a_newer_schema_is_held_then_applied_after_migration() -> None:
     cluster = Cluster(2)
     new_peer, old_peer = cluster.peer(0, []), cluster.peer(1, [0])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peer.messages import (
+    Backlog,
     Changes,
     Close,
     Credit,
@@ -221,6 +222,7 @@ def sample_message(kind: MessageType) -> Message:
         MessageType.PONG: Pong(1),
         MessageType.ERROR: Error(ErrorCode.INTERNAL, "x"),
         MessageType.CLOSE: Close(),
+        MessageType.BACKLOG: Backlog(10),
     }
     return samples[kind]
 

@@ -178,6 +178,20 @@ def test_nothing_is_served_back_to_its_origin(stores: list[Store]) -> None:
     assert a.apply(echoed).skipped == len(echoed)
 
 
+def test_the_backlog_estimate_bounds_what_changes_since_serves(stores: list[Store]) -> None:
+    a, b, c = stores
+    for i in range(5):
+        a.execute("INSERT INTO items VALUES (?, 'a', ?)", (i, i))
+    sync(a, b)
+    b.execute("INSERT INTO items VALUES (50, 'b', 0)")
+    assert b.backlog_estimate({}) == len(b.changes_since({}, 1000)) == 12
+    assert b.backlog_estimate(c.cursor(), exclude={c.site_id}) == 12
+    assert b.backlog_estimate({a.site_id: 5, b.site_id: b.own_version()}) == 0
+    assert b.backlog_estimate({a.site_id: 3}, exclude={b.site_id}) >= len(
+        b.changes_since({a.site_id: 3}, 1000, exclude={b.site_id})
+    )
+
+
 # -- crash safety -----------------------------------------------------------
 
 
