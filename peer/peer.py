@@ -6,8 +6,10 @@
         p.subscribe(print)                 # Connected, Synced, Eose, Changed, ...
         await p.execute("INSERT INTO notes VALUES (1, 'hi')")
 
-Threads: every store call runs on one worker thread ("crpeer-store") that the
-Peer owns, so the event loop never waits on SQLite. A Store passed in is
+Threads: every write and apply runs on one worker thread ("crpeer-store") that
+the Peer owns, and reads of changes to send run on another ("crpeer-read"), so
+the event loop never waits on SQLite and serving one peer does not wait for
+applying another's changes. A Store passed in is
 used from that thread and left open at stop(); a path is opened and closed
 by the Peer.
 
@@ -120,6 +122,7 @@ class Peer:
             self._transport_for(address)
         self._store: Store | None = database if isinstance(database, Store) else None
         self._executor: ThreadPoolExecutor | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
         self._drivers: set[SessionDriver] = set()
         self._by_site: dict[bytes, SessionDriver] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -153,6 +156,7 @@ class Peer:
             raise ConfigError("a Peer starts once")
         self._started = True
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crpeer-store")
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crpeer-read")
         if self._store is None:
             path = self._database
             assert not isinstance(path, Store)
@@ -195,6 +199,8 @@ class Peer:
             if not isinstance(self._database, Store) and self._store is not None:
                 await self._in_store_thread(self._store.close)
             self._executor.shutdown(wait=True)
+        if self._read_executor is not None:
+            self._read_executor.shutdown(wait=True)
 
     async def __aenter__(self) -> Peer:
         await self.start()
@@ -267,7 +273,7 @@ class Peer:
 
     async def changes_since(self, cursor: Cursor, limit: int, exclude: bytes) -> list[Change]:
         store = self.store
-        return await self._in_store_thread(
+        return await self._in_read_thread(
             lambda: store.changes_since(cursor, limit, exclude={exclude})
         )
 
@@ -277,9 +283,7 @@ class Peer:
 
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int:
         store = self.store
-        return await self._in_store_thread(
-            lambda: store.backlog_estimate(cursor, exclude={exclude})
-        )
+        return await self._in_read_thread(lambda: store.backlog_estimate(cursor, exclude={exclude}))
 
     async def local_cursor(self) -> Cursor:
         return await self._in_store_thread(self.store.cursor)
@@ -320,6 +324,13 @@ class Peer:
             raise ConfigError("the peer is not started")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _in_read_thread(self, fn: Callable[[], _R]) -> _R:
+        """Reads of changes run beside applies: file stores read committed data
+        through their own connection (see peer.store)."""
+        if self._read_executor is None:
+            raise ConfigError("the peer is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._read_executor, fn)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -41,7 +41,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -190,6 +191,15 @@ class Store:
             raise
         self.site_id: bytes = bytes(site_id)
         self._closed = False
+        # File stores read changes through a second connection: it sees only
+        # committed data (WAL), so reads never wait on an apply in progress.
+        self._reader = self._conn
+        self._read_lock = self._lock
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            crsqlite.load(self._reader)
+            self._read_lock = threading.RLock()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -199,10 +209,12 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            try:
-                self._conn.execute("SELECT crsql_finalize()")
-            finally:
-                self._conn.close()
+            with self._read_lock:
+                for conn in {id(self._reader): self._reader, id(self._conn): self._conn}.values():
+                    try:
+                        conn.execute("SELECT crsql_finalize()")
+                    finally:
+                        conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -366,6 +378,18 @@ class Store:
 
     # -- reading changes ---------------------------------------------------
 
+    @contextmanager
+    def _read_snapshot(self) -> Iterator[None]:
+        """One read transaction, so several queries see one committed state."""
+        if self._reader is self._conn:
+            yield
+            return
+        self._reader.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._reader.execute("COMMIT")
+
     @_translate_errors
     def changes_since(
         self, cursor: Mapping[bytes, int], limit: int, *, exclude: Collection[bytes] = ()
@@ -380,9 +404,9 @@ class Store:
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        with self._lock:
+        with self._read_lock, self._read_snapshot():
             origins = [self.site_id] + [
-                bytes(o) for (o,) in self._conn.execute("SELECT origin FROM crpeer_cursor")
+                bytes(o) for (o,) in self._reader.execute("SELECT origin FROM crpeer_cursor")
             ]
             out: list[Change] = []
             for origin in origins:
@@ -400,7 +424,7 @@ class Store:
             f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version > ? "
             "ORDER BY db_version, seq"
         )
-        rows: list[Change] = self._conn.execute(
+        rows: list[Change] = self._reader.execute(
             sql + " LIMIT ?", (self.site_id, after, limit)
         ).fetchall()
         if len(rows) < limit:
@@ -409,7 +433,7 @@ class Store:
         whole = [row for row in rows if row[5] != last]
         if whole:
             return whole
-        group: list[Change] = self._conn.execute(
+        group: list[Change] = self._reader.execute(
             f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version = ? "
             "ORDER BY seq",
             (self.site_id, last),
@@ -417,12 +441,12 @@ class Store:
         return group
 
     def _relayed_changes(self, origin: bytes, after: int, limit: int) -> list[Change]:
-        (start,) = self._conn.execute(
+        (start,) = self._reader.execute(
             "SELECT min(local_version) FROM crpeer_versions "
             "WHERE origin = ? AND origin_version > ? AND replay = 0",
             (origin, after),
         ).fetchone()
-        (held_start,) = self._conn.execute(
+        (held_start,) = self._reader.execute(
             "SELECT min(local_version) FROM crpeer_held WHERE origin = ? AND version > ?",
             (origin, after),
         ).fetchone()
@@ -446,7 +470,7 @@ class Store:
         hi = max([r[0] for r in merged[-1:] + held[-1:]], default=lo)
         mapping = {
             int(local): (int(version), bool(replay))
-            for local, version, replay in self._conn.execute(
+            for local, version, replay in self._reader.execute(
                 "SELECT local_version, origin_version, replay FROM crpeer_versions "
                 "WHERE origin = ? AND local_version BETWEEN ? AND ?",
                 (origin, lo, hi),
@@ -477,7 +501,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = self._conn.execute(sql, params).fetchall()
+        rows = self._reader.execute(sql, params).fetchall()
         return [(int(r[5]), r) for r in rows], limit is not None and len(rows) >= limit
 
     def _held_rows(
@@ -495,7 +519,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = self._conn.execute(sql, params).fetchall()
+        rows = self._reader.execute(sql, params).fetchall()
         held = [
             (int(r[0]), (r[1], bytes(r[2]), r[3], r[4], r[5], r[6], bytes(r[7]), r[8], r[9]))
             for r in rows
@@ -511,14 +535,15 @@ class Store:
         An upper bound from the clock tables' db_version index (no scan of
         ``crsql_changes``); for progress reports, not for correctness.
         """
-        with self._lock:
+        tables = list(self.crr_columns())  # before the read lock: one lock order
+        with self._read_lock, self._read_snapshot():
             starts: list[int] = []
             if self.site_id not in exclude:
                 starts.append(cursor.get(self.site_id, 0))
-            for (origin,) in self._conn.execute("SELECT origin FROM crpeer_cursor").fetchall():
+            for (origin,) in self._reader.execute("SELECT origin FROM crpeer_cursor").fetchall():
                 if bytes(origin) in exclude:
                     continue
-                (start,) = self._conn.execute(
+                (start,) = self._reader.execute(
                     "SELECT min(local_version) FROM crpeer_versions "
                     "WHERE origin = ? AND origin_version > ? AND replay = 0",
                     (origin, cursor.get(bytes(origin), 0)),
@@ -530,13 +555,13 @@ class Store:
             after = min(starts)
             return sum(
                 int(
-                    self._conn.execute(
+                    self._reader.execute(
                         f"SELECT count(*) FROM {_quote_identifier(table + '__crsql_clock')} "
                         "WHERE db_version > ?",
                         (after,),
                     ).fetchone()[0]
                 )
-                for table in self.crr_columns()
+                for table in tables
             )
 
     # -- merging changes ---------------------------------------------------

@@ -236,6 +236,16 @@ def test_a_file_store_keeps_its_cursor_across_reopen(tmp_path: Path) -> None:
             assert contents(reopened)[0] == [(1, "one", 1)]
 
 
+def test_changes_are_read_from_committed_data_only(tmp_path: Path) -> None:
+    with new_store(tmp_path / "a.db") as store:
+        store.execute("BEGIN")
+        store.execute("INSERT INTO items VALUES (1, 'pending', 1)")
+        assert store.changes_since({}, 100) == []  # a reader never sees half a transaction
+        assert store.backlog_estimate({}) == 0
+        store.execute("COMMIT")
+        assert len(store.changes_since({}, 100)) == 2
+
+
 # -- bad input --------------------------------------------------------------
 
 
