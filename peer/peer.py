@@ -47,7 +47,7 @@ from peer.identity import Identity
 from peer.protocol import Limits, LocalInfo, SyncSession
 from peer.retry import Backoff
 from peer.session import SessionDriver
-from peer.store import ApplyResult, Change, Cursor, Store
+from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
 from peer.trust import TrustStore, default_trust_path
 from transports.base import Channel, SupportsDiscovery, Transport
 
@@ -123,6 +123,9 @@ class Peer:
         self._store: Store | None = database if isinstance(database, Store) else None
         self._executor: ThreadPoolExecutor | None = None
         self._read_executor: ThreadPoolExecutor | None = None
+        self._apply_lock = asyncio.Lock()
+        """Held while changes are merged, so a page spanning frames is never
+        interleaved with another session's apply or an app write."""
         self._drivers: set[SessionDriver] = set()
         self._by_site: dict[bytes, SessionDriver] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -213,7 +216,8 @@ class Peer:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement on the store thread and push any change at once."""
-        rows = await self._in_store_thread(self.store.execute, sql, params)
+        async with self._apply_lock:
+            rows = await self._in_store_thread(self.store.execute, sql, params)
         self.notify_local_change()
         return rows
 
@@ -271,15 +275,49 @@ class Peer:
 
     # -- SessionHost --------------------------------------------------------------
 
-    async def changes_since(self, cursor: Cursor, limit: int, exclude: bytes) -> list[Change]:
+    async def next_page(
+        self, cursor: Cursor, limit: int, exclude: bytes
+    ) -> list[Change] | LargeGroup:
         store = self.store
-        return await self._in_read_thread(
-            lambda: store.changes_since(cursor, limit, exclude={exclude})
-        )
+        return await self._in_read_thread(lambda: store.next_page(cursor, limit, exclude={exclude}))
+
+    async def read_group(self, group: LargeGroup, chunk: int) -> AsyncIterator[list[Change]]:
+        chunks = self.store.read_group(group, chunk)
+        try:
+            while batch := await self._in_read_thread(lambda: next(chunks, [])):
+                yield batch
+        finally:
+            await self._in_read_thread(chunks.close)
 
     async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
         store = self.store
+        async with self._apply_lock:
+            return await self._in_store_thread(
+                lambda: store.apply(changes, hold_unknown=hold_unknown)
+            )
+
+    @property
+    def can_stream_pages(self) -> bool:
+        return self.store.can_stream_pages
+
+    async def begin_page(self) -> None:
+        await self._apply_lock.acquire()
+        try:
+            await self._in_store_thread(self.store.begin_page)
+        except BaseException:
+            self._apply_lock.release()
+            raise
+
+    async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
+        store = self.store
         return await self._in_store_thread(lambda: store.apply(changes, hold_unknown=hold_unknown))
+
+    async def end_page(self, commit: bool) -> None:
+        store = self.store
+        try:
+            await self._in_store_thread(lambda: store.end_page(commit=commit))
+        finally:
+            self._apply_lock.release()
 
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int:
         store = self.store

@@ -18,7 +18,7 @@ Lifecycle of the driver::
     # after HelloReceived: session.send_cursor(store.cursor())
     # after CursorReceived, while session.credit > 0:
     #     session.send_changes(rows, final=...), then session.send_eose() once
-    # after a ChangesPage is applied: session.page_applied()
+    # after each ChangesReceived is applied: session.frame_applied()
 
 Every ``send_*`` method queues a numbered frame; :meth:`SyncSession.data_to_send`
 drains them. On RemoteProtocolError the driver calls
@@ -55,7 +55,7 @@ from peer.messages import (
 __all__ = [
     "ALLOWED",
     "BacklogReceived",
-    "ChangesPage",
+    "ChangesReceived",
     "CreditReceived",
     "CursorReceived",
     "EoseReceived",
@@ -77,13 +77,11 @@ class Limits:
     max_frame_bytes: int = 8 * 1024 * 1024
     max_batch_rows: int = 5_000
     """Change rows per CHANGES frame this side accepts (and sends at most)."""
-    max_page_rows: int = 500_000
-    """Rows of one page (one transaction) this side buffers before applying."""
     window: int = 4
     """CHANGES frames the other side may have in flight to us."""
 
     def __post_init__(self) -> None:
-        if min(self.max_frame_bytes, self.max_batch_rows, self.max_page_rows, self.window) < 1:
+        if min(self.max_frame_bytes, self.max_batch_rows, self.window) < 1:
             raise ValueError("limits must be positive")
 
 
@@ -136,10 +134,16 @@ class CursorReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class ChangesPage:
-    """A whole page: the driver applies it in one transaction, then calls page_applied()."""
+class ChangesReceived:
+    """One CHANGES frame. The driver applies it, then calls :meth:`SyncSession.frame_applied`.
+
+    A page is the frames up to and including one with ``final``: the driver
+    applies them in one transaction, committed with the final frame (so a
+    transaction larger than a frame never needs to be held in memory).
+    """
 
     changes: list[Change]
+    final: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +179,7 @@ Event = (
     BacklogReceived
     | HelloReceived
     | CursorReceived
-    | ChangesPage
+    | ChangesReceived
     | EoseReceived
     | CreditReceived
     | PongReceived
@@ -203,7 +207,6 @@ class SyncSession:
         self.eose_sent = False
         self.eose_received = False
         self._remote_credit = limits.window
-        self._page: list[Change] = []
         self._sent_frames = 0
         self._received_frames = 0
         self._outbox: list[bytes] = []
@@ -276,8 +279,8 @@ class SyncSession:
         self.eose_sent = True
         self._queue(Eose())
 
-    def page_applied(self) -> None:
-        """After applying a ChangesPage: queues the credit that lets the remote go on."""
+    def frame_applied(self) -> None:
+        """After applying a ChangesReceived: queues the credit that lets the remote go on."""
         self._remote_credit += 1
         self._queue(Credit(1))
 
@@ -387,20 +390,9 @@ class SyncSession:
     def _on_changes(self, message: Changes) -> list[Event]:
         if self._remote_credit < 1:
             raise RemoteProtocolError(ErrorCode.FLOW_CONTROL, "changes sent without credit")
-        if len(self._page) + len(message.changes) > self.limits.max_page_rows:
-            raise RemoteProtocolError(
-                ErrorCode.FRAME_TOO_LARGE, f"page exceeds {self.limits.max_page_rows} rows"
-            )
         self._remote_credit -= 1
-        self._page.extend(message.changes)
         _advance(self.remote_cursor, message.changes)
-        if not message.final:
-            # Buffered within max_page_rows: the sender may go on at once.
-            self._remote_credit += 1
-            self._queue(Credit(1))
-            return []
-        page, self._page = self._page, []
-        return [ChangesPage(page)]
+        return [ChangesReceived(message.changes, message.final)]
 
 
 _TYPE_OF: dict[type, MessageType] = {

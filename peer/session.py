@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from peer.errors import (
 )
 from peer.protocol import (
     BacklogReceived,
-    ChangesPage,
+    ChangesReceived,
     CreditReceived,
     CursorReceived,
     EoseReceived,
@@ -36,7 +36,7 @@ from peer.protocol import (
     RemoteClosed,
     SyncSession,
 )
-from peer.store import ApplyResult, Change, Cursor
+from peer.store import ApplyResult, Change, Cursor, LargeGroup
 from transports.base import Channel
 
 __all__ = ["SessionDriver", "SessionHost", "SessionStats"]
@@ -45,8 +45,26 @@ __all__ = ["SessionDriver", "SessionHost", "SessionStats"]
 class SessionHost(Protocol):
     """What a session needs from its Peer."""
 
-    async def changes_since(self, cursor: Cursor, limit: int, exclude: bytes) -> list[Change]: ...
-    async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult: ...
+    async def next_page(
+        self, cursor: Cursor, limit: int, exclude: bytes
+    ) -> list[Change] | LargeGroup: ...
+    def read_group(self, group: LargeGroup, chunk: int) -> AsyncIterator[list[Change]]: ...
+    async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
+        """Apply one whole page (its own transaction)."""
+        ...
+
+    async def begin_page(self) -> None:
+        """Open a transaction for a page that spans frames (blocks other applies)."""
+        ...
+
+    async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult: ...
+
+    @property
+    def can_stream_pages(self) -> bool:
+        """Whether a page may stay open across frames (else it is buffered)."""
+        ...
+
+    async def end_page(self, commit: bool) -> None: ...
     async def local_cursor(self) -> Cursor: ...
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int: ...
     def admit(self, driver: SessionDriver) -> ErrorCode | None:
@@ -99,6 +117,9 @@ class SessionDriver:
         self._credit = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task[None] | None = None
+        self._page_open = False
+        self._page_result: ApplyResult | None = None
+        self._buffered: list[Change] = []
         self._backlog: tuple[int, float, int, int] | None = None
         """The remote's announced backlog: (rows, when, rows and bytes received before)."""
         self._log = logging.getLogger("crpeer.session")
@@ -163,6 +184,10 @@ class SessionDriver:
             if not isinstance(exc, ChannelClosed):
                 self.error = exc
         finally:
+            if self._page_open:
+                self._page_open = False
+                with contextlib.suppress(CrpeerError):
+                    await self.host.end_page(commit=False)
             if self._sender is not None:
                 self._sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, CrpeerError):
@@ -199,8 +224,8 @@ class SessionDriver:
                         self.host.emit(events.Synced(self.remote, event.cursor))
                         self._sender = asyncio.create_task(self._send_loop(), name="crpeer-sender")
                         self._sender.add_done_callback(self._sender_done)
-                    case ChangesPage():
-                        await self._on_page(event.changes)
+                    case ChangesReceived():
+                        await self._on_changes(event.changes, event.final)
                     case BacklogReceived():
                         self._backlog = (
                             event.rows,
@@ -253,26 +278,41 @@ class SessionDriver:
         self.session.send_cursor(await self.host.local_cursor())
         await self._flush()
 
-    async def _on_page(self, changes: list[Change]) -> None:
+    async def _on_changes(self, changes: list[Change], final: bool) -> None:
         assert self.remote is not None
         assert self.session.remote is not None
         newer = self.session.remote.schema_version > self.session.local.schema_version
-        result = await self.host.apply(changes, newer)
+        if not self.host.can_stream_pages:
+            # An in-memory store cannot keep a page open: gather it, apply it whole.
+            if not final:
+                self._buffered.extend(changes)
+                self.stats.rows_received += len(changes)
+                self.session.frame_applied()
+                await self._flush()
+                self._report_progress()
+                return
+            if self._buffered:
+                self.stats.rows_received -= len(self._buffered)
+                changes, self._buffered = self._buffered + changes, []
+        if final and not self._page_open:
+            result = await self.host.apply(changes, newer)
+        else:
+            if not self._page_open:
+                await self.host.begin_page()
+                self._page_open = True
+            result = await self.host.apply_in_page(changes, newer)
+            if final:
+                self._page_open = False
+                await self.host.end_page(commit=True)
         self.stats.rows_received += len(changes)
-        self.session.page_applied()
+        self.session.frame_applied()
         await self._flush()
-        if self._backlog is not None and not self.eose_received.is_set():
-            expected, since, rows_before, bytes_before = self._backlog
-            received = self.stats.rows_received - rows_before
-            self.host.emit(
-                events.Progress(
-                    self.remote,
-                    received,
-                    max(expected, received),
-                    self.stats.bytes_received - bytes_before,
-                    time.monotonic() - since,
-                )
-            )
+        self._report_progress()
+        self._page_result = _merge_results(self._page_result, result)
+        if not final:
+            return
+        result, self._page_result = self._page_result, None
+        assert result is not None
         if result.merged:
             self.host.emit(events.Changed(self.remote, result.tables, result.merged))
         if result.held:
@@ -285,6 +325,21 @@ class SessionDriver:
                 )
             )
         self.host.applied(self, result)
+
+    def _report_progress(self) -> None:
+        if self._backlog is None or self.eose_received.is_set() or self.remote is None:
+            return
+        expected, since, rows_before, bytes_before = self._backlog
+        received = self.stats.rows_received - rows_before
+        self.host.emit(
+            events.Progress(
+                self.remote,
+                received,
+                max(expected, received),
+                self.stats.bytes_received - bytes_before,
+                time.monotonic() - since,
+            )
+        )
 
     async def _wait_credit(self) -> None:
         while self.session.credit < 1:
@@ -303,9 +358,12 @@ class SessionDriver:
         while True:
             await self._wait_credit()
             self._wake.clear()
-            page = await self.host.changes_since(
+            page = await self.host.next_page(
                 dict(self.session.remote_cursor), rows_per_frame, remote_site
             )
+            if isinstance(page, LargeGroup):
+                await self._send_large_group(page, rows_per_frame)
+                continue
             if not page:
                 if not self.session.eose_sent:
                     self.session.send_eose()
@@ -316,12 +374,41 @@ class SessionDriver:
                     self.session.send_ping(self.stats.frames_sent)
                     await self._flush()
                 continue
-            chunks = [page[i : i + rows_per_frame] for i in range(0, len(page), rows_per_frame)]
-            for index, chunk in enumerate(chunks):
-                await self._wait_credit()
-                self.session.send_changes(chunk, final=index == len(chunks) - 1)
-                await self._flush()
-                self.stats.rows_sent += len(chunk)
+            await self._send_frame(page, final=True)
+
+    async def _send_frame(self, changes: list[Change], *, final: bool) -> None:
+        await self._wait_credit()
+        self.session.send_changes(changes, final=final)
+        await self._flush()
+        self.stats.rows_sent += len(changes)
+
+    async def _send_large_group(self, group: LargeGroup, rows_per_frame: int) -> None:
+        """One transaction larger than a frame: a page of several frames, the
+        last one final (empty if the rows ran out exactly), so the receiver
+        commits it whole."""
+        async for chunk in self.host.read_group(group, rows_per_frame):
+            await self._send_frame(chunk, final=False)
+        await self._send_frame([], final=True)
+        # The group may have shrunk while read (rows overwritten since):
+        # the remote holds this version now, whatever it carried.
+        cursor = self.session.remote_cursor
+        cursor[group.origin] = max(cursor.get(group.origin, 0), group.version)
+
+
+def _merge_results(before: ApplyResult | None, after: ApplyResult) -> ApplyResult:
+    """Add up the results of the frames of one page."""
+    if before is None:
+        return after
+    cursor = dict(before.cursor)
+    for origin, version in after.cursor.items():
+        cursor[origin] = max(version, cursor.get(origin, 0))
+    return ApplyResult(
+        before.merged + after.merged,
+        before.held + after.held,
+        before.skipped + after.skipped,
+        before.tables | after.tables,
+        cursor,
+    )
 
 
 ChannelRunner = Callable[[Channel], Awaitable[None]]

@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +68,7 @@ __all__ = [
     "ApplyResult",
     "Change",
     "Cursor",
+    "LargeGroup",
     "SqlValue",
     "Store",
 ]
@@ -141,6 +142,16 @@ class ApplyResult:
     """The highest origin version of each origin in the batch."""
 
 
+@dataclass(frozen=True, slots=True)
+class LargeGroup:
+    """A group (one origin transaction) larger than a page: read it with
+    :meth:`Store.read_group`, chunk by chunk."""
+
+    origin: bytes
+    local_version: int
+    version: int
+
+
 def _translate_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn raw sqlite errors escaping a public method into StoreError."""
 
@@ -168,6 +179,7 @@ class Store:
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = str(path)
+        self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
         self._columns_cache: tuple[int, dict[str, frozenset[str]]] | None = None
         try:
@@ -191,15 +203,19 @@ class Store:
             raise
         self.site_id: bytes = bytes(site_id)
         self._closed = False
+        self._page_open = False
+        self._page_impacted = 0
         # File stores read changes through a second connection: it sees only
         # committed data (WAL), so reads never wait on an apply in progress.
-        self._reader = self._conn
-        self._read_lock = self._lock
+        # Merges (apply) run on a sync connection of their own, so a page
+        # spanning frames can stay open without holding up the app's calls.
+        self._reader = self._sync = self._conn
+        self._read_lock = self._sync_lock = self._lock
         if self.path != ":memory:" and not self.path.startswith("file:"):
-            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            crsqlite.load(self._reader)
+            self._reader = self._open_connection()
             self._read_lock = threading.RLock()
+            self._sync = self._open_connection()
+            self._sync_lock = threading.RLock()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -209,8 +225,9 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            with self._read_lock:
-                for conn in {id(self._reader): self._reader, id(self._conn): self._conn}.values():
+            with self._read_lock, self._sync_lock:
+                connections = {id(c): c for c in (self._reader, self._sync, self._conn)}
+                for conn in connections.values():
                     try:
                         conn.execute("SELECT crsql_finalize()")
                     finally:
@@ -391,16 +408,17 @@ class Store:
             self._reader.execute("COMMIT")
 
     @_translate_errors
-    def changes_since(
+    def next_page(
         self, cursor: Mapping[bytes, int], limit: int, *, exclude: Collection[bytes] = ()
-    ) -> list[Change]:
-        """Changes this database holds above ``cursor``, at most about ``limit`` rows.
+    ) -> list[Change] | LargeGroup:
+        """The next page of changes above ``cursor``: at most ``limit`` rows.
 
         For each origin (except those in ``exclude``) the changes come in
-        ascending ``(version, seq)``, whole groups only; a single group larger
-        than ``limit`` is returned whole on its own. An empty list means
-        nothing is above the cursor. To page, advance the cursor to the
-        highest version returned per origin and call again.
+        ascending ``(version, seq)``, whole groups only. If the first group to
+        send is larger than ``limit``, returns it as a :class:`LargeGroup` to
+        read with :meth:`read_group`. An empty list means nothing is above
+        the cursor. To page, advance the cursor to the highest version
+        returned per origin (or of the large group) and call again.
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
@@ -414,33 +432,100 @@ class Store:
                     continue
                 after = cursor.get(origin, 0)
                 if origin == self.site_id:
-                    out.extend(self._own_changes(after, limit - len(out)))
+                    found = self._own_changes(after, limit - len(out))
                 else:
-                    out.extend(self._relayed_changes(origin, after, limit - len(out)))
+                    found = self._relayed_changes(origin, after, limit - len(out))
+                if isinstance(found, LargeGroup):
+                    if not out:
+                        return found
+                    break  # it starts the next page
+                out.extend(found)
             return out
 
-    def _own_changes(self, after: int, limit: int) -> list[Change]:
+    def changes_since(
+        self, cursor: Mapping[bytes, int], limit: int, *, exclude: Collection[bytes] = ()
+    ) -> list[Change]:
+        """Like :meth:`next_page`, but a large group comes back whole, in one list."""
+        page = self.next_page(cursor, limit, exclude=exclude)
+        if isinstance(page, LargeGroup):
+            return [change for chunk in self.read_group(page, limit) for change in chunk]
+        return page
+
+    def read_group(self, group: LargeGroup, chunk: int) -> Generator[list[Change], None, None]:
+        """The rows of ``group`` in chunks of at most ``chunk`` rows.
+
+        A file store reads them through a connection of their own, in one
+        statement (one consistent snapshot), whatever the group's size; close
+        the iterator (or exhaust it) to release it.
+        """
+        own = group.origin == self.site_id
+        dedicated = self._reader is not self._conn
+        conn = self._open_connection() if dedicated else self._reader
+        lock = threading.RLock() if dedicated else self._read_lock
+        rows: Any = None
+        try:
+            with lock:
+                rows = conn.execute(
+                    f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes "
+                    "WHERE site_id = ? AND db_version = ?",
+                    (group.origin, group.local_version),
+                )
+            while True:
+                with lock:
+                    batch = rows.fetchmany(chunk)
+                if not batch:
+                    break
+                if own:
+                    yield batch
+                else:
+                    yield [(*r[:5], group.version, *r[6:]) for r in batch]
+            with lock:
+                held, _ = self._held_rows(
+                    group.origin,
+                    group.version - 1,
+                    group.local_version,
+                    group.local_version,
+                    None,
+                    conn,
+                )
+            for start in range(0, len(held), chunk):
+                yield [change for _, change in held[start : start + chunk]]
+        finally:
+            with lock:
+                # The crsql_changes cursor must be gone before crsql_finalize()
+                # frees what it reads from.
+                if rows is not None:
+                    rows.close()
+                if dedicated:
+                    conn.execute("SELECT crsql_finalize()")
+                    conn.close()
+
+    @property
+    def can_stream_pages(self) -> bool:
+        """Whether :meth:`begin_page` works (file stores; not ``:memory:``)."""
+        return self._sync is not self._conn
+
+    def _open_connection(self) -> Any:
+        """Another connection to this file store, with cr-sqlite loaded."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        crsqlite.load(conn)
+        return conn
+
+    def _own_changes(self, after: int, limit: int) -> list[Change] | LargeGroup:
         sql = (
             f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version > ? "
-            "ORDER BY db_version, seq"
+            "ORDER BY db_version, seq LIMIT ?"
         )
-        rows: list[Change] = self._reader.execute(
-            sql + " LIMIT ?", (self.site_id, after, limit)
-        ).fetchall()
-        if len(rows) < limit:
+        rows: list[Change] = self._reader.execute(sql, (self.site_id, after, limit + 1)).fetchall()
+        if len(rows) <= limit:
             return rows
         last = rows[-1][5]
         whole = [row for row in rows if row[5] != last]
-        if whole:
-            return whole
-        group: list[Change] = self._reader.execute(
-            f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version = ? "
-            "ORDER BY seq",
-            (self.site_id, last),
-        ).fetchall()
-        return group
+        return whole or LargeGroup(self.site_id, last, last)
 
-    def _relayed_changes(self, origin: bytes, after: int, limit: int) -> list[Change]:
+    def _relayed_changes(self, origin: bytes, after: int, limit: int) -> list[Change] | LargeGroup:
         (start,) = self._reader.execute(
             "SELECT min(local_version) FROM crpeer_versions "
             "WHERE origin = ? AND origin_version > ? AND replay = 0",
@@ -454,8 +539,8 @@ class Store:
         if not starts:
             return []
         lo = min(starts)
-        merged, merged_full = self._merged_rows(origin, lo, None, limit)
-        held, held_full = self._held_rows(origin, after, lo, None, limit)
+        merged, merged_full = self._merged_rows(origin, lo, None, limit + 1)
+        held, held_full = self._held_rows(origin, after, lo, None, limit + 1, self._reader)
         # A full page may end inside a local version; keep whole ones only.
         cut = min(
             [rows[-1][0] for rows, full in ((merged, merged_full), (held, held_full)) if full],
@@ -465,8 +550,12 @@ class Store:
             merged = [r for r in merged if r[0] < cut]
             held = [r for r in held if r[0] < cut]
             if not merged and not held:
-                merged, _ = self._merged_rows(origin, cut, cut, None)
-                held, _ = self._held_rows(origin, after, cut, cut, None)
+                (version,) = self._reader.execute(
+                    "SELECT coalesce(max(origin_version), 0) FROM crpeer_versions "
+                    "WHERE origin = ? AND local_version = ?",
+                    (origin, cut),
+                ).fetchone()
+                return LargeGroup(origin, cut, int(version))
         hi = max([r[0] for r in merged[-1:] + held[-1:]], default=lo)
         mapping = {
             int(local): (int(version), bool(replay))
@@ -505,7 +594,7 @@ class Store:
         return [(int(r[5]), r) for r in rows], limit is not None and len(rows) >= limit
 
     def _held_rows(
-        self, origin: bytes, after: int, lo: int, hi: int | None, limit: int | None
+        self, origin: bytes, after: int, lo: int, hi: int | None, limit: int | None, conn: Any
     ) -> tuple[list[tuple[int, Change]], bool]:
         sql = (
             "SELECT local_version, tbl, pk, cid, val, col_version, version, origin, cl, seq "
@@ -519,7 +608,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = self._reader.execute(sql, params).fetchall()
+        rows = conn.execute(sql, params).fetchall()
         held = [
             (int(r[0]), (r[1], bytes(r[2]), r[3], r[4], r[5], r[6], bytes(r[7]), r[8], r[9]))
             for r in rows
@@ -566,9 +655,46 @@ class Store:
 
     # -- merging changes ---------------------------------------------------
 
+    def begin_page(self) -> None:
+        """Open one transaction for several :meth:`apply` calls (a page that
+        spans frames); end it with :meth:`end_page`, from the same thread.
+
+        It runs on the store's sync connection: readers keep seeing committed
+        data, and other writers wait for SQLite's lock (busy timeout). Raises
+        StoreError for an in-memory store (see :attr:`can_stream_pages`).
+        """
+        if not self.can_stream_pages:
+            raise StoreError("an in-memory store applies a page in one call")
+        self._sync_lock.acquire()
+        try:
+            if self._page_open:
+                raise StoreError("a page is already open")
+            self._sync.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._sync_lock.release()
+            raise
+        self._page_open = True
+        self._page_impacted = 0
+
+    def end_page(self, *, commit: bool) -> None:
+        """Commit (or roll back) the page opened by :meth:`begin_page`."""
+        if not self._page_open:
+            raise StoreError("no page is open")
+        try:
+            self._sync.execute("COMMIT" if commit else "ROLLBACK")
+        except sqlite3.Error as exc:
+            if self._sync.in_transaction:
+                self._sync.execute("ROLLBACK")
+            raise StoreError(f"committing a page failed: {exc}") from exc
+        finally:
+            self._page_open = False
+            self._sync_lock.release()
+
     def apply(self, changes: Sequence[Change], *, hold_unknown: bool = False) -> ApplyResult:
         """Merge ``changes`` and advance the persisted cursor, in one transaction.
 
+        Inside :meth:`begin_page` the rows join that page's transaction (and
+        an error leaves it to the caller to end the page without committing).
         Every row is validated before the database is touched. Rows for a
         table or column this database lacks raise InvalidChangeError, unless
         ``hold_unknown`` (the sender's schema is newer), in which case they
@@ -579,20 +705,22 @@ class Store:
         Raises InvalidChangeError for a malformed row, StoreError if SQLite
         fails.
         """
-        with self._lock:
-            columns = self.crr_columns()
-            groups = plan_groups(changes, columns, self.site_id, hold_unknown)
+        columns = self.crr_columns()
+        groups = plan_groups(changes, columns, self.site_id, hold_unknown)
+        with self._sync_lock:
             result_cursor: Cursor = {}
             tables: set[str] = set()
             merged = held = 0
+            in_page = self._page_open
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                impacted = 0
+                if not in_page:
+                    self._sync.execute("BEGIN IMMEDIATE")
+                impacted = self._page_impacted if in_page else 0
                 for origin, version, rows, held_rows in groups:
                     if rows:
-                        self._conn.executemany(_INSERT_CHANGE, rows)
+                        self._sync.executemany(_INSERT_CHANGE, rows)
                         tables.update(row[0] for row in rows)
-                        (now_impacted,) = self._conn.execute(
+                        (now_impacted,) = self._sync.execute(
                             "SELECT crsql_rows_impacted()"
                         ).fetchone()
                         changed, impacted = now_impacted > impacted, now_impacted
@@ -601,30 +729,33 @@ class Store:
                     if changed or held_rows:
                         # The local version this group merged at; asking for it
                         # reserves a new one only when nothing merged (held only).
-                        (local,) = self._conn.execute("SELECT crsql_next_db_version()").fetchone()
-                        self._conn.execute(_UPSERT_VERSION, (origin, local, version, 0))
+                        (local,) = self._sync.execute("SELECT crsql_next_db_version()").fetchone()
+                        self._sync.execute(_UPSERT_VERSION, (origin, local, version, 0))
                     if held_rows:
-                        self._conn.executemany(
+                        self._sync.executemany(
                             _INSERT_HELD,
                             [
                                 (origin, local, version, r[8], r[0], r[1], r[2], r[3], r[4], r[7])
                                 for r in held_rows
                             ],
                         )
-                    self._conn.execute(_UPSERT_CURSOR, (origin, version))
+                    self._sync.execute(_UPSERT_CURSOR, (origin, version))
                     result_cursor[origin] = max(version, result_cursor.get(origin, 0))
                     merged += len(rows)
                     held += len(held_rows)
-                self._conn.execute("COMMIT")
+                if in_page:
+                    self._page_impacted = impacted
+                else:
+                    self._sync.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if self._sync.in_transaction and not in_page:
+                    self._sync.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
                     raise InvalidChangeError(f"batch rejected by the database: {exc}") from exc
                 raise StoreError(f"applying a batch failed: {exc}") from exc
             except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if self._sync.in_transaction and not in_page:
+                    self._sync.execute("ROLLBACK")
                 raise
             skipped = len(changes) - merged - held
             return ApplyResult(merged, held, skipped, frozenset(tables), result_cursor)
@@ -636,9 +767,9 @@ class Store:
         Held rows stay recorded (and are still served to others at their
         original place in the order); the merge itself is not re-served.
         """
-        with self._lock:
-            columns = self.crr_columns()
-            pending = self._conn.execute(
+        columns = self.crr_columns()
+        with self._sync_lock:
+            pending = self._sync.execute(
                 "SELECT rowid, tbl, pk, cid, val, col_version, version, origin, cl, seq "
                 "FROM crpeer_held WHERE applied = 0 ORDER BY origin, version, seq"
             ).fetchall()
@@ -646,19 +777,19 @@ class Store:
             if not ready:
                 return 0
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._sync.execute("BEGIN IMMEDIATE")
                 for (origin, version), group in by_group(ready, lambda r: (bytes(r[7]), r[6])):
-                    self._conn.executemany(_INSERT_CHANGE, [tuple(r[1:]) for r in group])
-                    (local,) = self._conn.execute("SELECT crsql_next_db_version()").fetchone()
-                    self._conn.execute(_UPSERT_VERSION, (origin, local, version, 1))
-                    self._conn.executemany(
+                    self._sync.executemany(_INSERT_CHANGE, [tuple(r[1:]) for r in group])
+                    (local,) = self._sync.execute("SELECT crsql_next_db_version()").fetchone()
+                    self._sync.execute(_UPSERT_VERSION, (origin, local, version, 1))
+                    self._sync.executemany(
                         "UPDATE crpeer_held SET applied = 1 WHERE rowid = ?",
                         [(r[0],) for r in group],
                     )
-                self._conn.execute("COMMIT")
+                self._sync.execute("COMMIT")
             except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if self._sync.in_transaction:
+                    self._sync.execute("ROLLBACK")
                 raise
             return len(ready)
 

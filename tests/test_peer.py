@@ -181,6 +181,45 @@ async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() ->
     assert samples[-1] == (2300, 301)
 
 
+async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_path: Path) -> None:
+    network = MemoryNetwork()
+    source, target = new_store(tmp_path / "source.db"), new_store(tmp_path / "target.db")
+    source.executescript(
+        "BEGIN;"
+        + "".join(f"INSERT INTO notes VALUES ({i}, 'bulk', {i});" for i in range(3000))
+        + "COMMIT;"
+    )
+    limits = Limits(max_batch_rows=100, window=2)
+    sender = Peer(source, [MemoryTransport(network, "s")], limits=limits, insecure=True)
+    receiver = Peer(
+        target,
+        [MemoryTransport(network, "r")],
+        connect=["memory://s"],
+        limits=limits,
+        backoff=FAST,
+        insecure=True,
+    )
+    seen: list[int] = []
+    async with sender, receiver:
+        cut = False
+        for _ in range(2000):
+            count = len(rows(target))  # the app reads while the page is open
+            seen.append(count)
+            if count == 3000:
+                break
+            if not cut and receiver.sessions and receiver.sessions[0].stats.rows_received > 1000:
+                network.cut("s", "r")  # mid-page: the open transaction rolls back
+                cut = True
+            await asyncio.sleep(0.005)
+        await wait_for(lambda: len(rows(target)) == 3000, within=30)
+        await receiver.execute("INSERT INTO notes VALUES (5000, 'app write after', 0)")
+    assert cut
+    assert set(seen) <= {0, 3000}  # never half of the transaction
+    assert target.cursor() == {source.site_id: 1}
+    source.close()
+    target.close()
+
+
 async def test_catch_up_reports_progress_until_eose() -> None:
     cluster = Cluster(2, limits=Limits(max_batch_rows=200))
     cluster.stores[0].executescript(

@@ -29,7 +29,7 @@ from peer.messages import (
 )
 from peer.protocol import (
     ALLOWED,
-    ChangesPage,
+    ChangesReceived,
     CreditReceived,
     CursorReceived,
     EoseReceived,
@@ -110,18 +110,19 @@ def test_the_exact_message_sequence_of_a_sync() -> None:
     a.send_eose()
     frames = a.data_to_send()
     assert kinds(frames) == [MessageType.CHANGES, MessageType.CHANGES, MessageType.EOSE]
-    assert b.receive(frames[0]) == []  # buffered: a page is applied whole
-    credit = b.data_to_send()
-    assert kinds(credit) == [MessageType.CREDIT]  # the non-final frame is credited at once
-    assert a.receive(credit[0]) == [CreditReceived()]
-    assert b.receive(frames[1]) == [ChangesPage([change(1), change(1, 1), change(2)])]
+    # Each frame is applied as it arrives; the final one commits the page.
+    assert b.receive(frames[0]) == [ChangesReceived([change(1), change(1, 1)], False)]
+    b.frame_applied()
+    assert b.receive(frames[1]) == [ChangesReceived([change(2)], True)]
+    b.frame_applied()
     assert b.receive(frames[2]) == [EoseReceived()]
-    b.page_applied()
-    assert deliver(b, a) == [CreditReceived()]
+    credits = b.data_to_send()
+    assert kinds(credits) == [MessageType.CREDIT, MessageType.CREDIT]
+    assert [a.receive(f) for f in credits] == [[CreditReceived()], [CreditReceived()]]
     assert a.credit == Limits().window
     # Live: after EOSE, more pages flow the same way.
     a.send_changes([change(3)], final=True)
-    assert deliver(a, b) == [ChangesPage([change(3)])]
+    assert deliver(a, b) == [ChangesReceived([change(3)], True)]
     assert b.remote_cursor[A_SITE] == 3
     a.send_close()
     assert deliver(a, b) == [RemoteClosed(None)]
@@ -149,14 +150,11 @@ def test_sending_without_credit_is_a_local_error_and_overrunning_is_a_remote_one
     assert caught.value.code is ErrorCode.FLOW_CONTROL
 
 
-def test_a_page_larger_than_the_limit_fails_the_session() -> None:
-    pair = ProtocolPair(Limits(max_batch_rows=2, max_page_rows=3))
-    pair.a.send_changes([change(1), change(1, 1)], final=False)
-    pair.a.send_changes([change(1, 2), change(1, 3)], final=True)
-    frames = pair.a.data_to_send()
-    pair.b.receive(frames[0])
+def test_a_frame_with_more_rows_than_announced_fails_the_session() -> None:
+    pair = ProtocolPair(Limits(max_batch_rows=2))
+    forged = encode(Changes([change(1), change(1, 1), change(1, 2)], True), 2)
     with pytest.raises(RemoteProtocolError) as caught:
-        pair.b.receive(frames[1])
+        pair.b.receive(forged)
     assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
     assert pair.b.state is SessionState.CLOSED
 

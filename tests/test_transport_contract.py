@@ -1,178 +1,32 @@
-"""The Transport/Channel contract, run against every transport on loopback.
+"""The Transport/Channel contract, run against every transport: the socket
+ones on loopback, the memory one on a network of its own.
 
-Also home of the helpers the per-transport tests share: ``make_transport``,
-``Loopback`` (a listening and a dialing transport with the accepted channels
-handed to the test), ``tls_contexts`` (self-signed mutual TLS 1.3) and
-``free_port``.
+The helpers are in ``tests.transport_support``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import random
-import socket
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from peer.errors import ChannelClosed, ConnectError, FrameTooLarge
-from transports.base import Channel, Transport
-from transports.http_sse import HttpSseTransport
-from transports.tcp import TcpTransport
-from transports.websocket import WebSocketTransport
-
-KINDS = ["tcp", "ws", "http"]
-WAIT = 10.0  # bound on every single wait; generous, never a speed assertion
-
-
-def make_transport(kind: str, *, listen: bool = True, **options: Any) -> Transport:
-    """A transport of ``kind`` on 127.0.0.1, port 0, short close timeouts."""
-    options.setdefault("close_timeout", 2.0)
-    if kind == "tcp":
-        return TcpTransport(listen=listen, **options)
-    if kind == "ws":
-        return WebSocketTransport(listen=listen, **options)
-    return HttpSseTransport(listen=listen, **options)
-
-
-class Accepted:
-    """An inbound channel handed to the test; its handler returns on release()."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.released = asyncio.Event()
-
-
-class Loopback:
-    """A listening transport and a dialing transport of the same kind.
-
-    ``pair()`` dials and returns ``(dialed, accepted)``. On exit every handler
-    is released, both transports stop, and no task they created may remain.
-    """
-
-    def __init__(
-        self, kind: str, server: dict[str, Any] | None = None, client: dict[str, Any] | None = None
-    ) -> None:
-        self.server = make_transport(kind, **(server or {}))
-        self.client = make_transport(kind, listen=False, **(client or {}))
-        self.accepted: asyncio.Queue[Accepted] = asyncio.Queue()
-        self._all: list[Accepted] = []
-
-    async def _handle(self, channel: Channel) -> None:
-        entry = Accepted(channel)
-        self._all.append(entry)
-        await self.accepted.put(entry)
-        await entry.released.wait()
-
-    async def _refuse(self, channel: Channel) -> None:
-        raise AssertionError("a dial-only transport accepted a channel")
-
-    async def __aenter__(self) -> Loopback:
-        self._tasks_before = asyncio.all_tasks()
-        await self.server.start(self._handle)
-        await self.client.start(self._refuse)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-        await self.client.stop()
-        await self.server.stop()
-        await assert_no_tasks_left(self._tasks_before)
-
-    @property
-    def address(self) -> str:
-        return self.server.listen_addresses[0]
-
-    async def pair(self) -> tuple[Channel, Channel]:
-        dialed = await asyncio.wait_for(self.client.dial(self.address), WAIT)
-        accepted = await asyncio.wait_for(self.accepted.get(), WAIT)
-        return dialed, accepted.channel
-
-    def release(self) -> None:
-        for entry in self._all:
-            entry.released.set()
-
-
-async def assert_no_tasks_left(before: set[asyncio.Task[Any]]) -> None:
-    """Fail if a task started after ``before`` is still pending (other than this one)."""
-    await asyncio.sleep(0)  # let tasks that finished in stop() run their done callbacks
-    left = asyncio.all_tasks() - before - {asyncio.current_task()}
-    assert not left, f"tasks left behind: {left}"
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def closed_address(kind: str) -> str:
-    port = free_port()
-    return {
-        "tcp": f"tcp://127.0.0.1:{port}",
-        "ws": f"ws://127.0.0.1:{port}/crpeer",
-        "http": f"http://127.0.0.1:{port}/crpeer",
-    }[kind]
-
-
-def self_signed(directory: Path, name: str) -> tuple[bytes, Path, Path]:
-    """A self-signed EC P-256 certificate: (DER, cert PEM path, key PEM path)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert.public_bytes(serialization.Encoding.DER), cert_path, key_path
-
-
-def tls_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, bytes, bytes]:
-    """Mutual TLS 1.3: (server context, client context, server DER, client DER).
-
-    Each side trusts exactly the other's self-signed certificate.
-    """
-    server_der, server_crt, server_key = self_signed(directory, "server")
-    client_der, client_crt, client_key = self_signed(directory, "client")
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for context, (crt, key), trusted in (
-        (server, (server_crt, server_key), client_der),
-        (client, (client_crt, client_key), server_der),
-    ):
-        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_3
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cadata=trusted)
-        context.load_cert_chain(crt, key)
-    return server, client, server_der, client_der
+from tests.transport_support import (
+    KINDS,
+    WAIT,
+    Loopback,
+    assert_no_tasks_left,
+    closed_address,
+    make_transport,
+    refuse_channel,
+    tls_contexts,
+)
+from transports.base import Channel
 
 
 @pytest.fixture(params=KINDS)
@@ -270,7 +124,7 @@ async def test_close_from_either_side(loopback: Loopback, closer: str) -> None:
 
 async def test_dial_closed_port_is_connect_error(kind: str) -> None:
     transport = make_transport(kind, listen=False)
-    await transport.start(_never)
+    await transport.start(refuse_channel)
     address = closed_address(kind)
     with pytest.raises(ConnectError, match=address.split("//")[1].split("/")[0]):
         await asyncio.wait_for(transport.dial(address), WAIT)
@@ -319,6 +173,8 @@ async def test_unread_receiver_blocks_the_sender(loopback: Loopback, direction: 
 
 
 async def test_mutual_tls_reports_certificates(kind: str, tmp_path: Path) -> None:
+    if kind == "memory":
+        pytest.skip("the memory transport has no TLS")
     server_ssl, client_ssl, server_der, client_der = tls_contexts(tmp_path)
     async with Loopback(kind, {"server_ssl": server_ssl}, {"client_ssl": client_ssl}) as loop:
         assert loop.address.split("://")[0] in ("tcp", "wss", "https")
@@ -331,7 +187,3 @@ async def test_mutual_tls_reports_certificates(kind: str, tmp_path: Path) -> Non
         assert await asyncio.wait_for(accepted.recv(), WAIT) == b"secret"
         await accepted.send(b"reply")
         assert await asyncio.wait_for(dialed.recv(), WAIT) == b"reply"
-
-
-async def _never(channel: Channel) -> None:
-    raise AssertionError("unexpected inbound channel")

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from peer.errors import ChannelClosed, ConnectError, FrameTooLarge
-from tests.test_transport_contract import WAIT, Loopback, self_signed, tls_contexts
+from tests.transport_support import WAIT, Loopback, raw_connection, self_signed, tls_contexts
 from transports.base import RemoteInfo
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "host"}
@@ -139,15 +139,14 @@ async def test_malformed_frame_post_is_400(http: aiohttp.ClientSession, seq: str
 
 async def test_garbage_on_the_socket_does_not_stop_the_server() -> None:
     async with Loopback("http") as loop:
-        host, port = loop.address.removeprefix("http://").split("/")[0].split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await raw_connection(loop.address)
         writer.write(b"POST /crpeer/sessions HTTP/1.1\r\nContent-Length: zz\r\n\r\n" + bytes(99))
         answer = await asyncio.wait_for(reader.read(65536), WAIT)
         assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        silent = await asyncio.open_connection(host, int(port))  # never speaks
+        silent = await raw_connection(loop.address)  # never speaks
         dialed, accepted = await loop.pair()
         await dialed.send(b"ping")
         assert await asyncio.wait_for(accepted.recv(), WAIT) == b"ping"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
 from pathlib import Path
@@ -11,38 +10,18 @@ from pathlib import Path
 import pytest
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
-from tests.test_transport_contract import WAIT, Loopback, assert_no_tasks_left, tls_contexts
-from transports.base import Channel, RemoteInfo
+from tests.transport_support import (
+    WAIT,
+    Loopback,
+    assert_no_tasks_left,
+    assert_still_serving,
+    raw_connection,
+    read_until_closed,
+    refuse_channel,
+    tls_contexts,
+)
+from transports.base import RemoteInfo
 from transports.tcp import StreamChannel, TcpTransport
-
-
-async def raw_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
-    return await asyncio.open_connection(host.strip("[]"), int(port))
-
-
-async def closed_by_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """True once the server closed the raw connection (EOF or reset)."""
-    try:
-        for _ in range(1000):
-            if not await asyncio.wait_for(reader.read(65536), WAIT):
-                return True
-    except ConnectionResetError:
-        return True
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return False
-
-
-async def assert_still_serving(loop: Loopback) -> None:
-    dialed, accepted = await loop.pair()
-    await dialed.send(b"ping")
-    assert await asyncio.wait_for(accepted.recv(), WAIT) == b"ping"
-    await accepted.send(b"pong")
-    assert await asyncio.wait_for(dialed.recv(), WAIT) == b"pong"
-    await dialed.close()
 
 
 @pytest.mark.parametrize(
@@ -66,7 +45,7 @@ async def test_garbage_closes_that_connection_only(
         hostile = (await asyncio.wait_for(loop.accepted.get(), WAIT)).channel
         with pytest.raises(error):
             await asyncio.wait_for(hostile.recv(), WAIT)
-        assert await closed_by_server(reader, writer)
+        await read_until_closed(reader, writer)
         await assert_still_serving(loop)
 
 
@@ -88,7 +67,7 @@ async def test_tls_handshake_timeout_drops_silent_client(tmp_path: Path) -> None
     async with Loopback("tcp", server, {"client_ssl": client_ssl}) as loop:
         reader, writer = await raw_connection(loop.address)  # never sends a ClientHello
         await assert_still_serving(loop)
-        assert await closed_by_server(reader, writer)
+        await read_until_closed(reader, writer)
         assert loop.accepted.empty()
 
 
@@ -96,12 +75,12 @@ async def test_stop_during_tls_handshake_leaves_nothing(tmp_path: Path) -> None:
     server_ssl, _, _, _ = tls_contexts(tmp_path)
     before = asyncio.all_tasks()
     transport = TcpTransport(server_ssl=server_ssl, handshake_timeout=60.0)
-    await transport.start(_never)
+    await transport.start(refuse_channel)
     reader, writer = await raw_connection(transport.listen_addresses[0])
     await asyncio.sleep(0.05)  # let the server accept it
     await asyncio.wait_for(transport.stop(), WAIT)
     await assert_no_tasks_left(before)
-    assert await closed_by_server(reader, writer)
+    await read_until_closed(reader, writer)
 
 
 async def test_dial_times_out_when_tls_never_answers(tmp_path: Path) -> None:
@@ -109,7 +88,7 @@ async def test_dial_times_out_when_tls_never_answers(tmp_path: Path) -> None:
     silent = await asyncio.start_server(_hold, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     transport = TcpTransport(listen=False, client_ssl=client_ssl, handshake_timeout=0.3)
-    await transport.start(_never)
+    await transport.start(refuse_channel)
     with pytest.raises(ConnectError, match=f"127.0.0.1:{port}"):
         await asyncio.wait_for(transport.dial(f"tcp://127.0.0.1:{port}"), WAIT)
     await transport.stop()
@@ -120,7 +99,7 @@ async def test_dial_times_out_when_tls_never_answers(tmp_path: Path) -> None:
 @pytest.mark.parametrize("address", ["udp://127.0.0.1:1", "tcp://127.0.0.1", "tcp://:5", "x"])
 async def test_malformed_address_is_config_error(address: str) -> None:
     transport = TcpTransport(listen=False)
-    await transport.start(_never)
+    await transport.start(refuse_channel)
     with pytest.raises(ConfigError):
         await transport.dial(address)
     await transport.stop()
@@ -169,10 +148,6 @@ async def test_stream_channel_over_any_stream_pair() -> None:
     assert closed == [inbound]
     server.close()
     await server.wait_closed()
-
-
-async def _never(channel: Channel) -> None:
-    raise AssertionError("unexpected inbound channel")
 
 
 async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 from websockets.asyncio.client import connect
@@ -11,41 +10,16 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError
-from tests.test_transport_contract import WAIT, Loopback, free_port
-from transports.base import Channel
+from tests.transport_support import (
+    WAIT,
+    Loopback,
+    assert_still_serving,
+    free_port,
+    raw_connection,
+    read_until_closed,
+    refuse_channel,
+)
 from transports.websocket import WebSocketTransport
-
-
-async def raw_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = address.removeprefix("ws://").split("/", 1)[0].rsplit(":", 1)
-    return await asyncio.open_connection(host, int(port))
-
-
-async def read_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    received = b""
-    try:
-        for _ in range(1000):
-            chunk = await asyncio.wait_for(reader.read(65536), WAIT)
-            if not chunk:
-                break
-            received += chunk
-    except ConnectionResetError:
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return received
-
-
-async def assert_still_serving(loop: Loopback) -> None:
-    dialed, accepted = await loop.pair()
-    await dialed.send(b"ping")
-    assert await asyncio.wait_for(accepted.recv(), WAIT) == b"ping"
-    await accepted.send(b"pong")
-    assert await asyncio.wait_for(dialed.recv(), WAIT) == b"pong"
-    await dialed.close()
 
 
 async def test_text_message_closes_with_policy_violation() -> None:
@@ -117,11 +91,7 @@ async def test_addresses_and_bad_dials() -> None:
 
 async def test_dial_after_stop_is_connect_error() -> None:
     transport = WebSocketTransport(listen=False)
-    await transport.start(_never)
+    await transport.start(refuse_channel)
     await transport.stop()
     with pytest.raises(ConnectError):
         await transport.dial("ws://127.0.0.1:1/crpeer")
-
-
-async def _never(channel: Channel) -> None:
-    raise AssertionError("unexpected inbound channel")

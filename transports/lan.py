@@ -20,13 +20,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from zeroconf import IPVersion
 
 from peer.errors import ConfigError
-from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, Transport
+from transports._addresses import format_address
+from transports.base import (
+    DEFAULT_MAX_FRAME,
+    Channel,
+    ChannelHandler,
+    DiscoveryHandler,
+    Transport,
+)
 from transports.mdns import (
     DEFAULT_SERVICE_TYPE,
     DiscoveredPeer,
@@ -38,9 +45,6 @@ from transports.mdns import (
 from transports.tcp import TcpTransport
 
 __all__ = ["DiscoveryHandler", "LanTransport", "choose_address", "should_dial", "tcp_address"]
-
-DiscoveryHandler = Callable[[str, str], None]
-"""Called as ``handler(address, peer_id)`` with a ``tcp://`` address to dial."""
 
 _log = logging.getLogger(__name__)
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
@@ -97,7 +101,7 @@ def choose_address(addresses: Sequence[str], local: Sequence[IpInterface]) -> st
 
 def tcp_address(host: str, port: int) -> str:
     """``tcp://host:port``, with IPv6 hosts in brackets (the form TcpTransport dials)."""
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+    return format_address("tcp", host, port)
 
 
 class LanTransport(Transport):

@@ -43,6 +43,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge
+from transports._channel import ChannelBase
+from transports._handlers import HandlerTasks
+from transports._queues import Signal
 from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, RemoteInfo, Transport
 
 __all__ = ["LinkFaults", "LinkStats", "MemoryChannel", "MemoryNetwork", "MemoryTransport"]
@@ -108,21 +111,17 @@ class _Pipe:
         self._network, self.src, self.dst = network, src, dst
         self._items: deque[tuple[float, bytes]] = deque()
         self._held: list[bytes] = []
-        self._changed = asyncio.Event()  # replaced on every change; waiters hold the old one
+        self._changed = Signal()
         self._link_free = self._last_at = 0.0
         self.eof = self.dead = False
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
     async def put(self, frame: bytes) -> None:
         while not (self.dead or self.eof) and len(self._items) >= self._network.queue_frames:
-            await self._changed.wait()
+            await self._changed.waiter().wait()
         if self.dead or self.eof:
             raise ChannelClosed("channel is closed")
         self._transmit(frame)
-        self._notify()
+        self._changed.fire()
 
     def _transmit(self, frame: bytes) -> None:
         net, size = self._network, len(frame)
@@ -153,7 +152,7 @@ class _Pipe:
     async def get(self) -> bytes:
         loop = asyncio.get_running_loop()
         while not self.dead:
-            changed = self._changed
+            changed = self._changed.waiter()
             if not self._items:
                 if self.eof:
                     break
@@ -169,7 +168,7 @@ class _Pipe:
             stats = self._network._stats_for(self.src, self.dst)
             stats.frames_delivered += 1
             stats.bytes_delivered += len(frame)
-            self._notify()
+            self._changed.fire()
             return frame
         raise ChannelClosed("channel is closed")
 
@@ -184,23 +183,18 @@ class _Pipe:
             self._items.extend((max(now, self._last_at), frame) for frame in self._held)
             self.eof = True
         self._held = []
-        self._notify()
+        self._changed.fire()
 
 
-class MemoryChannel(Channel):
+class MemoryChannel(ChannelBase):
     """One end of an in-memory connection; see the module docstring for how
     faults bend the ordered-stream contract of :class:`Channel`."""
 
     def __init__(
         self, owner: MemoryTransport, remote: RemoteInfo, outgoing: _Pipe, incoming: _Pipe
     ) -> None:
-        self._owner, self._remote = owner, remote
+        super().__init__(remote, max_frame=owner.max_frame, on_close=owner._forget)
         self._out, self._in = outgoing, incoming
-        self._closed = False
-
-    @property
-    def remote(self) -> RemoteInfo:
-        return self._remote
 
     @property
     def link(self) -> tuple[str, str]:
@@ -208,28 +202,20 @@ class MemoryChannel(Channel):
         return self._out.src, self._out.dst
 
     async def send(self, frame: bytes) -> None:
-        if self._closed:
-            raise ChannelClosed("channel is closed")
-        if len(frame) > self._owner.max_frame:
-            raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds {self._owner.max_frame}")
+        self._check_send(frame)
         await self._out.put(bytes(frame))
 
     async def recv(self) -> bytes:
-        if self._closed:
-            raise ChannelClosed("channel is closed")
+        self._check_open()
         frame = await self._in.get()
-        if len(frame) > self._owner.max_frame:
+        if len(frame) > self._max_frame:
             await self.close()
-            raise FrameTooLarge(f"received {len(frame)} bytes, limit {self._owner.max_frame}")
+            raise FrameTooLarge(f"received {len(frame)} bytes, limit {self._max_frame}")
         return frame
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         self._out.close(dead=False)
         self._in.close(dead=True)
-        self._owner._forget(self)
 
 
 class MemoryNetwork:
@@ -348,11 +334,10 @@ class MemoryTransport(Transport):
         if max_frame < 1:
             raise ConfigError("max_frame must be at least 1")
         self.name, self.max_frame = name, max_frame
-        self._network, self._listen, self._close_timeout = network, listen, close_timeout
-        self._handler: ChannelHandler | None = None
+        self._network, self._listen = network, listen
+        self._handlers = HandlerTasks("MemoryTransport", log, grace=close_timeout)
         self._stopped = False
         self._channels: set[MemoryChannel] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def listen_addresses(self) -> list[str]:
@@ -360,13 +345,13 @@ class MemoryTransport(Transport):
         return [_PREFIX + self.name] if listening else []
 
     async def start(self, handler: ChannelHandler) -> None:
-        if self._handler is not None or self._stopped:
+        if self._handlers.started or self._stopped:
             raise ConfigError("MemoryTransport.start() called twice")
         if self._listen:
             if self.name in self._network._listeners:
                 raise ConfigError(f"memory listener name {self.name!r} is taken")
             self._network._listeners[self.name] = self
-        self._handler = handler
+        self._handlers.set(handler)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -376,13 +361,7 @@ class MemoryTransport(Transport):
             del self._network._listeners[self.name]
         for channel in list(self._channels):
             await channel.close()
-        others = self._handlers - {asyncio.current_task()}
-        if others:
-            _, late = await asyncio.wait(others, timeout=self._close_timeout)
-            for task in late:
-                log.warning("channel handler did not return after stop(); cancelling it")
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+        await self._handlers.stop()
 
     async def dial(self, address: str) -> Channel:
         name = address.removeprefix(_PREFIX)
@@ -402,15 +381,4 @@ class MemoryTransport(Transport):
         self._network._channels.discard(channel)
 
     def _accept(self, channel: MemoryChannel) -> None:
-        task = asyncio.create_task(self._serve(channel), name=f"crpeer-memory-{self.name}")
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-
-    async def _serve(self, channel: MemoryChannel) -> None:
-        assert self._handler is not None
-        try:
-            await self._handler(channel)
-        except Exception:
-            log.exception("channel handler for %s failed", channel.remote.address)
-        finally:
-            await channel.close()
+        self._handlers.spawn(channel, f"crpeer-memory-{self.name}")

@@ -18,9 +18,11 @@ import logging
 import ssl
 import struct
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
+from transports._addresses import parse_address, socket_address
+from transports._channel import ChannelBase, peer_certificate
+from transports._handlers import HandlerTasks
 from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, RemoteInfo, Transport
 
 __all__ = ["StreamChannel", "TcpTransport"]
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">I")
 
 
-class StreamChannel(Channel):
+class StreamChannel(ChannelBase):
     """Length-prefixed frames over a connected asyncio stream pair.
 
     ``reader``/``writer`` must already be connected (and TLS-wrapped, if
@@ -54,24 +56,14 @@ class StreamChannel(Channel):
         close_timeout: float = 5.0,
         on_close: Callable[[StreamChannel], None] | None = None,
     ) -> None:
+        super().__init__(remote, max_frame=max_frame, on_close=on_close)
         self._reader = reader
         self._writer = writer
-        self._remote = remote
-        self._max_frame = max_frame
         self._close_timeout = close_timeout
-        self._on_close = on_close
-        self._closed = False
-
-    @property
-    def remote(self) -> RemoteInfo:
-        return self._remote
 
     async def send(self, frame: bytes) -> None:
         """Write one frame and wait until the transport's buffer drains."""
-        if self._closed or self._writer.is_closing():
-            raise ChannelClosed(f"channel to {self._remote.address} is closed")
-        if len(frame) > self._max_frame:
-            raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds {self._max_frame}")
+        self._check_send(frame, broken=self._writer.is_closing())
         try:
             self._writer.writelines([_HEADER.pack(len(frame)), frame])
             await self._writer.drain()
@@ -80,8 +72,7 @@ class StreamChannel(Channel):
 
     async def recv(self) -> bytes:
         """Read the next frame; an oversized length closes the connection."""
-        if self._closed:
-            raise ChannelClosed(f"channel to {self._remote.address} is closed")
+        self._check_open()
         try:
             (length,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
             if length > self._max_frame:
@@ -95,10 +86,7 @@ class StreamChannel(Channel):
             await self.close()
             raise ChannelClosed(f"connection to {self._remote.address} closed") from exc
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         self._writer.close()
         try:
             async with asyncio.timeout(self._close_timeout):
@@ -107,8 +95,6 @@ class StreamChannel(Channel):
             self._writer.transport.abort()
         except OSError:
             pass  # the connection broke while closing: closed all the same
-        if self._on_close is not None:
-            self._on_close(self)
 
 
 class TcpTransport(Transport):
@@ -144,25 +130,22 @@ class TcpTransport(Transport):
         self._client_ssl = client_ssl
         self._handshake_timeout = handshake_timeout
         self._close_timeout = close_timeout
-        self._handler: ChannelHandler | None = None
+        self._handlers = HandlerTasks("TcpTransport", log, grace=close_timeout)
         self._server: asyncio.Server | None = None
         self._channels: set[StreamChannel] = set()
         self._handshakes: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
         self._stopped = False
 
     @property
     def listen_addresses(self) -> list[str]:
         if self._server is None:
             return []
-        return [_address(sock.getsockname()) for sock in self._server.sockets]
+        return [socket_address(self.scheme, sock.getsockname()) for sock in self._server.sockets]
 
     async def start(self, handler: ChannelHandler) -> None:
         """Start listening (when ``listen``); raises TransportError if the
         address cannot be bound."""
-        if self._handler is not None:
-            raise ConfigError("TcpTransport.start() called twice")
-        self._handler = handler
+        self._handlers.set(handler)
         if not self._listen:
             return
         try:
@@ -180,26 +163,24 @@ class TcpTransport(Transport):
             writer.transport.abort()  # the task may not have started: it cannot clean up
             task.cancel()
         await asyncio.gather(*(channel.close() for channel in list(self._channels)))
-        if self._handlers:
-            _, late = await asyncio.wait(self._handlers, timeout=self._close_timeout)
-            for task in late:
-                log.warning("channel handler did not return after stop(); cancelling it")
-                task.cancel()
-        await asyncio.gather(*self._handshakes, *self._handlers, return_exceptions=True)
+        await self._handlers.stop()
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
     async def dial(self, address: str) -> Channel:
         """Connect to ``address``; raises ConnectError on refusal, unreachable
         host, TLS failure or timeout (``handshake_timeout``)."""
-        host, port = _parse(address)
+        parts = parse_address(address, ("tcp",), "tcp://HOST:PORT")
+        if parts.port is None:
+            raise ConfigError(f"not a tcp://HOST:PORT address: {address!r}")
         if self._stopped:
             raise ConnectError(f"cannot dial {address}: transport is stopped")
         try:
             async with asyncio.timeout(self._handshake_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
+                    parts.hostname,
+                    parts.port,
                     ssl=self._client_ssl,
                     ssl_handshake_timeout=self._handshake_timeout if self._client_ssl else None,
                 )
@@ -215,8 +196,7 @@ class TcpTransport(Transport):
         *,
         inbound: bool,
     ) -> StreamChannel:
-        ssl_object = writer.get_extra_info("ssl_object")
-        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        certificate = peer_certificate(writer.transport)
         channel = StreamChannel(
             reader,
             writer,
@@ -237,7 +217,7 @@ class TcpTransport(Transport):
         task.add_done_callback(lambda done: self._handshakes.pop(done, None))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        address = _address(writer.get_extra_info("peername"))
+        address = socket_address(self.scheme, writer.get_extra_info("peername"))
         if self._server_ssl is not None:
             try:
                 await writer.start_tls(
@@ -248,33 +228,8 @@ class TcpTransport(Transport):
                 writer.transport.abort()
                 return
         # From here on the handler owns the connection: move this task from
-        # the handshake set (cancelled at once on stop) to the handler set.
+        # the handshake set (cancelled at once on stop) to the handler tasks.
         task = asyncio.current_task()
         assert task is not None
         del self._handshakes[task]
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-        channel = self._channel(reader, writer, address, inbound=True)
-        assert self._handler is not None
-        try:
-            await self._handler(channel)
-        except Exception:
-            log.exception("channel handler for %s failed", address)
-        finally:
-            await channel.close()
-
-
-def _parse(address: str) -> tuple[str, int]:
-    parts = urlsplit(address)
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"bad port in address {address!r}") from exc
-    if parts.scheme != "tcp" or not parts.hostname or port is None:
-        raise ConfigError(f"not a tcp://HOST:PORT address: {address!r}")
-    return parts.hostname, port
-
-
-def _address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+        await self._handlers.serve(self._channel(reader, writer, address, inbound=True))

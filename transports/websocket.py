@@ -30,6 +30,9 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
+from transports._addresses import parse_address, socket_address
+from transports._channel import ChannelBase, peer_certificate
+from transports._handlers import HandlerTasks
 from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, RemoteInfo, Transport
 
 __all__ = ["WebSocketTransport"]
@@ -37,7 +40,7 @@ __all__ = ["WebSocketTransport"]
 log = logging.getLogger(__name__)
 
 
-class _WebSocketChannel(Channel):
+class _WebSocketChannel(ChannelBase):
     """A channel over one open WebSocket connection (client or server side)."""
 
     def __init__(
@@ -47,29 +50,18 @@ class _WebSocketChannel(Channel):
         max_frame: int,
         on_close: Callable[[_WebSocketChannel], None],
     ) -> None:
+        super().__init__(remote, max_frame=max_frame, on_close=on_close)
         self._connection = connection
-        self._remote = remote
-        self._max_frame = max_frame
-        self._on_close = on_close
-        self._closed = False
-
-    @property
-    def remote(self) -> RemoteInfo:
-        return self._remote
 
     async def send(self, frame: bytes) -> None:
-        if self._closed:
-            raise ChannelClosed(f"channel to {self._remote.address} is closed")
-        if len(frame) > self._max_frame:
-            raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds {self._max_frame}")
+        self._check_send(frame)
         try:
             await self._connection.send(frame)
         except ConnectionClosed as exc:
             raise self._translate(exc) from exc
 
     async def recv(self) -> bytes:
-        if self._closed:
-            raise ChannelClosed(f"channel to {self._remote.address} is closed")
+        self._check_open()
         try:
             message = await self._connection.recv()
         except ConnectionClosed as exc:
@@ -79,12 +71,8 @@ class _WebSocketChannel(Channel):
             raise ChannelClosed(f"{self._remote.address} sent a text message")
         return message
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         await self._connection.close()  # bounded by the library's close_timeout
-        self._on_close(self)
 
     def _translate(self, exc: ConnectionClosed) -> ChannelClosed | FrameTooLarge:
         if exc.sent and exc.sent.code == CloseCode.MESSAGE_TOO_BIG and not exc.rcvd_then_sent:
@@ -139,10 +127,9 @@ class WebSocketTransport(Transport):
             "compression": None,
         }
         self._max_frame = max_frame
-        self._handler: ChannelHandler | None = None
+        self._handlers = HandlerTasks("WebSocketTransport", log, grace=close_timeout)
         self._server: Server | None = None
         self._channels: set[_WebSocketChannel] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
         self._stopped = False
 
     @property
@@ -150,15 +137,14 @@ class WebSocketTransport(Transport):
         if self._server is None:
             return []
         return [
-            _address(self.scheme, sock.getsockname(), self._path) for sock in self._server.sockets
+            socket_address(self.scheme, sock.getsockname(), self._path)
+            for sock in self._server.sockets
         ]
 
     async def start(self, handler: ChannelHandler) -> None:
         """Start listening (when ``listen``); raises TransportError if the
         address cannot be bound."""
-        if self._handler is not None:
-            raise ConfigError("WebSocketTransport.start() called twice")
-        self._handler = handler
+        self._handlers.set(handler)
         if not self._listen:
             return
         try:
@@ -181,20 +167,14 @@ class WebSocketTransport(Transport):
         if self._server is not None:
             self._server.close()  # rejects handshakes in progress, closes open connections
         await asyncio.gather(*(channel.close() for channel in list(self._channels)))
-        if self._handlers:
-            _, late = await asyncio.wait(self._handlers, timeout=self._close_timeout)
-            for task in late:
-                log.warning("channel handler did not return after stop(); cancelling it")
-                task.cancel()
+        await self._handlers.stop()
         if self._server is not None:
             await self._server.wait_closed()
 
     async def dial(self, address: str) -> Channel:
         """Open a WebSocket to ``address``; raises ConnectError on refusal,
         unreachable host, rejected upgrade, TLS failure or timeout."""
-        scheme = urlsplit(address).scheme
-        if scheme not in ("ws", "wss"):
-            raise ConfigError(f"not a ws:// or wss:// address: {address!r}")
+        scheme = parse_address(address, ("ws", "wss"), "ws:// or wss://").scheme
         if self._stopped:
             raise ConnectError(f"cannot dial {address}: transport is stopped")
         tls: dict[str, Any] = (
@@ -213,8 +193,7 @@ class WebSocketTransport(Transport):
     def _channel(
         self, connection: Connection, scheme: str, address: str, *, inbound: bool
     ) -> _WebSocketChannel:
-        ssl_object = connection.transport.get_extra_info("ssl_object")
-        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        certificate = peer_certificate(connection.transport)
         channel = _WebSocketChannel(
             connection,
             RemoteInfo(scheme, address, inbound, certificate),
@@ -232,21 +211,5 @@ class WebSocketTransport(Transport):
     async def _serve(self, connection: ServerConnection) -> None:
         """Runs in the library's per-connection task; the connection lives as
         long as this coroutine does."""
-        task = asyncio.current_task()
-        assert task is not None
-        assert self._handler is not None
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-        address = _address(self.scheme, connection.remote_address, "")
-        channel = self._channel(connection, self.scheme, address, inbound=True)
-        try:
-            await self._handler(channel)
-        except Exception:
-            log.exception("channel handler for %s failed", address)
-        finally:
-            await channel.close()
-
-
-def _address(scheme: str, sockname: Any, path: str) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"{scheme}://[{host}]:{port}{path}" if ":" in host else f"{scheme}://{host}:{port}{path}"
+        address = socket_address(self.scheme, connection.remote_address)
+        await self._handlers.serve(self._channel(connection, self.scheme, address, inbound=True))

@@ -1,0 +1,246 @@
+"""The client side of the HTTP/SSE transport: opening a session and its channel.
+
+See ``transports.http_sse`` for the exchange. :func:`open_session` does the
+dial (``POST .../sessions``, then the event stream); :class:`ClientChannel`
+follows the event stream, POSTs frames and acknowledges what its owner read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+import aiohttp
+
+from peer.errors import ChannelClosed, ConnectError, TransportError
+from transports._channel import ChannelBase, peer_certificate
+from transports._queues import FrameQueue
+from transports._sse_wire import ACK, SEQ, EventParser, parse_offer
+from transports.base import RemoteInfo
+
+__all__ = ["ClientChannel", "open_session"]
+
+log = logging.getLogger("transports.http_sse")
+
+_ATTEMPTS = 4  # per request, when the connection breaks; then the channel is closed
+_BACKOFF = 0.05  # seconds, doubled on every further attempt
+
+
+async def open_session(
+    address: str,
+    scheme: str,
+    *,
+    client_ssl: ssl.SSLContext | None,
+    proxy: str | None,
+    max_frame: int,
+    handshake_timeout: float,
+    close_timeout: float,
+    on_close: Callable[[ClientChannel], None],
+) -> ClientChannel:
+    """Open a session at ``address`` (the server's base URL) and its event stream.
+
+    ``scheme`` is the address's (``http`` or ``https``). Raises ConnectError
+    if the server is unreachable, refuses (403, 404...) or does not answer
+    within ``handshake_timeout``.
+    """
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=client_ssl or True),
+        timeout=aiohttp.ClientTimeout(sock_connect=handshake_timeout),
+    )
+    url = address.rstrip("/") + "/sessions"
+    try:
+        async with asyncio.timeout(handshake_timeout):
+            async with http.post(url, proxy=proxy) as response:
+                if response.status != 201:
+                    raise ConnectError(f"{address} refused a session: {response.status}")
+                session_id, window, heartbeat = parse_offer(await response.json())
+            url = f"{url}/{session_id}"
+            timeout = aiohttp.ClientTimeout(sock_connect=handshake_timeout, sock_read=3 * heartbeat)
+            stream = await _get_events(http, url, 0, proxy, timeout)
+        if stream.status != 200:
+            stream.release()
+            raise ConnectError(f"{address} answered {stream.status} for the event stream")
+    except BaseException as exc:
+        await http.close()
+        if isinstance(exc, aiohttp.ClientError | TimeoutError | ValueError):
+            raise ConnectError(f"cannot connect to {address}: {exc!r}") from exc
+        raise
+    certificate = peer_certificate(stream.connection.transport if stream.connection else None)
+    return ClientChannel(
+        http,
+        url,
+        RemoteInfo(scheme, address, False, certificate),
+        stream,
+        window,
+        timeout,
+        max_frame=max_frame,
+        proxy=proxy,
+        close_timeout=close_timeout,
+        on_close=on_close,
+    )
+
+
+class ClientChannel(ChannelBase):
+    """The client's side of one session: a task follows the event stream
+    (reconnecting after drops); send() POSTs; recv() acknowledges."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        remote: RemoteInfo,
+        stream: aiohttp.ClientResponse,
+        window: int,
+        timeout: aiohttp.ClientTimeout,
+        *,
+        max_frame: int,
+        proxy: str | None,
+        close_timeout: float,
+        on_close: Callable[[ClientChannel], None],
+    ) -> None:
+        super().__init__(remote, max_frame=max_frame, on_close=on_close)
+        self._http = http
+        self._url = url
+        self._proxy = proxy
+        self._close_timeout = close_timeout
+        self._timeout = timeout
+        self._inbox = FrameQueue(window + max_frame)
+        self._send_lock = asyncio.Lock()
+        self._seq = 0
+        self._received = self._consumed = self._acked = 0
+        self._ended = False  # the server knows the session is over
+        self._following = True  # the reader task still follows the event stream
+        self._acker: asyncio.Task[None] | None = None
+        self._reader = asyncio.create_task(self._follow(stream), name="crpeer-sse-events")
+
+    async def send(self, frame: bytes) -> None:
+        self._check_send(frame, broken=self._inbox.closed)
+        async with self._send_lock:
+            self._seq += 1
+            await self._post("/frames", frame, {SEQ: str(self._seq)})
+
+    async def recv(self) -> bytes:
+        self._consumed, frame = await self._inbox.get()
+        if self._acker is None or self._acker.done():
+            self._acker = asyncio.create_task(self._acknowledge(), name="crpeer-sse-ack")
+        return frame
+
+    async def _release(self) -> None:
+        error = ChannelClosed(f"channel to {self._remote.address} is closed")
+        self._inbox.close(error, discard=True)
+        if self._following:  # else it is telling the server the session is over: let it
+            self._reader.cancel()
+        if self._acker is not None:
+            self._acker.cancel()
+        tasks = [task for task in (self._reader, self._acker) if task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._end_session()
+        await self._http.close()
+
+    async def _post(self, suffix: str, body: bytes, headers: dict[str, str]) -> None:
+        """POST with retries on broken connections; any answer but 204 fails the channel."""
+        for attempt in range(_ATTEMPTS):
+            self._check_open()
+            try:
+                async with self._http.post(
+                    self._url + suffix, data=body, headers=headers, proxy=self._proxy
+                ) as response:
+                    await response.read()
+                    status = response.status
+                break
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if attempt == _ATTEMPTS - 1:
+                    error = ChannelClosed(f"{self._remote.address} unreachable: {exc!r}")
+                    self._inbox.close(error)
+                    raise error from exc
+                await asyncio.sleep(_BACKOFF * 2**attempt)
+        if status != 204:
+            self._ended = self._ended or status in (404, 410, 413)
+            error = ChannelClosed(f"{self._remote.address} answered {status} to {suffix}")
+            self._inbox.close(error)
+            raise error
+
+    async def _acknowledge(self) -> None:
+        with_error = False
+        while self._acked < self._consumed and not with_error:
+            upto = self._consumed
+            try:
+                await self._post("/ack", b"", {ACK: str(upto)})
+            except ChannelClosed:
+                with_error = True  # the inbox is closed; recv() reports it
+            self._acked = upto
+
+    async def _follow(self, stream: aiohttp.ClientResponse | None) -> None:
+        """Follow the event stream (``stream`` first) until the session ends
+        or it cannot be resumed."""
+        failures = 0
+        error: TransportError
+        try:
+            while True:
+                try:
+                    stream = stream or await _get_events(
+                        self._http, self._url, self._received, self._proxy, self._timeout
+                    )
+                    await self._stream(stream)
+                    failures = 0
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    failures += 1
+                    if failures >= _ATTEMPTS:
+                        error = ChannelClosed(f"event stream from {self._remote.address}: {exc!r}")
+                        break
+                except TransportError as exc:
+                    error = exc
+                    break
+                stream = None
+                await asyncio.sleep(_BACKOFF * 2**failures)
+        finally:
+            if stream is not None:
+                stream.release()
+        self._following = False
+        self._inbox.close(error)
+        await self._end_session()
+
+    async def _stream(self, response: aiohttp.ClientResponse) -> None:
+        """Read one event-stream response; returns if it drops, raises
+        TransportError if the session is over."""
+        async with response:
+            if response.status != 200:
+                self._ended = response.status in (404, 410)
+                raise ChannelClosed(f"{self._remote.address} answered {response.status}")
+            connection = response.connection
+            if peer_certificate(connection and connection.transport) != self._remote.certificate:
+                raise ChannelClosed(f"{self._remote.address} changed its certificate")
+            parser = EventParser(self._max_frame)
+            async for chunk in response.content.iter_any():
+                for number, frame in parser.feed(chunk):
+                    if number < 0:
+                        self._ended = True
+                        raise ChannelClosed(f"{self._remote.address} closed the channel")
+                    if number > self._received:  # else a replay of a frame we have
+                        if number != self._received + 1:
+                            raise ChannelClosed(f"{self._remote.address} skipped frames")
+                        await self._inbox.put(number, frame)
+                        self._received = number
+
+    async def _end_session(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._http.delete(self._url, proxy=self._proxy)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("could not end session at %s: %r", self._url, exc)
+
+
+async def _get_events(
+    http: aiohttp.ClientSession,
+    url: str,
+    last: int,
+    proxy: str | None,
+    limits: aiohttp.ClientTimeout,
+) -> aiohttp.ClientResponse:
+    headers = {"Last-Event-ID": str(last)}
+    return await http.get(url + "/events", headers=headers, proxy=proxy, timeout=limits)
