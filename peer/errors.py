@@ -8,6 +8,7 @@ and never reach the caller raw; the original stays chained as ``__cause__``.
 
     CrpeerError
     ├── ConfigError                  bad arguments, options or files given by the caller
+    ├── CallTimeoutError             a blocking call did not finish in time (also a TimeoutError)
     ├── StoreError                   the database could not do what was asked
     │   ├── ExtensionError           crsqlite.so is missing or failed to load
     │   ├── SchemaError              a table cannot be made a CRR, or a migration failed
@@ -30,6 +31,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "CallTimeoutError",
     "ChannelClosed",
     "ConfigError",
     "ConnectError",
@@ -86,6 +88,10 @@ class CrpeerError(Exception):
 
 class ConfigError(CrpeerError):
     """The caller gave a bad argument, option or file."""
+
+
+class CallTimeoutError(CrpeerError, TimeoutError):
+    """A blocking call did not finish in time; the work on the loop was cancelled."""
 
 
 class StoreError(CrpeerError):

@@ -47,6 +47,7 @@ from peer.identity import Identity
 from peer.protocol import Limits, LocalInfo, SyncSession
 from peer.retry import Backoff
 from peer.session import SessionDriver
+from peer.status import PeerStatus, SessionHistory, peer_status
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
 from peer.trust import TrustStore, default_trust_path
 from transports.base import Channel, SupportsDiscovery, Transport
@@ -135,6 +136,9 @@ class Peer:
         self._started = False
         self._stopping = False
         self._unsubscribe_trust: Callable[[], None] | None = None
+        self.history = SessionHistory()
+        """Each remote's last EOSE time and last error, for :meth:`status`."""
+        self._subscribers.append(self.history.record)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -235,6 +239,10 @@ class Peer:
             lambda: (store.schema_version(), store.schema_fingerprint())
         )
         self._local = LocalInfo(store.site_id, self.name, version, fingerprint)
+
+    async def status(self) -> PeerStatus:
+        """Cursors, lag and counters of this peer and each live session."""
+        return await peer_status(self, self.history)
 
     def notify_local_change(self) -> None:
         """Something was written locally: push it to every session now."""

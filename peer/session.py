@@ -34,6 +34,7 @@ from peer.protocol import (
     EoseReceived,
     HelloReceived,
     RemoteClosed,
+    SessionState,
     SyncSession,
 )
 from peer.store import ApplyResult, Change, Cursor, LargeGroup
@@ -110,6 +111,8 @@ class SessionDriver:
         self.remote: events.RemotePeer | None = None
         self.error: CrpeerError | None = None
         self.eose_received = asyncio.Event()
+        self.eose_at: float | None = None
+        """Wall-clock time of the remote's EOSE, for status reports."""
         self.done = asyncio.Event()
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
@@ -209,7 +212,7 @@ class SessionDriver:
                 self.stats.bytes_sent += len(frame)
 
     async def _read_loop(self) -> None:
-        while True:
+        while self.session.state is not SessionState.CLOSED:
             frame = await asyncio.wait_for(self.channel.recv(), timeout=self._idle_timeout)
             self.stats.frames_received += 1
             self.stats.bytes_received += len(frame)
@@ -217,7 +220,7 @@ class SessionDriver:
                 match event:
                     case HelloReceived():
                         await self._on_hello(event)
-                        if self.session.state.value == "closed":
+                        if self.session.state.value == "closed":  # refused at admission
                             return
                     case CursorReceived():
                         assert self.remote is not None
@@ -236,6 +239,7 @@ class SessionDriver:
                     case EoseReceived():
                         assert self.remote is not None
                         self.eose_received.set()
+                        self.eose_at = time.time()
                         self.host.emit(events.Eose(self.remote))
                     case CreditReceived():
                         self._credit.set()
