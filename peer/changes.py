@@ -72,21 +72,59 @@ def plan_groups(
             f"a batch must be a sequence of changes, got {type(changes).__name__}"
         )
     groups: list[tuple[bytes, int, list[Change], list[Change]]] = []
+    known_cells: dict[tuple[str, str], bool] = {}
+    mergeable: list[Change] = []
+    held: list[Change] = []
+    current: tuple[bytes, int] | None = None
     for index, row in enumerate(changes):
-        _check_row(index, row)
+        if not _row_is_valid(row):
+            _check_row(index, row)  # raises, naming what is wrong
         table, _, cid, _, _, version, site_id, _, _ = row
         if site_id == own_site:
             continue
-        known = fits(table, cid, columns)
+        known = known_cells.get((table, cid))
+        if known is None:
+            if table.startswith(_RESERVED_PREFIXES):
+                raise InvalidChangeError(f"change {index}: table {table!r} is not syncable")
+            known = known_cells[(table, cid)] = fits(table, cid, columns)
         if not known and not hold_unknown:
             if table not in columns:
                 raise InvalidChangeError(f"change {index}: unknown table {table!r} (or not a CRR)")
             raise InvalidChangeError(f"change {index}: unknown column {cid!r} of table {table!r}")
-        if not groups or groups[-1][0] != site_id or groups[-1][1] != version:
-            groups.append((bytes(site_id), version, [], []))
-        _, _, mergeable, held = groups[-1]
+        if (site_id, version) != current:
+            current = (site_id, version)
+            mergeable, held = [], []
+            groups.append((bytes(site_id), version, mergeable, held))
         (mergeable if known else held).append(row)
     return groups
+
+
+_VALUE_TYPE_SET = frozenset(_VALUE_TYPES)
+_RESERVED_PREFIXES = ("crsql_", "crpeer_", "sqlite_")
+
+
+def _row_is_valid(row: Any) -> bool:
+    """The fast check, one expression per row; :func:`_check_row` explains a failure."""
+    return (
+        (type(row) is tuple or type(row) is list)
+        and len(row) == 9
+        and type(row[0]) is str
+        and row[0] != ""
+        and type(row[1]) is bytes
+        and type(row[2]) is str
+        and type(row[3]) in _VALUE_TYPE_SET
+        and (type(row[3]) is not int or _INT64_MIN <= row[3] <= _INT64_MAX)
+        and type(row[4]) is int
+        and 0 <= row[4] <= _INT64_MAX
+        and type(row[5]) is int
+        and 1 <= row[5] <= _INT64_MAX
+        and type(row[6]) is bytes
+        and len(row[6]) == SITE_ID_LENGTH
+        and type(row[7]) is int
+        and 0 <= row[7] <= _INT64_MAX
+        and type(row[8]) is int
+        and 0 <= row[8] <= _INT64_MAX
+    )
 
 
 _FIELD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
