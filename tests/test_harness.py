@@ -1,0 +1,314 @@
+"""The multi-peer harness: plans replay, clusters converge through faults, the CLI.
+
+Budget: the whole file runs in about a minute on two cores. Every run is
+bounded by its scenario (duration + converge_timeout); the process-mode run
+kills and reaps its children in the driver's close().
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peer.errors import ConfigError
+from peer.testing import (
+    ClusterSpec,
+    Crash,
+    LinkFault,
+    LinkFaults,
+    Partition,
+    Report,
+    Scenario,
+    Schema,
+    Workload,
+    fault_preset,
+    make_plan,
+    run,
+    run_async,
+    topology_edges,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "scripts" / "harness.py")]
+REPORT_KEYS = {
+    "converged",
+    "mode",
+    "seed",
+    "peers",
+    "topology",
+    "duration",
+    "elapsed",
+    "time_to_converge",
+    "writes",
+    "writes_by_op",
+    "writes_late",
+    "faults_injected",
+    "faults_by_kind",
+    "bytes_sent",
+    "traffic",
+    "sessions",
+    "digests",
+    "oracle_digests",
+    "behind",
+    "problems",
+    "plan_digest",
+    "write_log_digest",
+    "lag",
+}
+
+
+def scenario(
+    peers: int,
+    topology: str,
+    faults: str | tuple[str, ...],
+    seed: int,
+    *,
+    duration: float = 3.0,
+    rate: float = 25.0,
+    keys: int = 40,
+) -> Scenario:
+    names = (faults,) if isinstance(faults, str) else faults
+    chosen = tuple(
+        fault
+        for name in names
+        for fault in fault_preset(name, peers=peers, duration=duration, seed=seed)
+    )
+    return Scenario(
+        ClusterSpec(peers=peers, topology=topology, degree=2),  # type: ignore[arg-type]
+        Workload(rate=rate, keys=keys),
+        faults=chosen,
+        seed=seed,
+        duration=duration,
+        converge_timeout=20.0,
+    )
+
+
+def assert_converged(report: Report) -> None:
+    assert report.converged, report.problems
+    assert not report.problems
+    digests = list(report.digests.values())
+    assert digests
+    assert all(d == report.oracle_digests for d in digests)
+    assert report.writes > 0
+    assert report.time_to_converge is not None
+    for name, samples in report.lag.items():
+        assert samples, name
+        assert samples[-1][1] == 0, (name, samples[-3:])
+
+
+# -- the plan -----------------------------------------------------------------------
+
+
+def test_the_same_seed_gives_the_same_plan_and_another_seed_does_not() -> None:
+    first = make_plan(scenario(6, "random", "all", seed=5))
+    again = make_plan(scenario(6, "random", "all", seed=5))
+    other = make_plan(scenario(6, "random", "all", seed=6))
+    assert first.to_dict() == again.to_dict()
+    assert first.digest() == again.digest()
+    assert first.digest() != other.digest()
+    kinds = {type(step).__name__ for step in first.steps}
+    assert kinds == {"WriteStep", "FaultStep"}
+    assert [s.at for s in first.steps] == sorted(s.at for s in first.steps)
+
+
+def test_plans_never_write_to_a_crashed_peer_and_end_with_one_mark_per_peer() -> None:
+    crash = Crash(at=0.5, duration=1.5, peer=2)
+    plan = make_plan(
+        Scenario(ClusterSpec(peers=3), Workload(rate=200), faults=(crash,), seed=1, duration=3)
+    )
+    writes = list(plan.writes)
+    assert not [w for w in writes if w.peer == 2 and 0.5 <= w.at < 2.0 and w.op != "mark"]
+    assert sorted(w.peer for w in writes if w.op == "mark") == [0, 1, 2]
+    assert all(w.op == "mark" for w in writes[-3:])
+
+
+async def test_two_runs_with_one_seed_execute_the_same_writes_and_faults() -> None:
+    runs = [await run_async(scenario(3, "mesh", ("lossy", "crashes"), seed=9, duration=1.5))]
+    runs.append(await run_async(scenario(3, "mesh", ("lossy", "crashes"), seed=9, duration=1.5)))
+    first, second = runs
+    assert first.plan_digest == second.plan_digest
+    assert first.write_log_digest == second.write_log_digest
+    assert first.faults_by_kind == second.faults_by_kind
+    assert first.writes == second.writes
+    assert_converged(first)
+    assert_converged(second)
+
+
+@pytest.mark.parametrize("topology", ["mesh", "line", "ring", "star", "random"])
+@pytest.mark.parametrize("count", [1, 2, 5, 10])
+def test_every_topology_is_connected(topology: str, count: int) -> None:
+    edges = topology_edges(count, topology, 2, seed=count)
+    reached, frontier = {0}, [0]
+    while frontier:
+        node = frontier.pop()
+        for a, b in edges:
+            for x, y in ((a, b), (b, a)):
+                if x == node and y not in reached:
+                    reached.add(y)
+                    frontier.append(y)
+    assert reached == set(range(count))
+    assert len({frozenset(e) for e in edges}) == len(edges)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"faults": (Crash(at=4.0, duration=2.0, peer=0),)},
+        {"faults": (Crash(at=0.0, duration=1.0, peer=7),)},
+        {"faults": (Partition(at=0.0, duration=1.0, groups=((0, 1), (1, 2))),)},
+        {"faults": (LinkFault(at=0.0, duration=1.0, faults=LinkFaults(), links=((0, 0),)),)},
+        {"duration": 0.0},
+    ],
+)
+def test_bad_scenarios_are_refused_with_config_error(bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        Scenario(ClusterSpec(peers=3), **{"duration": 5.0, **bad})  # type: ignore[arg-type]
+
+
+# -- in-process clusters --------------------------------------------------------------
+
+
+def test_the_blocking_api_runs_a_custom_schema() -> None:
+    schema = Schema(
+        ddl=(
+            "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY NOT NULL, v TEXT, hits INTEGER);"
+            "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY NOT NULL, who TEXT)"
+        ),
+        crr_tables=("kv", "audit"),
+        insert="INSERT INTO kv VALUES ('k' || :key, :text, :number) "
+        "ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+        update="UPDATE kv SET hits = hits + 1 WHERE k = 'k' || :key",
+        delete="DELETE FROM kv WHERE k = 'k' || :key",
+    )
+    report = run(
+        Scenario(
+            ClusterSpec(peers=3, topology="line", schema=schema),
+            Workload(rate=30, keys=10),
+            seed=8,
+            duration=1.0,
+            converge_timeout=20,
+        )
+    )
+    assert_converged(report)
+    assert set(report.oracle_digests) == {"kv", "audit", "harness_marks"}
+
+
+@pytest.mark.parametrize(
+    ("peers", "topology", "faults", "seed"),
+    [
+        (4, "mesh", "partitions", 1),
+        (5, "random", "lossy", 2),
+        (6, "line", "crashes", 3),
+        (5, "ring", "all", 4),
+    ],
+)
+async def test_small_clusters_converge_through_faults(
+    peers: int, topology: str, faults: str, seed: int
+) -> None:
+    report = await run_async(scenario(peers, topology, faults, seed))
+    assert_converged(report)
+    assert report.faults_injected == len(fault_preset(faults, peers=peers, duration=3, seed=seed))
+    assert report.bytes_sent > 0
+    if faults in {"lossy", "all"}:
+        assert report.traffic["frames_dropped"] > 0
+        assert report.sessions["failed"] > 0
+
+
+async def test_ten_peers_converge_through_partitions_and_crashes() -> None:
+    """The issue's bar: 10 in-process peers, partitions and kill/restart."""
+    report = await run_async(
+        scenario(10, "random", ("partitions", "crashes"), seed=10, duration=15, rate=25, keys=100)
+    )
+    assert_converged(report)
+    assert report.faults_by_kind == {"partition": 2, "crash": 2}
+    assert report.peers == 10
+
+
+# -- process mode ---------------------------------------------------------------------
+
+
+async def test_three_processes_over_tcp_converge_after_a_sigkill_and_restart(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("transports.tcp", reason="TcpTransport is not available yet")
+    crash = Crash(at=1.0, duration=1.0, peer=1)
+    report = await run_async(
+        Scenario(
+            ClusterSpec(peers=3, topology="mesh"),
+            Workload(rate=20, keys=30),
+            faults=(crash,),
+            seed=12,
+            duration=3.0,
+            converge_timeout=30.0,
+        ),
+        mode="process",
+        directory=tmp_path,
+    )
+    assert_converged(report)
+    assert report.mode == "process"
+    assert report.traffic["restarts"] == 1
+    assert report.bytes_sent > 0
+    assert (tmp_path / "p1.log").exists()
+
+
+# -- the CLI --------------------------------------------------------------------------
+
+
+def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_cli_help() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for option in ("--peers", "--topology", "--mode", "--faults", "--seed", "--json", "--plot"):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--peers", "0"], "--peers"),
+        (["--topology", "torus"], "--topology"),
+        (["--faults", "meteor"], "--faults"),
+        (["--duration", "-1"], "--duration"),
+        (["--mode", "cloud"], "--mode"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
+    done = cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Error" in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is not None, reason="has matplotlib")
+def test_cli_plot_without_matplotlib_exits_2(tmp_path: Path) -> None:
+    done = cli("--plot", str(tmp_path / "lag.png"))
+    assert done.returncode == 2
+    assert "matplotlib" in done.stderr
+
+
+def test_cli_plan_only_prints_the_same_plan_for_the_same_seed() -> None:
+    args = ["--plan-only", "--peers", "4", "--faults", "all", "--seed", "3", "--duration", "2"]
+    first, second = cli(*args), cli(*args)
+    assert first.returncode == second.returncode == 0
+    assert json.loads(first.stdout) == json.loads(second.stdout)
+
+
+def test_cli_json_report_has_the_documented_keys() -> None:
+    done = cli("--peers", "3", "--duration", "1.5", "--rate", "20", "--faults", "lossy", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == REPORT_KEYS
+    assert report["converged"] is True
+    assert report["peers"] == 3
+    assert set(report["lag"]) == {"p0", "p1", "p2"}
+    assert "verdict" in done.stderr
