@@ -22,6 +22,7 @@ from peer.errors import (
     CrpeerError,
     ErrorCode,
     InvalidChangeError,
+    LocalProtocolError,
     RemoteProtocolError,
     StoreError,
     TransportError,
@@ -186,6 +187,10 @@ class SessionDriver:
         except TransportError as exc:
             if not isinstance(exc, ChannelClosed):
                 self.error = exc
+        except LocalProtocolError:
+            # The session closed (an error or close was exchanged) while a frame
+            # was in flight; nothing is left to do but end.
+            self._log.debug("session %s: frame after close ignored", self.address)
         finally:
             if self._page_open:
                 self._page_open = False

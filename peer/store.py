@@ -194,6 +194,8 @@ class Store:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.executescript(_BOOKKEEPING)
+            self._columns_cache = None
+            self._index_clocks()
             (site_id,) = self._conn.execute("SELECT crsql_site_id()").fetchone()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -265,6 +267,20 @@ class Store:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    def _index_clocks(self) -> None:
+        """Index each CRR clock table by (site_id, db_version).
+
+        cr-sqlite indexes clock rows by db_version only; reading one origin's
+        changes (``site_id = ? AND db_version > ?``) would scan every row
+        merged since. With this index the read is a range lookup.
+        """
+        for table in self.crr_columns():
+            clock = _quote_identifier(f"{table}__crsql_clock")
+            index = _quote_identifier(f"{table}__crpeer_site_version")
+            self._conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {index} ON {clock} (site_id, db_version)"
+            )
+
     def make_crr(self, *tables: str) -> None:
         """Turn existing tables into conflict-free replicated relations.
 
@@ -277,6 +293,7 @@ class Store:
                     self._conn.execute("SELECT crsql_as_crr(?)", (table,))
                 except sqlite3.Error as exc:
                     raise SchemaError(f"cannot make {table!r} a CRR: {exc}") from exc
+            self._index_clocks()
 
     def migrate(
         self, version: int, sql: str, *, alter: Sequence[str] = (), new_crrs: Sequence[str] = ()
@@ -305,7 +322,8 @@ class Store:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise SchemaError(f"migration to version {version} failed: {exc}") from exc
-            return self.apply_held()
+            self._index_clocks()
+        return self.apply_held()
 
     # -- state -------------------------------------------------------------
 

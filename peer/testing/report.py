@@ -44,8 +44,10 @@ class Report:
     null), ``writes`` (committed), ``writes_by_op``, ``writes_late`` (max
     seconds a step ran behind its time), ``faults_injected``,
     ``faults_by_kind``, ``bytes_sent``, ``traffic`` (mode-specific
-    counters), ``sessions`` (``opened``, ``ended``, ``failed``: failed
-    sessions are the resets), ``digests`` (per peer, per table),
+    counters), ``sessions`` (``opened``: handshakes done; ``ended``: every
+    session that ended after a hello, i.e. the resets, refused duplicates
+    included; ``failed``: those that ended with an error, such as a frame
+    gap; a cut connection ends a session without one), ``digests`` (per peer, per table),
     ``oracle_digests``, ``behind`` (per peer, the origins it still missed
     at the end), ``problems`` (why it did not converge), ``plan_digest``,
     ``write_log_digest``, ``lag`` (per peer, ``[[t, lag or null], ...]``).
