@@ -62,10 +62,14 @@ def plan_groups(
     columns: Mapping[str, frozenset[str]],
     own_site: bytes,
     hold_unknown: bool,
+    types_checked: bool = False,
 ) -> list[tuple[bytes, int, list[Change], list[Change]]]:
     """Validate every row and split the batch into (origin, version) groups.
 
-    Raises InvalidChangeError naming the first bad row; nothing is touched.
+    ``types_checked`` skips the per-field type and range checks, for rows that
+    :func:`peer.messages.decode` already checked the same way; tables and
+    columns are always checked. Raises InvalidChangeError naming the first bad
+    row; nothing is touched.
     """
     if not isinstance(changes, Sequence) or isinstance(changes, str | bytes):
         raise InvalidChangeError(
@@ -77,7 +81,7 @@ def plan_groups(
     held: list[Change] = []
     current: tuple[bytes, int] | None = None
     for index, row in enumerate(changes):
-        if not _row_is_valid(row):
+        if not types_checked and not _row_is_valid(row):
             _check_row(index, row)  # raises, naming what is wrong
         table, _, cid, _, _, version, site_id, _, _ = row
         if site_id == own_site:

@@ -303,7 +303,7 @@ def _decode_cursor(body: list[Any], _: int) -> CursorMessage:
     return CursorMessage(cursor)
 
 
-_VALUE_TYPES = (type(None), int, float, str, bytes)
+_VALUE_TYPE_SET = frozenset((type(None), int, float, str, bytes))
 
 
 def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
@@ -325,27 +325,24 @@ def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
             if not isinstance(row, list) or len(row) != 7:
                 raise _fail(ErrorCode.MALFORMED_FRAME, "a change row must have 7 fields")
             t, pk, cid, val, col_version, cl, seq = row
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(tables):
-                raise _fail(ErrorCode.MALFORMED_FRAME, "table index out of range")
-            if (
-                not isinstance(pk, bytes)
-                or not isinstance(cid, str)
-                or not isinstance(val, _VALUE_TYPES)
+            # The same checks as peer.changes applies to a row, so the store
+            # can skip them for decoded rows (Store.apply(types_checked=True)).
+            if not (
+                type(t) is int
+                and 0 <= t < len(tables)
+                and type(pk) is bytes
+                and type(cid) is str
+                and type(val) in _VALUE_TYPE_SET
+                and (type(val) is not int or _INT64_MIN <= val <= _INT64_MAX)
+                and type(col_version) is int
+                and 0 <= col_version <= _INT64_MAX
+                and type(cl) is int
+                and 0 <= cl <= _INT64_MAX
+                and type(seq) is int
+                and 0 <= seq <= _INT64_MAX
             ):
-                raise _fail(ErrorCode.MALFORMED_FRAME, "change row has a field of the wrong type")
-            changes.append(
-                (
-                    tables[t],
-                    pk,
-                    cid,
-                    val,
-                    _int(col_version, "col_version", 0),
-                    version,
-                    site_id,
-                    _int(cl, "cl", 0),
-                    _int(seq, "seq", 0),
-                )
-            )
+                raise _fail(ErrorCode.MALFORMED_FRAME, "a change row has a bad field")
+            changes.append((tables[t], pk, cid, val, col_version, version, site_id, cl, seq))
     return Changes(changes, final)
 
 

@@ -301,7 +301,7 @@ class Peer:
         store = self.store
         async with self._apply_lock:
             return await self._in_store_thread(
-                lambda: store.apply(changes, hold_unknown=hold_unknown)
+                lambda: store.apply(changes, hold_unknown=hold_unknown, types_checked=True)
             )
 
     @property
@@ -318,7 +318,9 @@ class Peer:
 
     async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
         store = self.store
-        return await self._in_store_thread(lambda: store.apply(changes, hold_unknown=hold_unknown))
+        return await self._in_store_thread(
+            lambda: store.apply(changes, hold_unknown=hold_unknown, types_checked=True)
+        )
 
     async def end_page(self, commit: bool) -> None:
         store = self.store

@@ -708,7 +708,9 @@ class Store:
             self._page_open = False
             self._sync_lock.release()
 
-    def apply(self, changes: Sequence[Change], *, hold_unknown: bool = False) -> ApplyResult:
+    def apply(
+        self, changes: Sequence[Change], *, hold_unknown: bool = False, types_checked: bool = False
+    ) -> ApplyResult:
         """Merge ``changes`` and advance the persisted cursor, in one transaction.
 
         Inside :meth:`begin_page` the rows join that page's transaction (and
@@ -716,15 +718,16 @@ class Store:
         Every row is validated before the database is touched. Rows for a
         table or column this database lacks raise InvalidChangeError, unless
         ``hold_unknown`` (the sender's schema is newer), in which case they
-        are held. Rows that originated here are skipped. On any error nothing
-        of the batch is applied and the cursor does not move; applying the
+        are held. ``types_checked`` is for rows :func:`peer.messages.decode`
+        produced, whose field types and ranges it already checked. Rows that
+        originated here are skipped. On any error nothing of the batch is applied and the cursor does not move; applying the
         same batch again is harmless.
 
         Raises InvalidChangeError for a malformed row, StoreError if SQLite
         fails.
         """
         columns = self.crr_columns()
-        groups = plan_groups(changes, columns, self.site_id, hold_unknown)
+        groups = plan_groups(changes, columns, self.site_id, hold_unknown, types_checked)
         with self._sync_lock:
             result_cursor: Cursor = {}
             tables: set[str] = set()

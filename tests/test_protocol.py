@@ -338,3 +338,11 @@ def test_changes_round_trip(changes: list[Change], final: bool) -> None:
     frame = decode(encode(Changes(changes, final), 3), max_frame_bytes=1 << 20, max_batch_rows=100)
     assert frame.number == 3
     assert frame.message == Changes(changes, final)
+
+
+@pytest.mark.parametrize("val", [2**63, True, [1], {"a": 1}])
+def test_a_change_value_sqlite_cannot_hold_is_refused(val: Any) -> None:
+    body = [3, 0, True, ["items"], [[A_SITE, 1, [[0, b"\x01", "name", val, 1, 1, 0]]]]]
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode(msgpack.packb(body), max_frame_bytes=1 << 20, max_batch_rows=10)
+    assert caught.value.code is ErrorCode.MALFORMED_FRAME
