@@ -720,8 +720,9 @@ class Store:
         ``hold_unknown`` (the sender's schema is newer), in which case they
         are held. ``types_checked`` is for rows :func:`peer.messages.decode`
         produced, whose field types and ranges it already checked. Rows that
-        originated here are skipped. On any error nothing of the batch is applied and the cursor does not move; applying the
-        same batch again is harmless.
+        originated here are skipped. On any error nothing of the batch is
+        applied and the cursor does not move; applying the same batch again
+        is harmless.
 
         Raises InvalidChangeError for a malformed row, StoreError if SQLite
         fails.
