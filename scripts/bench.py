@@ -10,13 +10,16 @@
 It prints a table (figure, median of the runs, each run, target, PASS/MISS)
 and, as its very last line, one JSON object of the medians. A benchmark that
 fails reports ``null``. The exit code is 0 whatever the figures (benchmarks
-report; they do not assert); 2 for bad arguments.
+report; they do not assert); 2 for bad arguments, 130 when interrupted
+(SIGINT or SIGTERM: child processes are stopped and the temporary directory
+removed first).
 
 What each figure is (BENCHMARKS.md has results and profiles):
 
 - ``apply_limit``: change rows/s of ``INSERT INTO crsql_changes`` (executemany,
-  one transaction) of the source database's changes into a fresh file
-  database, in this process. The ceiling for replication.
+  one transaction) of the source database's changes into a fresh store (made
+  by Store, written on a plain connection), in this process. The ceiling for
+  replication.
 - ``initial_sync_<transport>``: change rows/s for a fresh peer catching up
   from one holding ``rows`` rows, sender and receiver in separate processes
   (memory: both in one child process, as that transport is in-process), TLS on
@@ -764,7 +767,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.poll_interval:
         node_args += ["--poll-interval", str(args.poll_interval)]
     err.print(f"crpeer bench: {mode.name} mode, {mode.runs} run(s): {', '.join(groups)}")
-    figures = asyncio.run(run(mode, groups, node_args))
+    try:
+        figures = asyncio.run(run(mode, groups, node_args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        err.print("interrupted: children stopped, temporary files removed")
+        return 130
     sys.stdout.flush()
     print(json.dumps(figures), flush=True)
     return 0
