@@ -115,6 +115,8 @@ class Peer:
         self.limits = limits or Limits()
         self.backoff = backoff or Backoff()
         self._poll_interval = poll_interval
+        self._local_high_water = 0
+        """The highest local write the sessions were woken for."""
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
         self._random = random.Random(seed)
@@ -220,8 +222,15 @@ class Peer:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement on the store thread and push any change at once."""
+        store = self.store
+
+        def run() -> tuple[list[tuple[Any, ...]], int]:
+            return store.execute(sql, params), store.local_high_water()
+
         async with self._apply_lock:
-            rows = await self._in_store_thread(self.store.execute, sql, params)
+            rows, high_water = await self._in_store_thread(run)
+        # The sessions are woken here; the watcher need not wake them again.
+        self._local_high_water = max(self._local_high_water, high_water)
         self.notify_local_change()
         return rows
 
@@ -301,7 +310,9 @@ class Peer:
         store = self.store
         async with self._apply_lock:
             return await self._in_store_thread(
-                lambda: store.apply(changes, hold_unknown=hold_unknown, types_checked=True)
+                lambda: store.apply(
+                    changes, hold_unknown=hold_unknown, types_checked=True, skip_known=True
+                )
             )
 
     @property
@@ -319,7 +330,9 @@ class Peer:
     async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
         store = self.store
         return await self._in_store_thread(
-            lambda: store.apply(changes, hold_unknown=hold_unknown, types_checked=True)
+            lambda: store.apply(
+                changes, hold_unknown=hold_unknown, types_checked=True, skip_known=True
+            )
         )
 
     async def end_page(self, commit: bool) -> None:
@@ -516,12 +529,31 @@ class Peer:
                 self.log.error("trust store unreadable, keeping the previous one: %s", exc)
 
     async def _watch_store(self) -> None:
-        """Notice commits by other connections and wake the sessions."""
+        """Notice local writes made outside :meth:`execute` and wake the sessions.
+
+        Any commit moves ``(data_version, db_version)``: the app's own writes
+        through the store or another connection, and this peer's merges of
+        remote changes. Only the first kind raises the local high-water mark;
+        merges already woke the sessions that relay them (:meth:`applied`),
+        and waking the session a page came from would only make it read again.
+        """
         store = self.store
-        marker = await self._in_store_thread(lambda: (store.data_version(), store.db_version()))
+        marker: tuple[int, int] | None = None
+
+        def poll() -> int | None:
+            nonlocal marker
+            now = (store.data_version(), store.db_version())
+            if now == marker:
+                return None
+            marker = now
+            return store.local_high_water()
+
+        first = await self._in_store_thread(poll)
+        self._local_high_water = first or 0
+        self.notify_local_change()  # for a write that raced the first poll
         while True:
             await asyncio.sleep(self._poll_interval)
-            now = await self._in_store_thread(lambda: (store.data_version(), store.db_version()))
-            if now != marker:
-                marker = now
+            high_water = await self._in_store_thread(poll)
+            if high_water is not None and high_water > self._local_high_water:
+                self._local_high_water = high_water
                 self.notify_local_change()

@@ -121,6 +121,9 @@ class SessionDriver:
         self._credit = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task[None] | None = None
+        self._receiving = False
+        self._handling = False
+        self._stop_handling = False
         self._page_open = False
         self._page_result: ApplyResult | None = None
         self._buffered: list[Change] = []
@@ -217,44 +220,96 @@ class SessionDriver:
                 self.stats.bytes_sent += len(frame)
 
     async def _read_loop(self) -> None:
-        while self.session.state is not SessionState.CLOSED:
-            frame = await asyncio.wait_for(self.channel.recv(), timeout=self._idle_timeout)
-            self.stats.frames_received += 1
-            self.stats.bytes_received += len(frame)
-            for event in self.session.receive(frame):
-                match event:
-                    case HelloReceived():
-                        await self._on_hello(event)
-                        if self.session.state.value == "closed":  # refused at admission
-                            return
-                    case CursorReceived():
-                        assert self.remote is not None
-                        self.host.emit(events.Synced(self.remote, event.cursor))
-                        self._sender = asyncio.create_task(self._send_loop(), name="crpeer-sender")
-                        self._sender.add_done_callback(self._sender_done)
-                    case ChangesReceived():
-                        await self._on_changes(event.changes, event.final)
-                    case BacklogReceived():
-                        self._backlog = (
-                            event.rows,
-                            time.monotonic(),
-                            self.stats.rows_received,
-                            self.stats.bytes_received,
-                        )
-                    case EoseReceived():
-                        assert self.remote is not None
-                        self.eose_received.set()
-                        self.eose_at = time.time()
-                        self.host.emit(events.Eose(self.remote))
-                    case CreditReceived():
-                        self._credit.set()
-                    case RemoteClosed():
-                        if event.error is not None and event.error.code != ErrorCode.SHUTDOWN:
-                            self.error = RemoteProtocolError(
-                                event.error.code, f"remote closed: {event.error.reason}"
+        """Read and decode frames; hand what they carry to :meth:`_handle_loop`.
+
+        Decoding the next frame overlaps the store's apply of this one. The
+        handler takes events in order (changes, backlog, EOSE, close), so the
+        app sees them in the order the remote sent them; credit is taken here,
+        at once, so the sender is never held up by an apply. If the handler
+        fails, its error ends the session from here (and the remote is told).
+        """
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+        handler = asyncio.create_task(self._handle_loop(queue), name="crpeer-apply")
+        reader = asyncio.current_task()
+        assert reader is not None
+
+        def handler_done(task: asyncio.Task[None]) -> None:
+            if self._receiving and not task.cancelled() and task.exception() is not None:
+                reader.cancel()  # stop waiting for a frame; the error is raised below
+
+        handler.add_done_callback(handler_done)
+        try:
+            while self.session.state is not SessionState.CLOSED:
+                if handler.done():
+                    handler.result()  # raises its error
+                self._receiving = True
+                try:
+                    frame = await asyncio.wait_for(self.channel.recv(), timeout=self._idle_timeout)
+                except asyncio.CancelledError:
+                    if handler.done() and not handler.cancelled() and handler.exception():
+                        reader.uncancel()
+                        handler.result()
+                    raise
+                finally:
+                    self._receiving = False
+                self.stats.frames_received += 1
+                self.stats.bytes_received += len(frame)
+                for event in self.session.receive(frame):
+                    match event:
+                        case HelloReceived():
+                            await self._on_hello(event)
+                            if self.session.state.value == "closed":  # refused at admission
+                                return
+                        case CursorReceived():
+                            assert self.remote is not None
+                            self.host.emit(events.Synced(self.remote, event.cursor))
+                            self._sender = asyncio.create_task(
+                                self._send_loop(), name="crpeer-sender"
                             )
-                        return
-            await self._flush()
+                            self._sender.add_done_callback(self._sender_done)
+                        case CreditReceived():
+                            self._credit.set()
+                        case _:
+                            await _put(queue, handler, event)
+                await self._flush()
+            await _put(queue, handler, None)
+            await handler
+        finally:
+            if not handler.done():
+                # Let an apply under way finish (a page half-opened by a
+                # cancelled call would stay open); cancel only a waiting handler.
+                self._stop_handling = True
+                if not self._handling:
+                    handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CrpeerError):
+                    await handler
+
+    async def _handle_loop(self, queue: asyncio.Queue[object]) -> None:
+        """Apply changes and report events, in the order frames brought them."""
+        while not self._stop_handling and (event := await queue.get()) is not None:
+            self._handling = True
+            match event:
+                case ChangesReceived():
+                    await self._on_changes(event.changes, event.final)
+                case BacklogReceived():
+                    self._backlog = (
+                        event.rows,
+                        time.monotonic(),
+                        self.stats.rows_received,
+                        self.stats.bytes_received,
+                    )
+                case EoseReceived():
+                    assert self.remote is not None
+                    self.eose_received.set()
+                    self.eose_at = time.time()
+                    self.host.emit(events.Eose(self.remote))
+                case RemoteClosed():
+                    if event.error is not None and event.error.code != ErrorCode.SHUTDOWN:
+                        self.error = RemoteProtocolError(
+                            event.error.code, f"remote closed: {event.error.reason}"
+                        )
+                    return
+            self._handling = False
 
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -402,6 +457,21 @@ class SessionDriver:
         # the remote holds this version now, whatever it carried.
         cursor = self.session.remote_cursor
         cursor[group.origin] = max(cursor.get(group.origin, 0), group.version)
+
+
+async def _put(queue: asyncio.Queue[object], handler: asyncio.Task[None], item: object) -> None:
+    """Queue ``item`` for the handler; if the handler has stopped, raise its error."""
+    if handler.done():
+        await handler
+        return
+    if not queue.full():
+        queue.put_nowait(item)
+        return
+    put = asyncio.ensure_future(queue.put(item))
+    await asyncio.wait({put, handler}, return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+        await handler  # raises its error, or returns: the remote closed
 
 
 def _merge_results(before: ApplyResult | None, after: ApplyResult) -> ApplyResult:

@@ -322,7 +322,7 @@ def _session_status(
     site = hello.site_id
     known = dict(driver.session.remote_cursor)
     known[site] = max(known.get(site, 0), local.get(site, 0))
-    live = driver.session.eose_sent and driver.session.eose_received
+    live = driver.session.eose_sent and driver.eose_received.is_set()
     error = driver.error or (history.last_error.get(site) if history else None)
     stats = driver.stats
     return SessionStatus(

@@ -207,6 +207,7 @@ class Store:
         self._closed = False
         self._page_open = False
         self._page_impacted = 0
+        self._page_known: Cursor = {}
         # File stores read changes through a second connection: it sees only
         # committed data (WAL), so reads never wait on an apply in progress.
         # Merges (apply) run on a sync connection of their own, so a page
@@ -402,6 +403,28 @@ class Store:
             return int(row[0] or 0)
 
     @_translate_errors
+    def local_high_water(self) -> int:
+        """The highest local db_version at which this site wrote a change itself.
+
+        Moves on local writes (through any connection), never on merges of
+        others' changes; an index lookup per CRR table.
+        """
+        tables = self.crr_columns()
+        with self._lock:
+            return max(
+                (
+                    int(
+                        self._conn.execute(
+                            "SELECT coalesce(max(db_version), 0) FROM "
+                            f"{_quote_identifier(table + '__crsql_clock')} WHERE site_id = 0"
+                        ).fetchone()[0]
+                    )
+                    for table in tables
+                ),
+                default=0,
+            )
+
+    @_translate_errors
     def held_count(self) -> int:
         """How many held rows still wait for a schema migration."""
         with self._lock:
@@ -441,8 +464,13 @@ class Store:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         with self._read_lock, self._read_snapshot():
+            # An origin the remote's cursor already covers has nothing to send.
             origins = [self.site_id] + [
-                bytes(o) for (o,) in self._reader.execute("SELECT origin FROM crpeer_cursor")
+                bytes(origin)
+                for origin, version in self._reader.execute(
+                    "SELECT origin, version FROM crpeer_cursor"
+                )
+                if cursor.get(bytes(origin), 0) < version
             ]
             out: list[Change] = []
             for origin in origins:
@@ -557,8 +585,13 @@ class Store:
         if not starts:
             return []
         lo = min(starts)
-        merged, merged_full = self._merged_rows(origin, lo, None, limit + 1)
-        held, held_full = self._held_rows(origin, after, lo, None, limit + 1, self._reader)
+        merged: list[tuple[int, tuple[Any, ...]]] = []
+        held: list[tuple[int, Change]] = []
+        merged_full = held_full = False
+        if start is not None:
+            merged, merged_full = self._merged_rows(origin, lo, None, limit + 1)
+        if held_start is not None:
+            held, held_full = self._held_rows(origin, after, lo, None, limit + 1, self._reader)
         # A full page may end inside a local version; keep whole ones only.
         cut = min(
             [rows[-1][0] for rows, full in ((merged, merged_full), (held, held_full)) if full],
@@ -688,7 +721,10 @@ class Store:
             if self._page_open:
                 raise StoreError("a page is already open")
             self._sync.execute("BEGIN IMMEDIATE")
+            self._page_known = self._held_versions()
         except BaseException:
+            if self._sync.in_transaction:
+                self._sync.execute("ROLLBACK")
             self._sync_lock.release()
             raise
         self._page_open = True
@@ -708,8 +744,20 @@ class Store:
             self._page_open = False
             self._sync_lock.release()
 
+    def _held_versions(self) -> Cursor:
+        """The persisted cursor, read on the sync connection (in its transaction)."""
+        return {
+            bytes(origin): int(version)
+            for origin, version in self._sync.execute("SELECT origin, version FROM crpeer_cursor")
+        }
+
     def apply(
-        self, changes: Sequence[Change], *, hold_unknown: bool = False, types_checked: bool = False
+        self,
+        changes: Sequence[Change],
+        *,
+        hold_unknown: bool = False,
+        types_checked: bool = False,
+        skip_known: bool = False,
     ) -> ApplyResult:
         """Merge ``changes`` and advance the persisted cursor, in one transaction.
 
@@ -720,7 +768,11 @@ class Store:
         ``hold_unknown`` (the sender's schema is newer), in which case they
         are held. ``types_checked`` is for rows :func:`peer.messages.decode`
         produced, whose field types and ranges it already checked. Rows that
-        originated here are skipped. On any error nothing of the batch is
+        originated here are skipped, and with ``skip_known`` so are groups
+        whose version the persisted cursor already covers (as it stood when
+        the transaction began): for callers that deliver each origin's groups
+        whole and in ascending order, as sessions do, where such a group is a
+        copy that came by another path. On any error nothing of the batch is
         applied and the cursor does not move; applying the same batch again
         is harmless.
 
@@ -738,7 +790,12 @@ class Store:
                 if not in_page:
                     self._sync.execute("BEGIN IMMEDIATE")
                 impacted = self._page_impacted if in_page else 0
+                known: Cursor = {}
+                if skip_known:
+                    known = self._page_known if in_page else self._held_versions()
                 for origin, version, rows, held_rows in groups:
+                    if version <= known.get(origin, 0):
+                        continue
                     if rows:
                         self._sync.executemany(_INSERT_CHANGE, rows)
                         tables.update(row[0] for row in rows)
