@@ -143,6 +143,40 @@ async def test_writes_from_another_connection_reach_peers_without_a_call(tmp_pat
         await wait_for(lambda: rows(cluster.stores[1]) == [(1, "written elsewhere", 1)])
 
 
+async def test_writes_through_the_peers_own_store_reach_peers_without_a_call() -> None:
+    cluster = Cluster(2)
+    writer = cluster.peer(0, [])
+    cluster.peer(1, [0])
+    async with cluster:
+        store = cluster.stores[0]
+        await writer.run_in_store(store.execute, "INSERT INTO notes VALUES (1, 'direct', 1)")
+        await wait_for(lambda: rows(cluster.stores[1]) == [(1, "direct", 1)])
+
+
+async def test_merging_remote_changes_does_not_wake_the_watcher() -> None:
+    cluster = Cluster(2)
+    writer = cluster.peer(0, [])
+    reader = cluster.peer(1, [0])
+    async with cluster:
+        await wait_for(lambda: bool(reader.sessions) and reader.sessions[0].eose_received.is_set())
+        wakes: list[int] = []
+        original = reader.notify_local_change
+
+        def counting() -> None:
+            wakes.append(1)
+            original()
+
+        reader.notify_local_change = counting  # type: ignore[method-assign]
+        for i in range(5):
+            await writer.execute("INSERT INTO notes VALUES (?, 'remote', ?)", (i, i))
+        await wait_for(lambda: len(rows(cluster.stores[1])) == 5)
+        await asyncio.sleep(0.1)  # five poll intervals after the last merge
+        assert wakes == []
+        await reader.execute("INSERT INTO notes VALUES (99, 'local', 0)")
+        assert wakes == [1]
+        await wait_for(lambda: len(rows(cluster.stores[0])) == 6)
+
+
 async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() -> None:
     cluster = Cluster(2, limits=Limits(max_batch_rows=50, window=1))
     source = cluster.stores[0]

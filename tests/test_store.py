@@ -223,6 +223,55 @@ def test_applying_the_same_batch_twice_changes_nothing_the_second_time(
     assert (contents(b), b.cursor(), b.db_version()) == state
 
 
+def test_skip_known_passes_over_groups_the_cursor_covers(stores: list[Store]) -> None:
+    a, b, _ = stores
+    a.execute("INSERT INTO items VALUES (1, 'one', 1)")
+    a.execute("INSERT INTO items VALUES (2, 'two', 2)")
+    first, second = a.changes_since({}, 100)[:2], a.changes_since({}, 100)[2:]
+    assert b.apply(first, skip_known=True).merged == 2
+    # A copy of version 1 arriving by another path is not merged again; the
+    # version after it is.
+    result = b.apply([*first, *second], skip_known=True)
+    assert (result.merged, result.skipped) == (2, 2)
+    assert contents(b)[0] == [(1, "one", 1), (2, "two", 2)]
+    assert b.cursor() == {a.site_id: 2}
+    # Without skip_known the copy is merged again (to no effect).
+    assert b.apply(first).merged == 2
+
+
+def test_skip_known_keeps_every_chunk_of_a_streamed_page(tmp_path: Path) -> None:
+    with new_store() as a, new_store(tmp_path / "b.db") as b:
+        a.executescript(
+            "BEGIN;"
+            + "".join(f"INSERT INTO items VALUES ({i}, 'n', {i});" for i in range(10))
+            + "COMMIT;"
+        )
+        group = a.changes_since({}, 100)
+        b.begin_page()
+        # Every chunk carries version 1; the cursor the page began with decides.
+        merged = sum(
+            b.apply(group[start : start + 7], skip_known=True).merged
+            for start in range(0, len(group), 7)
+        )
+        b.end_page(commit=True)
+        assert merged == len(group) == 20
+        assert len(contents(b)[0]) == 10
+        b.begin_page()
+        again = b.apply(group, skip_known=True)
+        b.end_page(commit=True)
+        assert (again.merged, again.skipped) == (0, 20)
+
+
+def test_the_local_high_water_moves_on_local_writes_only(stores: list[Store]) -> None:
+    a, b, _ = stores
+    assert b.local_high_water() == 0
+    a.execute("INSERT INTO items VALUES (1, 'one', 1)")
+    b.apply(a.changes_since({}, 100))
+    assert b.local_high_water() == 0 < b.db_version()
+    b.execute("INSERT INTO tags VALUES (1, 'x', 'n')")
+    assert b.local_high_water() == b.db_version()
+
+
 def test_a_file_store_keeps_its_cursor_across_reopen(tmp_path: Path) -> None:
     with new_store() as a:
         a.execute("INSERT INTO items VALUES (1, 'one', 1)")
