@@ -25,6 +25,7 @@ from peer.changes import SITE_ID_LENGTH, Change, Cursor
 from peer.errors import ErrorCode, RemoteProtocolError
 
 __all__ = [
+    "PROTOCOL_MIN",
     "PROTOCOL_VERSION",
     "Backlog",
     "Changes",
@@ -33,6 +34,7 @@ __all__ = [
     "CursorMessage",
     "Eose",
     "Error",
+    "Have",
     "Hello",
     "Message",
     "MessageType",
@@ -42,7 +44,12 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""The newest protocol version this code speaks (2 adds HAVE)."""
+PROTOCOL_MIN = 1
+"""The oldest one it still speaks."""
+HAVE_SINCE = 2
+"""The first protocol version with HAVE."""
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_NAME_LENGTH = 256
 MAX_REASON_LENGTH = 256
@@ -61,6 +68,7 @@ class MessageType(enum.IntEnum):
     ERROR = 8
     CLOSE = 9
     BACKLOG = 10
+    HAVE = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +102,14 @@ class Changes:
 
     changes: list[Change]
     final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    """The sender now holds every change of each listed origin up to its version
+    (it got them from a third peer): the receiver need not send them."""
+
+    cursor: Cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +155,7 @@ class Close:
 
 
 Message: TypeAlias = (
-    Hello | CursorMessage | Changes | Eose | Credit | Ping | Pong | Error | Close | Backlog
+    Hello | CursorMessage | Changes | Eose | Credit | Ping | Pong | Error | Close | Backlog | Have
 )
 
 
@@ -173,7 +189,7 @@ def encode(message: Message, number: int) -> bytes:
                 message.nonce,
             ]
         case CursorMessage():
-            body = [MessageType.CURSOR, number, [[s, v] for s, v in message.cursor.items()]]
+            body = [MessageType.CURSOR, number, _cursor_entries(message.cursor)]
         case Changes():
             tables, groups = _group_rows(message.changes)
             body = [MessageType.CHANGES, number, message.final, tables, groups]
@@ -196,8 +212,14 @@ def encode(message: Message, number: int) -> bytes:
             body = [MessageType.CLOSE, number]
         case Backlog():
             body = [MessageType.BACKLOG, number, message.rows]
+        case Have():
+            body = [MessageType.HAVE, number, _cursor_entries(message.cursor)]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
+
+
+def _cursor_entries(cursor: Cursor) -> list[list[Any]]:
+    return [[site_id, version] for site_id, version in cursor.items()]
 
 
 def _group_rows(changes: Sequence[Change]) -> tuple[list[str], list[list[Any]]]:
@@ -291,16 +313,24 @@ def _decode_hello(body: list[Any], _: int) -> Hello:
     )
 
 
-def _decode_cursor(body: list[Any], _: int) -> CursorMessage:
-    _arity(body, 3, "cursor")
+def _version_vector(body: list[Any], what: str) -> Cursor:
+    _arity(body, 3, what)
     cursor: Cursor = {}
-    for entry in _list(body[2], "cursor", MAX_CURSOR_ENTRIES):
-        pair = _list(entry, "cursor entry")
-        _arity([None, None, *pair], 4, "cursor entry")
-        cursor[_bytes(pair[0], "cursor site_id", SITE_ID_LENGTH)] = _int(
-            pair[1], "cursor version", 0
+    for entry in _list(body[2], what, MAX_CURSOR_ENTRIES):
+        pair = _list(entry, f"{what} entry")
+        _arity([None, None, *pair], 4, f"{what} entry")
+        cursor[_bytes(pair[0], f"{what} site_id", SITE_ID_LENGTH)] = _int(
+            pair[1], f"{what} version", 0
         )
-    return CursorMessage(cursor)
+    return cursor
+
+
+def _decode_cursor(body: list[Any], _: int) -> CursorMessage:
+    return CursorMessage(_version_vector(body, "cursor"))
+
+
+def _decode_have(body: list[Any], _: int) -> Have:
+    return Have(_version_vector(body, "have"))
 
 
 _VALUE_TYPE_SET = frozenset((type(None), int, float, str, bytes))
@@ -395,4 +425,5 @@ _DECODERS: dict[MessageType, Any] = {
     MessageType.ERROR: _decode_error,
     MessageType.CLOSE: _decode_nothing(Close),
     MessageType.BACKLOG: _decode_backlog,
+    MessageType.HAVE: _decode_have,
 }

@@ -374,6 +374,7 @@ class Peer:
         if result.merged or result.held:
             for driver in self._drivers:
                 if driver is not source:
+                    driver.announce(result.cursor)
                     driver.wake()
 
     # -- internals ----------------------------------------------------------------

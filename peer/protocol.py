@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from peer.changes import Change, Cursor
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peer.messages import (
+    HAVE_SINCE,
+    PROTOCOL_MIN,
     PROTOCOL_VERSION,
     Backlog,
     Changes,
@@ -43,6 +45,7 @@ from peer.messages import (
     CursorMessage,
     Eose,
     Error,
+    Have,
     Hello,
     Message,
     MessageType,
@@ -108,11 +111,21 @@ ALLOWED: dict[SessionState, frozenset[MessageType]] = {
     SessionState.HANDSHAKE: frozenset({MessageType.HELLO, *_ALWAYS}),
     SessionState.READY: frozenset({MessageType.CURSOR, *_ALWAYS}),
     SessionState.SYNCING: frozenset(
-        {MessageType.CHANGES, MessageType.EOSE, MessageType.CREDIT, MessageType.BACKLOG, *_ALWAYS}
+        {
+            MessageType.CHANGES,
+            MessageType.EOSE,
+            MessageType.CREDIT,
+            MessageType.BACKLOG,
+            MessageType.HAVE,
+            *_ALWAYS,
+        }
     ),
     SessionState.CLOSED: frozenset(),
 }
-"""Which received message types each state accepts; all others fail the session."""
+"""Which received message types each state accepts; all others fail the session.
+
+HAVE only once both sides speak protocol 2 (see :attr:`SyncSession.version`).
+"""
 
 
 # -- events -----------------------------------------------------------------------
@@ -201,7 +214,13 @@ class SyncSession:
         self.state = SessionState.HANDSHAKE
         self.remote: Hello | None = None
         self.remote_cursor: Cursor = {}
-        """What the remote is known to hold: its cursor, plus what went either way since."""
+        """What the remote is known to hold: its cursor, plus what went either way
+        since, plus what it announced with HAVE."""
+        self.version = PROTOCOL_VERSION
+        """The protocol version in use: the highest both sides speak (after HELLO)."""
+        self.announced: Cursor = {}
+        """What the remote knows we hold: our cursor, plus what went either way
+        since, plus what we announced with HAVE."""
         self.credit = 0
         """CHANGES frames we may still send before the remote grants more."""
         self.eose_sent = False
@@ -225,7 +244,7 @@ class SyncSession:
         self._hello_sent = True
         self._queue(
             Hello(
-                protocol_min=PROTOCOL_VERSION,
+                protocol_min=PROTOCOL_MIN,
                 protocol_max=PROTOCOL_VERSION,
                 site_id=self.local.site_id,
                 name=self.local.name,
@@ -241,7 +260,28 @@ class SyncSession:
         """Tell the remote what we hold. Allowed once the remote's hello arrived."""
         if self.remote is None or self.state is SessionState.CLOSED:
             raise LocalProtocolError("send_cursor before the remote hello")
+        self.announced = dict(cursor)
         self._queue(CursorMessage(dict(cursor)))
+
+    def send_have(self, cursor: Cursor) -> None:
+        """Announce what we now hold beyond what the remote knows (changes we
+        got from a third peer), so it does not send them again.
+
+        Sends only the entries that raise what the remote knows and that are
+        not the remote's own changes; nothing at all before SYNCING or with a
+        remote that speaks protocol 1.
+        """
+        if self.state is not SessionState.SYNCING or self.version < HAVE_SINCE:
+            return
+        assert self.remote is not None
+        news = {
+            origin: version
+            for origin, version in cursor.items()
+            if version > self.announced.get(origin, 0) and origin != self.remote.site_id
+        }
+        if news:
+            self.announced.update(news)
+            self._queue(Have(news))
 
     @property
     def max_send_rows(self) -> int:
@@ -264,6 +304,7 @@ class SyncSession:
             raise LocalProtocolError(f"{len(changes)} rows exceed {self.max_send_rows} per frame")
         self.credit -= 1
         _advance(self.remote_cursor, changes)
+        _advance(self.announced, changes)
         self._queue(Changes(list(changes), final))
 
     def send_backlog(self, rows: int) -> None:
@@ -329,7 +370,9 @@ class SyncSession:
                 )
             self._received_frames += 1
             kind = _TYPE_OF[type(frame.message)]
-            if kind not in ALLOWED[self.state]:
+            if kind not in ALLOWED[self.state] or (
+                kind is MessageType.HAVE and self.version < HAVE_SINCE
+            ):
                 raise RemoteProtocolError(
                     ErrorCode.UNEXPECTED_MESSAGE, f"{kind.name} not allowed in {self.state.value}"
                 )
@@ -365,6 +408,11 @@ class SyncSession:
                 return [PongReceived(message.nonce)]
             case Backlog():
                 return [BacklogReceived(message.rows)]
+            case Have():
+                for origin, version in message.cursor.items():
+                    if self.remote_cursor.get(origin, 0) < version:
+                        self.remote_cursor[origin] = version
+                return []
             case Error():
                 self.state = SessionState.CLOSED
                 return [RemoteClosed(message)]
@@ -374,12 +422,13 @@ class SyncSession:
         raise AssertionError(f"unhandled {message!r}")  # pragma: no cover
 
     def _on_hello(self, hello: Hello) -> HelloReceived:
-        if hello.protocol_min > PROTOCOL_VERSION or hello.protocol_max < PROTOCOL_VERSION:
+        if hello.protocol_min > PROTOCOL_VERSION or hello.protocol_max < PROTOCOL_MIN:
             raise RemoteProtocolError(
                 ErrorCode.VERSION_MISMATCH,
                 f"remote speaks {hello.protocol_min}..{hello.protocol_max}, "
-                f"we speak {PROTOCOL_VERSION}",
+                f"we speak {PROTOCOL_MIN}..{PROTOCOL_VERSION}",
             )
+        self.version = min(PROTOCOL_VERSION, hello.protocol_max)
         if hello.site_id == self.local.site_id:
             raise RemoteProtocolError(ErrorCode.SELF_CONNECTION, "connected to ourselves")
         self.remote = hello
@@ -392,6 +441,7 @@ class SyncSession:
             raise RemoteProtocolError(ErrorCode.FLOW_CONTROL, "changes sent without credit")
         self._remote_credit -= 1
         _advance(self.remote_cursor, message.changes)
+        _advance(self.announced, message.changes)
         return [ChangesReceived(message.changes, message.final)]
 
 
@@ -406,6 +456,7 @@ _TYPE_OF: dict[type, MessageType] = {
     Error: MessageType.ERROR,
     Close: MessageType.CLOSE,
     Backlog: MessageType.BACKLOG,
+    Have: MessageType.HAVE,
 }
 
 

@@ -121,6 +121,7 @@ class SessionDriver:
         self._credit = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task[None] | None = None
+        self._announcing: asyncio.Task[None] | None = None
         self._receiving = False
         self._handling = False
         self._stop_handling = False
@@ -138,6 +139,19 @@ class SessionDriver:
     def wake(self) -> None:
         """Something new may be in the store: the sender looks again."""
         self._wake.set()
+
+    def announce(self, cursor: Cursor) -> None:
+        """Tell the remote we now hold ``cursor`` (committed changes that came
+        from another session), so it does not send them to us again."""
+        self.session.send_have(cursor)
+        if self._announcing is None or self._announcing.done():
+            self._announcing = asyncio.get_running_loop().create_task(
+                self._flush_quietly(), name="crpeer-announce"
+            )
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(CrpeerError):
+            await self._flush()
 
     def tie_break_key(self) -> tuple[bytes, int]:
         """Of two sessions with one peer, both sides keep the smaller key.
@@ -199,10 +213,11 @@ class SessionDriver:
                 self._page_open = False
                 with contextlib.suppress(CrpeerError):
                     await self.host.end_page(commit=False)
-            if self._sender is not None:
-                self._sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, CrpeerError):
-                    await self._sender
+            for task in (self._sender, self._announcing):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, CrpeerError):
+                        await task
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.channel.close(), timeout=2.0)
             if self.error is not None:

@@ -19,6 +19,7 @@ from peer.messages import (
     CursorMessage,
     Eose,
     Error,
+    Have,
     Hello,
     Message,
     MessageType,
@@ -176,7 +177,7 @@ def test_frames_out_of_sequence_fail_the_session() -> None:
 
 def test_version_mismatch_and_self_connection_are_refused() -> None:
     a = session(A_SITE)
-    newer = Hello(2, 3, B_SITE, "b", 0, FINGERPRINT, 10, 4, 1)
+    newer = Hello(3, 4, B_SITE, "b", 0, FINGERPRINT, 10, 4, 1)
     with pytest.raises(RemoteProtocolError) as caught:
         a.receive(encode(newer, 0))
     assert caught.value.code is ErrorCode.VERSION_MISMATCH
@@ -184,6 +185,53 @@ def test_version_mismatch_and_self_connection_are_refused() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         b.receive(encode(Hello(1, 1, A_SITE, "me", 0, FINGERPRINT, 10, 4, 1), 0))
     assert caught.value.code is ErrorCode.SELF_CONNECTION
+
+
+def test_have_raises_what_the_remote_is_known_to_hold() -> None:
+    pair = ProtocolPair()
+    a, b = pair.a, pair.b
+    assert a.version == b.version == 2
+    # b got C's versions up to 6 from a third peer: it tells a, once.
+    b.send_have({C_SITE: 6, A_SITE: 3})
+    b.send_have({C_SITE: 6})
+    (frame,) = b.data_to_send()
+    assert kinds([frame]) == [MessageType.HAVE]
+    # a's own changes are left out: a knows best what it has sent.
+    assert decode(frame, max_frame_bytes=1 << 20, max_batch_rows=10).message == Have({C_SITE: 6})
+    assert a.receive(frame) == []
+    assert a.remote_cursor == {C_SITE: 6}
+    # A HAVE never lowers what is known.
+    b.send_have({C_SITE: 2})
+    assert b.data_to_send() == []
+    a.receive(encode(Have({C_SITE: 2}), 3))
+    assert a.remote_cursor == {C_SITE: 6}
+
+
+def test_have_is_neither_sent_to_nor_accepted_from_a_protocol_1_peer() -> None:
+    new, old = session(A_SITE), session(B_SITE)
+    new.hello()
+    old.hello()
+    new.data_to_send()
+    # What a peer that speaks only protocol 1 announces.
+    new.receive(encode(Hello(1, 1, B_SITE, "old", 0, FINGERPRINT, 100, 4, 9), 0))
+    assert new.version == 1
+    new.receive(encode(CursorMessage({}), 1))
+    new.send_cursor({})
+    new.data_to_send()
+    new.send_have({C_SITE: 6})
+    assert new.data_to_send() == []
+    with pytest.raises(RemoteProtocolError) as caught:
+        new.receive(encode(Have({C_SITE: 6}), 2))
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
+
+
+def test_have_before_the_cursors_are_exchanged_is_refused() -> None:
+    s, received = session_in(SessionState.READY)
+    s.send_have({C_SITE: 1})  # nothing to announce yet
+    assert kinds(s.data_to_send()) == [MessageType.HELLO]
+    with pytest.raises(RemoteProtocolError) as caught:
+        s.receive(encode(Have({C_SITE: 1}), received))
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
 
 
 def test_a_newer_remote_schema_is_reported() -> None:
@@ -221,6 +269,7 @@ def sample_message(kind: MessageType) -> Message:
         MessageType.ERROR: Error(ErrorCode.INTERNAL, "x"),
         MessageType.CLOSE: Close(),
         MessageType.BACKLOG: Backlog(10),
+        MessageType.HAVE: Have({C_SITE: 5}),
     }
     return samples[kind]
 
@@ -296,7 +345,7 @@ JSONISH = st.recursive(
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.integers(1, 9), JSONISH)
+@given(st.integers(1, len(MessageType)), JSONISH)
 def test_well_typed_frames_with_wrong_fields_are_refused(kind: int, fields: Any) -> None:
     body = [kind, 0, *(fields if isinstance(fields, list) else [fields])]
     code: ErrorCode | None = None
