@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS crpeer_versions (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS crpeer_versions_by_origin_version
     ON crpeer_versions (origin, origin_version);
+CREATE INDEX IF NOT EXISTS crpeer_versions_by_local ON crpeer_versions (local_version);
 CREATE TABLE IF NOT EXISTS crpeer_cursor (
     origin BLOB PRIMARY KEY,
     version INTEGER NOT NULL
@@ -121,6 +122,12 @@ _INSERT_HELD = (
     "(origin, local_version, version, seq, tbl, pk, cid, val, col_version, cl) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+_MAX_COMBINED_ORIGINS = 500
+"""Past this many origins to serve, pages are read origin by origin (SQL variables)."""
+
+_COMBINED_READS = 4
+"""Reads of the log in one page before falling back to per-origin reads."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -472,9 +479,13 @@ class Store:
                 )
                 if cursor.get(bytes(origin), 0) < version
             ]
+            origins = [origin for origin in origins if origin not in exclude]
+            combined = self._combined_page(cursor, limit, origins)
+            if combined is not None:
+                return combined
             out: list[Change] = []
             for origin in origins:
-                if origin in exclude or len(out) >= limit:
+                if len(out) >= limit:
                     continue
                 after = cursor.get(origin, 0)
                 if origin == self.site_id:
@@ -487,6 +498,109 @@ class Store:
                     break  # it starts the next page
                 out.extend(found)
             return out
+
+    def _combined_page(
+        self, cursor: Mapping[bytes, int], limit: int, origins: Sequence[bytes]
+    ) -> list[Change] | None:
+        """The page of :meth:`next_page` read in one pass over the change log,
+        for every origin at once; None where the per-origin reads must do it
+        (held rows exist, one transaction exceeds ``limit``, or the rows to
+        send lie far apart in the log).
+
+        Each origin's versions rise with the local versions it merged at, so
+        reading ``crsql_changes`` in local order from the lowest local version
+        any origin still lacks, and keeping each row whose origin version is
+        above the remote's cursor, serves every origin in its own order.
+        """
+        remote = [origin for origin in origins if origin != self.site_id]
+        if len(remote) > _MAX_COMBINED_ORIGINS or (remote and self._any_held()):
+            return None
+        starts: list[int] = []
+        if self.site_id in origins:
+            (start,) = self._reader.execute(
+                "SELECT min(db_version) FROM crsql_changes WHERE site_id = ? AND db_version > ?",
+                (self.site_id, cursor.get(self.site_id, 0)),
+            ).fetchone()
+            if start is not None:
+                starts.append(int(start))
+        if remote:
+            wanted = ", ".join("(?, ?)" for _ in remote)
+            (start,) = self._reader.execute(
+                f"WITH wanted (origin, after) AS (VALUES {wanted}) "
+                "SELECT min(v.local_version) FROM wanted JOIN crpeer_versions AS v "
+                "ON v.origin = wanted.origin AND v.origin_version > wanted.after "
+                "AND v.replay = 0",
+                [value for origin in remote for value in (origin, cursor.get(origin, 0))],
+            ).fetchone()
+            if start is not None:
+                starts.append(int(start))
+        if not starts:
+            return []
+        wanted_origins = set(origins)
+        out: list[Change] = []
+        start = min(starts)
+        for _ in range(_COMBINED_READS):
+            rows = self._reader.execute(
+                f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE db_version >= ? "
+                "ORDER BY db_version, seq LIMIT ?",
+                (start, limit + 1),
+            ).fetchall()
+            full = len(rows) > limit
+            if full:
+                last = rows[-1][5]
+                rows = [row for row in rows if row[5] != last]
+                if not rows:
+                    return out or None  # one local version alone fills a page
+            versions = self._origin_versions(rows[0][5], rows[-1][5]) if rows else {}
+            for _, group in by_group(rows, lambda row: row[5]):
+                kept = self._rows_to_send(group, cursor, wanted_origins, versions)
+                if len(out) + len(kept) > limit:
+                    return out or None
+                out.extend(kept)
+            if not full or out:
+                return out
+            start = last
+        return None  # what is left lies far apart: the per-origin reads seek to it
+
+    def _any_held(self) -> bool:
+        return bool(self._reader.execute("SELECT EXISTS (SELECT 1 FROM crpeer_held)").fetchone()[0])
+
+    def _origin_versions(self, low: int, high: int) -> dict[tuple[bytes, int], tuple[int, bool]]:
+        """``(origin, local version) -> (origin version, replay)`` for local versions in range."""
+        return {
+            (bytes(origin), int(local)): (int(version), bool(replay))
+            for origin, local, version, replay in self._reader.execute(
+                "SELECT origin, local_version, origin_version, replay FROM crpeer_versions "
+                "WHERE local_version BETWEEN ? AND ?",
+                (low, high),
+            )
+        }
+
+    def _rows_to_send(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        cursor: Mapping[bytes, int],
+        origins: Collection[bytes],
+        versions: Mapping[tuple[bytes, int], tuple[int, bool]],
+    ) -> list[Change]:
+        """The rows of one local version the remote lacks, with their origin
+        versions, each origin's rows together (in ``seq`` order)."""
+        kept: list[Change] = []
+        for row in rows:
+            origin = bytes(row[6])
+            if origin not in origins:
+                continue
+            if origin == self.site_id:
+                version = row[5]
+            else:
+                version, replay = versions.get((origin, row[5]), (0, True))
+                if replay:
+                    continue
+            if version > cursor.get(origin, 0):
+                table, pk, cid, val, col_version, _, _, cl, seq = row
+                kept.append((table, pk, cid, val, col_version, version, origin, cl, seq))
+        kept.sort(key=lambda change: change[6])  # stable: seq order within each origin
+        return kept
 
     def changes_since(
         self, cursor: Mapping[bytes, int], limit: int, *, exclude: Collection[bytes] = ()
