@@ -3,7 +3,8 @@
 :class:`MdnsDiscovery` advertises this peer as one DNS-SD service instance and
 browses for the others. It only finds peers: it moves no frames and proves
 nothing. The TXT record carries exactly ``id=<peer id>`` and
-``pv=<protocol version>``, no secrets and no database names; anyone on the LAN
+``pv=<protocol version>`` (the oldest one the peer speaks: its handshake
+generation), no secrets and no database names; anyone on the LAN
 can claim any id, so the caller must still authenticate whoever it dials.
 
 Lifecycle: ``await start(on_found, on_lost)`` once, then ``await stop()``
