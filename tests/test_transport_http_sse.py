@@ -15,6 +15,7 @@ from aiohttp import web
 
 from peer.errors import ChannelClosed, ConnectError, FrameTooLarge
 from tests.transport_support import WAIT, Loopback, raw_connection, self_signed, tls_contexts
+from transports._sse_client import ClientChannel
 from transports.base import RemoteInfo
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "host"}
@@ -270,3 +271,14 @@ def session_id(channel: object) -> str:
     identifier = getattr(channel, "id", None)
     assert isinstance(identifier, str)
     return identifier
+
+
+async def test_a_close_given_up_on_still_lets_go_of_the_http_client() -> None:
+    async with Loopback("http") as loop:
+        dialed, _ = await loop.pair()
+        assert isinstance(dialed, ClientChannel)
+        # The caller's timeout cancels the close while it is still under way.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dialed.close(), 0.0001)
+        await asyncio.sleep(0.2)
+        assert dialed._http.closed  # its connections are released all the same

@@ -63,7 +63,7 @@ async def open_session(
             stream.release()
             raise ConnectError(f"{address} answered {stream.status} for the event stream")
     except BaseException as exc:
-        await http.close()
+        await asyncio.shield(http.close())
         if isinstance(exc, aiohttp.ClientError | TimeoutError | ValueError):
             raise ConnectError(f"cannot connect to {address}: {exc!r}") from exc
         raise
@@ -135,9 +135,13 @@ class ClientChannel(ChannelBase):
         if self._acker is not None:
             self._acker.cancel()
         tasks = [task for task in (self._reader, self._acker) if task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._end_session()
-        await self._http.close()
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._end_session()
+        finally:
+            # Even when the caller gives up on a slow close (a timeout cancels
+            # it), the HTTP client and its connections are let go.
+            await asyncio.shield(self._http.close())
 
     async def _post(self, suffix: str, body: bytes, headers: dict[str, str]) -> None:
         """POST with retries on broken connections; any answer but 204 fails the channel."""
