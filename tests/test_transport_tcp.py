@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,35 @@ async def test_stream_channel_over_any_stream_pair() -> None:
 async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read()  # until the dialer gives up
     writer.close()
+
+
+async def test_a_close_given_up_on_drops_the_socket(tmp_path: Path) -> None:
+    """A remote that never answers the TLS goodbye: a close the caller stops
+    waiting for (a timeout cancels it) still lets go of the socket."""
+    server_ssl, client_ssl, _, _ = tls_contexts(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    release = threading.Event()
+
+    def silent_after_handshake() -> None:
+        conn, _ = listener.accept()
+        with server_ssl.wrap_socket(conn, server_side=True) as tls:
+            release.wait(10)  # never reads the client's close_notify
+            del tls
+
+    thread = threading.Thread(target=silent_after_handshake)
+    thread.start()
+    client = TcpTransport(listen=False, client_ssl=client_ssl, close_timeout=30.0)
+    try:
+        channel = await client.dial(f"tcp://127.0.0.1:{port}")
+        assert isinstance(channel, StreamChannel)
+        raw = channel._writer.get_extra_info("socket")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.close(), 0.05)
+        await asyncio.sleep(0.2)
+        assert raw.fileno() == -1  # closed, not waiting 30 s for the goodbye
+    finally:
+        release.set()
+        await client.stop()
+        await asyncio.to_thread(thread.join)
+        listener.close()

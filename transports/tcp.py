@@ -95,6 +95,11 @@ class StreamChannel(ChannelBase):
             self._writer.transport.abort()
         except OSError:
             pass  # the connection broke while closing: closed all the same
+        except BaseException:
+            # The caller gave up (cancelled): drop the socket rather than
+            # leave it to a TLS goodbye that may never come.
+            self._writer.transport.abort()
+            raise
 
 
 class TcpTransport(Transport):

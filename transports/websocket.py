@@ -72,7 +72,11 @@ class _WebSocketChannel(ChannelBase):
         return message
 
     async def _release(self) -> None:
-        await self._connection.close()  # bounded by the library's close_timeout
+        try:
+            await self._connection.close()  # bounded by the library's close_timeout
+        except BaseException:
+            self._connection.transport.abort()  # the caller gave up: drop the socket
+            raise
 
     def _translate(self, exc: ConnectionClosed) -> ChannelClosed | FrameTooLarge:
         if exc.sent and exc.sent.code == CloseCode.MESSAGE_TOO_BIG and not exc.rcvd_then_sent:
