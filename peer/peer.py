@@ -115,8 +115,8 @@ class Peer:
         self.limits = limits or Limits()
         self.backoff = backoff or Backoff()
         self._poll_interval = poll_interval
-        self._local_high_water = 0
-        """The highest local write the sessions were woken for."""
+        self._woken_through = 0
+        """The sessions were woken for every local write at or below this db_version."""
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
         self._random = random.Random(seed)
@@ -225,12 +225,13 @@ class Peer:
         store = self.store
 
         def run() -> tuple[list[tuple[Any, ...]], int]:
-            return store.execute(sql, params), store.local_high_water()
+            return store.execute(sql, params), store.db_version()
 
         async with self._apply_lock:
-            rows, high_water = await self._in_store_thread(run)
-        # The sessions are woken here; the watcher need not wake them again.
-        self._local_high_water = max(self._local_high_water, high_water)
+            rows, db_version = await self._in_store_thread(run)
+        # The sessions are woken here for this write and all before it; the
+        # watcher need not wake them again.
+        self._woken_through = max(self._woken_through, db_version)
         self.notify_local_change()
         return rows
 
@@ -307,13 +308,8 @@ class Peer:
             await self._in_read_thread(chunks.close)
 
     async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
-        store = self.store
         async with self._apply_lock:
-            return await self._in_store_thread(
-                lambda: store.apply(
-                    changes, hold_unknown=hold_unknown, types_checked=True, skip_known=True
-                )
-            )
+            return await self._in_store_thread(self._merge, changes, hold_unknown)
 
     @property
     def can_stream_pages(self) -> bool:
@@ -328,11 +324,13 @@ class Peer:
             raise
 
     async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
-        store = self.store
-        return await self._in_store_thread(
-            lambda: store.apply(
-                changes, hold_unknown=hold_unknown, types_checked=True, skip_known=True
-            )
+        return await self._in_store_thread(self._merge, changes, hold_unknown)
+
+    def _merge(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
+        """Apply a session's decoded rows (store thread): their types are
+        checked, and copies of groups already held are skipped."""
+        return self.store.apply(
+            changes, hold_unknown=hold_unknown, types_checked=True, skip_known=True
         )
 
     async def end_page(self, commit: bool) -> None:
@@ -550,11 +548,11 @@ class Peer:
             return store.local_high_water()
 
         first = await self._in_store_thread(poll)
-        self._local_high_water = first or 0
+        self._woken_through = max(self._woken_through, first or 0)
         self.notify_local_change()  # for a write that raced the first poll
         while True:
             await asyncio.sleep(self._poll_interval)
             high_water = await self._in_store_thread(poll)
-            if high_water is not None and high_water > self._local_high_water:
-                self._local_high_water = high_water
+            if high_water is not None and high_water > self._woken_through:
+                self._woken_through = high_water
                 self.notify_local_change()

@@ -393,12 +393,7 @@ class Store:
     def cursor(self) -> Cursor:
         """The persisted version vector of what this database holds from others."""
         with self._lock:
-            return {
-                bytes(origin): int(version)
-                for origin, version in self._conn.execute(
-                    "SELECT origin, version FROM crpeer_cursor"
-                )
-            }
+            return _persisted_cursor(self._conn)
 
     @_translate_errors
     def own_version(self) -> int:
@@ -473,11 +468,9 @@ class Store:
         with self._read_lock, self._read_snapshot():
             # An origin the remote's cursor already covers has nothing to send.
             origins = [self.site_id] + [
-                bytes(origin)
-                for origin, version in self._reader.execute(
-                    "SELECT origin, version FROM crpeer_cursor"
-                )
-                if cursor.get(bytes(origin), 0) < version
+                origin
+                for origin, version in _persisted_cursor(self._reader).items()
+                if cursor.get(origin, 0) < version
             ]
             origins = [origin for origin in origins if origin not in exclude]
             combined = self._combined_page(cursor, limit, origins)
@@ -835,7 +828,7 @@ class Store:
             if self._page_open:
                 raise StoreError("a page is already open")
             self._sync.execute("BEGIN IMMEDIATE")
-            self._page_known = self._held_versions()
+            self._page_known = _persisted_cursor(self._sync)
         except BaseException:
             if self._sync.in_transaction:
                 self._sync.execute("ROLLBACK")
@@ -857,13 +850,6 @@ class Store:
         finally:
             self._page_open = False
             self._sync_lock.release()
-
-    def _held_versions(self) -> Cursor:
-        """The persisted cursor, read on the sync connection (in its transaction)."""
-        return {
-            bytes(origin): int(version)
-            for origin, version in self._sync.execute("SELECT origin, version FROM crpeer_cursor")
-        }
 
     def apply(
         self,
@@ -906,7 +892,7 @@ class Store:
                 impacted = self._page_impacted if in_page else 0
                 known: Cursor = {}
                 if skip_known:
-                    known = self._page_known if in_page else self._held_versions()
+                    known = self._page_known if in_page else _persisted_cursor(self._sync)
                 for origin, version, rows, held_rows in groups:
                     if version <= known.get(origin, 0):
                         continue
@@ -985,6 +971,14 @@ class Store:
                     self._sync.execute("ROLLBACK")
                 raise
             return len(ready)
+
+
+def _persisted_cursor(conn: Any) -> Cursor:
+    """The cursor as stored, read on ``conn`` (inside its transaction, if any)."""
+    return {
+        bytes(origin): int(version)
+        for origin, version in conn.execute("SELECT origin, version FROM crpeer_cursor")
+    }
 
 
 def _quote_identifier(name: str) -> str:
