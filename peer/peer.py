@@ -541,7 +541,7 @@ class Peer:
 
         def poll() -> int | None:
             nonlocal marker
-            now = (store.data_version(), store.db_version())
+            now = store.change_marker()
             if now == marker:
                 return None
             marker = now

@@ -420,10 +420,15 @@ class SessionDriver:
             )
         )
 
-    async def _wait_credit(self) -> None:
-        while self.session.credit < 1:
+    async def _wait_credit(self, frames: int = 1) -> None:
+        while self.session.credit < frames:
             self._credit.clear()
             await self._credit.wait()
+
+    def _all_credit(self) -> int:
+        """The remote's whole window: every frame sent so far is applied."""
+        assert self.session.remote is not None
+        return self.session.remote.window
 
     async def _send_loop(self) -> None:
         """Catch-up, EOSE, then live: whatever the remote lacks, as credit allows."""
@@ -434,15 +439,21 @@ class SessionDriver:
             await self.host.backlog_estimate(dict(self.session.remote_cursor), remote_site)
         )
         await self._flush()
+        last_page_full = True
         while True:
-            await self._wait_credit()
+            # A short page waits until the remote has applied the one before
+            # (Nagle's rule): under a stream of small writes, what arrives
+            # meanwhile goes out as one page instead of many.
+            await self._wait_credit(1 if last_page_full else self._all_credit())
             self._wake.clear()
             page = await self.host.next_page(
                 dict(self.session.remote_cursor), rows_per_frame, remote_site
             )
             if isinstance(page, LargeGroup):
                 await self._send_large_group(page, rows_per_frame)
+                last_page_full = True
                 continue
+            last_page_full = len(page) >= rows_per_frame
             if not page:
                 if not self.session.eose_sent:
                     self.session.send_eose()

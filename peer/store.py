@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import threading
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -107,16 +108,24 @@ CREATE INDEX IF NOT EXISTS crpeer_held_by_local ON crpeer_held (origin, local_ve
 """
 
 _CHANGE_COLUMNS = '"table", pk, cid, val, col_version, db_version, site_id, cl, seq'
-_INSERT_CHANGE = f"INSERT INTO crsql_changes ({_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_UPSERT_VERSION = (
-    "INSERT INTO crpeer_versions (origin, local_version, origin_version, replay) "
-    "VALUES (?, ?, ?, ?) ON CONFLICT (origin, local_version) DO UPDATE SET "
+_CHANGES_INTO = f"crsql_changes ({_CHANGE_COLUMNS})"
+_VERSIONS_INTO = "crpeer_versions (origin, local_version, origin_version, replay)"
+_VERSIONS_UPSERT = (
+    " ON CONFLICT (origin, local_version) DO UPDATE SET "
     "origin_version = max(origin_version, excluded.origin_version)"
 )
-_UPSERT_CURSOR = (
-    "INSERT INTO crpeer_cursor (origin, version) VALUES (?, ?) "
-    "ON CONFLICT (origin) DO UPDATE SET version = max(version, excluded.version)"
+_CURSOR_INTO = "crpeer_cursor (origin, version)"
+_CURSOR_UPSERT = " ON CONFLICT (origin) DO UPDATE SET version = max(version, excluded.version)"
+_MAX_STATEMENT_PARAMETERS = 9_000
+"""Parameters bound to one multi-row INSERT (SQLite allows 32,766)."""
+_MERGE_OUTCOME = (
+    "SELECT crsql_rows_impacted(), CASE WHEN ? OR crsql_rows_impacted() > ? "
+    "THEN crsql_next_db_version() END"
 )
+"""After a group's rows: rows changed so far in this transaction, and the
+local version the group merged at when it changed anything or must be
+recorded anyway (``crsql_next_db_version`` reserves a new version when
+nothing merged, so it is only asked for then)."""
 _INSERT_HELD = (
     "INSERT OR IGNORE INTO crpeer_held "
     "(origin, local_version, version, seq, tbl, pk, cid, val, col_version, cl) "
@@ -348,6 +357,16 @@ class Store:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     @_translate_errors
+    def change_marker(self) -> tuple[int, int]:
+        """``(data_version, db_version)`` in one statement: it moves on every
+        commit, through this connection or another."""
+        with self._lock:
+            data, db = self._conn.execute(
+                "SELECT data_version, crsql_db_version() FROM pragma_data_version"
+            ).fetchone()
+            return int(data), int(db)
+
+    @_translate_errors
     def schema_version(self) -> int:
         """The app's schema version (``PRAGMA user_version``)."""
         with self._lock:
@@ -412,19 +431,16 @@ class Store:
         others' changes; an index lookup per CRR table.
         """
         tables = self.crr_columns()
+        if not tables:
+            return 0
+        highs = " UNION ALL ".join(
+            "SELECT max(db_version) AS high FROM "
+            f"{_quote_identifier(table + '__crsql_clock')} WHERE site_id = 0"
+            for table in tables
+        )
         with self._lock:
-            return max(
-                (
-                    int(
-                        self._conn.execute(
-                            "SELECT coalesce(max(db_version), 0) FROM "
-                            f"{_quote_identifier(table + '__crsql_clock')} WHERE site_id = 0"
-                        ).fetchone()[0]
-                    )
-                    for table in tables
-                ),
-                default=0,
-            )
+            (high,) = self._conn.execute(f"SELECT coalesce(max(high), 0) FROM ({highs})").fetchone()
+            return int(high)
 
     @_translate_errors
     def held_count(self) -> int:
@@ -893,23 +909,19 @@ class Store:
                 known: Cursor = {}
                 if skip_known:
                     known = self._page_known if in_page else _persisted_cursor(self._sync)
+                versions: list[tuple[bytes, int, int, int]] = []
                 for origin, version, rows, held_rows in groups:
                     if version <= known.get(origin, 0):
                         continue
                     if rows:
-                        self._sync.executemany(_INSERT_CHANGE, rows)
+                        _insert(self._sync, _CHANGES_INTO, rows)
                         tables.update(row[0] for row in rows)
-                        (now_impacted,) = self._sync.execute(
-                            "SELECT crsql_rows_impacted()"
-                        ).fetchone()
-                        changed, impacted = now_impacted > impacted, now_impacted
-                    else:
-                        changed = False
-                    if changed or held_rows:
-                        # The local version this group merged at; asking for it
-                        # reserves a new one only when nothing merged (held only).
-                        (local,) = self._sync.execute("SELECT crsql_next_db_version()").fetchone()
-                        self._sync.execute(_UPSERT_VERSION, (origin, local, version, 0))
+                    now_impacted, local = self._sync.execute(
+                        _MERGE_OUTCOME, (bool(held_rows), impacted)
+                    ).fetchone()
+                    impacted = now_impacted
+                    if local is not None:
+                        versions.append((origin, local, version, 0))
                     if held_rows:
                         self._sync.executemany(
                             _INSERT_HELD,
@@ -918,10 +930,11 @@ class Store:
                                 for r in held_rows
                             ],
                         )
-                    self._sync.execute(_UPSERT_CURSOR, (origin, version))
                     result_cursor[origin] = max(version, result_cursor.get(origin, 0))
                     merged += len(rows)
                     held += len(held_rows)
+                _insert(self._sync, _VERSIONS_INTO, versions, _VERSIONS_UPSERT)
+                _insert(self._sync, _CURSOR_INTO, list(result_cursor.items()), _CURSOR_UPSERT)
                 if in_page:
                     self._page_impacted = impacted
                 else:
@@ -958,9 +971,10 @@ class Store:
             try:
                 self._sync.execute("BEGIN IMMEDIATE")
                 for (origin, version), group in by_group(ready, lambda r: (bytes(r[7]), r[6])):
-                    self._sync.executemany(_INSERT_CHANGE, [tuple(r[1:]) for r in group])
+                    _insert(self._sync, _CHANGES_INTO, [tuple(r[1:]) for r in group])
                     (local,) = self._sync.execute("SELECT crsql_next_db_version()").fetchone()
-                    self._sync.execute(_UPSERT_VERSION, (origin, local, version, 1))
+                    replayed = [(origin, local, version, 1)]
+                    _insert(self._sync, _VERSIONS_INTO, replayed, _VERSIONS_UPSERT)
                     self._sync.executemany(
                         "UPDATE crpeer_held SET applied = 1 WHERE rowid = ?",
                         [(r[0],) for r in group],
@@ -973,12 +987,35 @@ class Store:
             return len(ready)
 
 
+def _insert(conn: Any, into: str, rows: Sequence[Sequence[Any]], upsert: str = "") -> None:
+    """``INSERT INTO {into} VALUES`` every row, with as few statements as fit.
+
+    Each statement is one step, so the thread gives up the GIL once per
+    statement instead of once per row as ``executemany`` does. That matters:
+    a thread taking the GIL back while the event loop is busy waits out the
+    interpreter's switch interval (5 ms), and a store thread that did so per
+    row ran hundreds of times slower beside a busy loop.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    step = max(1, _MAX_STATEMENT_PARAMETERS // width)
+    one = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        conn.execute(
+            f"INSERT INTO {into} VALUES {', '.join([one] * len(chunk))}{upsert}",
+            [value for row in chunk for value in row],
+        )
+
+
 def _persisted_cursor(conn: Any) -> Cursor:
-    """The cursor as stored, read on ``conn`` (inside its transaction, if any)."""
-    return {
-        bytes(origin): int(version)
-        for origin, version in conn.execute("SELECT origin, version FROM crpeer_cursor")
-    }
+    """The cursor as stored, read on ``conn`` (inside its transaction, if any),
+    as one JSON value: one step, not one per origin (see :func:`_insert`)."""
+    (text,) = conn.execute(
+        "SELECT json_group_array(json_array(hex(origin), version)) FROM crpeer_cursor"
+    ).fetchone()
+    return {bytes.fromhex(origin): version for origin, version in json.loads(text)}
 
 
 def _quote_identifier(name: str) -> str:

@@ -325,6 +325,30 @@ async def test_a_slow_receiver_slows_the_sender() -> None:
     assert max(in_flight) <= window
 
 
+async def test_small_live_writes_wait_for_the_page_in_flight_and_go_out_together() -> None:
+    # Nagle's rule: a short page is not sent while another is unapplied, so
+    # writes made during a slow apply leave as one page, not one page each.
+    cluster = Cluster(2, limits=Limits(window=4))
+    sender, receiver = cluster.peer(0, []), cluster.peer(1, [0])
+    original = receiver.apply
+    in_flight: list[int] = []
+
+    async def slow_apply(changes: Any, hold_unknown: bool) -> Any:
+        in_flight.append(4 - sender.sessions[0].session.credit)
+        await asyncio.sleep(0.05)
+        return await original(changes, hold_unknown)
+
+    receiver.apply = slow_apply  # type: ignore[method-assign]
+    async with cluster:
+        await wait_for(lambda: bool(sender.sessions) and sender.sessions[0].eose_received.is_set())
+        for i in range(40):
+            await sender.execute("INSERT INTO notes VALUES (?, 'live', ?)", (i, i))
+        await wait_for(lambda: len(rows(cluster.stores[1])) == 40)
+    assert in_flight
+    assert max(in_flight) == 1
+    assert len(in_flight) <= 10  # 40 writes, a handful of pages
+
+
 # -- hostile input ------------------------------------------------------------------
 
 

@@ -468,3 +468,56 @@ def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
     path.write_bytes(os.urandom(8192))
     with pytest.raises(StoreError, match="not a usable database"):
         Store(path)
+
+
+def test_a_group_larger_than_one_insert_statement_applies_whole(stores: list[Store]) -> None:
+    # Rows are merged with multi-row INSERTs of at most 1,000 change rows
+    # each; one transaction of 6,000 change rows spans several of them.
+    a, b, _ = stores
+    a.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
+        "INSERT INTO items SELECT i, 'name ' || i, i * 2 FROM n"
+    )
+    batch = a.changes_since({}, 100_000)
+    assert len(batch) == 6000
+    result = b.apply(batch)
+    assert result.merged == 6000
+    assert contents(b) == contents(a)
+    assert b.cursor() == {a.site_id: a.db_version()}
+
+
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(ANY_VALUE, min_size=1, max_size=30))
+def test_pages_carry_every_value_type_exactly(values: list[Any]) -> None:
+    # A page is what crsql_changes holds, type and all, and applying it (one
+    # multi-row INSERT per group) makes a copy identical to the original.
+    a, b = Store(":memory:"), Store(":memory:")
+    try:
+        for store in (a, b):
+            store.execute("CREATE TABLE anything (id INTEGER PRIMARY KEY NOT NULL, v)")
+            store.make_crr("anything")
+        for row_id, value in enumerate(values):
+            a.execute("INSERT INTO anything VALUES (?, ?)", (row_id, value))
+        page = a.next_page({}, 1000)
+        raw = a.execute(
+            'SELECT "table", pk, cid, val, col_version, db_version, site_id, cl, seq '
+            "FROM crsql_changes ORDER BY db_version, seq"
+        )
+        assert isinstance(page, list)
+        assert [tuple(row) for row in page] == [tuple(row) for row in raw]
+        assert [type(row[3]) for row in page] == [type(row[3]) for row in raw]
+        b.apply(page)
+        query = "SELECT id, v, typeof(v) FROM anything ORDER BY id"
+        assert b.execute(query) == a.execute(query)
+    finally:
+        a.close()
+        b.close()
