@@ -17,6 +17,7 @@ __all__ = [
     "SENTINEL_CID",
     "SITE_ID_LENGTH",
     "Change",
+    "Group",
     "SqlValue",
     "by_group",
     "fits",
@@ -57,13 +58,17 @@ def by_group(rows: Sequence[Any], key: Callable[[Any], Any]) -> Iterator[tuple[A
         yield current, group
 
 
+Group = tuple[bytes, int, list[Change], list[Change]]
+"""One transaction of a batch: (origin, origin version, rows to merge, rows to hold)."""
+
+
 def plan_groups(
     changes: Sequence[Any],
     columns: Mapping[str, frozenset[str]],
     own_site: bytes,
     hold_unknown: bool,
     types_checked: bool = False,
-) -> list[tuple[bytes, int, list[Change], list[Change]]]:
+) -> list[Group]:
     """Validate every row and split the batch into (origin, version) groups.
 
     ``types_checked`` skips the per-field type and range checks, for rows that

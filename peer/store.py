@@ -56,6 +56,7 @@ from peer.changes import (
     SITE_ID_LENGTH,
     Change,
     Cursor,
+    Group,
     SqlValue,
     by_group,
     fits,
@@ -116,6 +117,37 @@ _VERSIONS_UPSERT = (
 )
 _CURSOR_INTO = "crpeer_cursor (origin, version)"
 _CURSOR_UPSERT = " ON CONFLICT (origin) DO UPDATE SET version = max(version, excluded.version)"
+_MERGE_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS crpeer_incoming (
+    "table", pk, cid, val, col_version, db_version, site_id, cl, seq,
+    origin_version INTEGER, ends_group INTEGER
+);
+CREATE TEMP TABLE IF NOT EXISTS crpeer_merge_state (impacted INTEGER NOT NULL);
+INSERT INTO crpeer_merge_state SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM crpeer_merge_state);
+CREATE TEMP TRIGGER IF NOT EXISTS crpeer_merge AFTER INSERT ON crpeer_incoming BEGIN
+    INSERT INTO crsql_changes ({_CHANGE_COLUMNS}) VALUES (
+        NEW."table", NEW.pk, NEW.cid, NEW.val, NEW.col_version, NEW.db_version,
+        NEW.site_id, NEW.cl, NEW.seq
+    );
+    INSERT INTO crpeer_versions (origin, local_version, origin_version, replay)
+        SELECT NEW.site_id, crsql_next_db_version(), NEW.origin_version, 0
+        FROM crpeer_merge_state
+        WHERE NEW.ends_group AND crsql_rows_impacted() > impacted
+        ON CONFLICT (origin, local_version) DO UPDATE SET
+        origin_version = max(origin_version, excluded.origin_version);
+    UPDATE crpeer_merge_state SET impacted = crsql_rows_impacted() WHERE NEW.ends_group;
+END;
+"""
+"""The sync connection's staging table: a multi-row INSERT into it merges
+every row into crsql_changes and, at the last row of each group that changed
+something, records the local version the group landed at — the whole page
+in one statement, so the store thread takes the GIL back once per page, not
+once per group (see :func:`_insert`)."""
+_STAGED_INTO = "temp.crpeer_incoming"
+_STAGED_GROUP_ROWS = 16
+"""Batches whose groups average more rows than this merge group by group:
+the staging table costs a few microseconds per row, two statements per
+group are nothing beside a large group (a bulk sync runs ~25% faster so)."""
 _MAX_STATEMENT_PARAMETERS = 9_000
 """Parameters bound to one multi-row INSERT (SQLite allows 32,766)."""
 _MERGE_OUTCOME = (
@@ -235,6 +267,7 @@ class Store:
             self._read_lock = threading.RLock()
             self._sync = self._open_connection()
             self._sync_lock = threading.RLock()
+        self._sync.executescript(_MERGE_STAGE)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -909,31 +942,16 @@ class Store:
                 known: Cursor = {}
                 if skip_known:
                     known = self._page_known if in_page else _persisted_cursor(self._sync)
-                versions: list[tuple[bytes, int, int, int]] = []
-                for origin, version, rows, held_rows in groups:
-                    if version <= known.get(origin, 0):
-                        continue
-                    if rows:
-                        _insert(self._sync, _CHANGES_INTO, rows)
-                        tables.update(row[0] for row in rows)
-                    now_impacted, local = self._sync.execute(
-                        _MERGE_OUTCOME, (bool(held_rows), impacted)
-                    ).fetchone()
-                    impacted = now_impacted
-                    if local is not None:
-                        versions.append((origin, local, version, 0))
-                    if held_rows:
-                        self._sync.executemany(
-                            _INSERT_HELD,
-                            [
-                                (origin, local, version, r[8], r[0], r[1], r[2], r[3], r[4], r[7])
-                                for r in held_rows
-                            ],
-                        )
+                fresh = [group for group in groups if group[1] > known.get(group[0], 0)]
+                for origin, version, rows, held_rows in fresh:
+                    tables.update(row[0] for row in rows)
                     result_cursor[origin] = max(version, result_cursor.get(origin, 0))
                     merged += len(rows)
                     held += len(held_rows)
-                _insert(self._sync, _VERSIONS_INTO, versions, _VERSIONS_UPSERT)
+                if held or merged > _STAGED_GROUP_ROWS * len(fresh):
+                    impacted = self._merge_group_by_group(fresh, impacted)
+                else:
+                    impacted = self._merge_staged(fresh, impacted, in_page)
                 _insert(self._sync, _CURSOR_INTO, list(result_cursor.items()), _CURSOR_UPSERT)
                 if in_page:
                     self._page_impacted = impacted
@@ -951,6 +969,45 @@ class Store:
                 raise
             skipped = len(changes) - merged - held
             return ApplyResult(merged, held, skipped, frozenset(tables), result_cursor)
+
+    def _merge_staged(self, groups: Sequence[Group], impacted: int, in_page: bool) -> int:
+        """Merge groups without held rows in one statement (see ``_MERGE_STAGE``);
+        return ``crsql_rows_impacted()`` after them when inside a page."""
+        staged = [
+            (*row, version, index == len(rows) - 1)
+            for _, version, rows, _ in groups
+            for index, row in enumerate(rows)
+        ]
+        self._sync.execute("UPDATE temp.crpeer_merge_state SET impacted = ?", (impacted,))
+        _insert(self._sync, _STAGED_INTO, staged)
+        self._sync.execute("DELETE FROM temp.crpeer_incoming")
+        if not in_page:
+            return impacted
+        (impacted,) = self._sync.execute("SELECT impacted FROM temp.crpeer_merge_state").fetchone()
+        return int(impacted)
+
+    def _merge_group_by_group(self, groups: Sequence[Group], impacted: int) -> int:
+        """Merge groups some of which hold rows back: each group's rows, then
+        the local version it landed at (reserved for a group only held)."""
+        versions: list[tuple[bytes, int, int, int]] = []
+        for origin, version, rows, held_rows in groups:
+            if rows:
+                _insert(self._sync, _CHANGES_INTO, rows)
+            impacted, local = self._sync.execute(
+                _MERGE_OUTCOME, (bool(held_rows), impacted)
+            ).fetchone()
+            if local is not None:
+                versions.append((origin, local, version, 0))
+            if held_rows:
+                self._sync.executemany(
+                    _INSERT_HELD,
+                    [
+                        (origin, local, version, r[8], r[0], r[1], r[2], r[3], r[4], r[7])
+                        for r in held_rows
+                    ],
+                )
+        _insert(self._sync, _VERSIONS_INTO, versions, _VERSIONS_UPSERT)
+        return int(impacted)
 
     @_translate_errors
     def apply_held(self) -> int:

@@ -521,3 +521,34 @@ def test_pages_carry_every_value_type_exactly(values: list[Any]) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_one_batch_of_several_origins_records_where_each_group_landed(
+    stores: list[Store],
+) -> None:
+    # The whole batch merges in one statement; each group that changed
+    # something still records (origin, local version) -> origin version.
+    # cr-sqlite lands a merge at max(pending local version, its incoming
+    # version), so after d's version 6, a's versions 1-3 land at 6 too: one
+    # entry for a, at its highest version, and relaying still serves each
+    # origin with its own versions.
+    a, b, c = stores
+    d = new_store()
+    try:
+        for i in range(3):
+            a.execute("INSERT INTO items VALUES (?, 'a', ?)", (i, i))
+        for i in range(6):
+            d.execute("INSERT INTO items VALUES (?, 'd', ?)", (10 + i, i))
+        batch = d.changes_since({}, 100)[-2:] + a.changes_since({}, 100)
+        b.apply(batch)
+        b.apply(a.changes_since({}, 100))  # changes nothing: records nothing
+        landed = b.execute("SELECT origin, local_version, origin_version FROM crpeer_versions")
+        assert {(bytes(origin), local, version) for origin, local, version in landed} == {
+            (d.site_id, 6, 6),
+            (a.site_id, 6, 3),
+        }
+        sync(b, c)
+        assert c.cursor() == {d.site_id: 6, a.site_id: 3}
+        assert contents(c) == contents(b)
+    finally:
+        d.close()
