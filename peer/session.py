@@ -439,21 +439,24 @@ class SessionDriver:
             await self.host.backlog_estimate(dict(self.session.remote_cursor), remote_site)
         )
         await self._flush()
-        last_page_full = True
+        last_page_short = False
         while True:
-            # A short page waits until the remote has applied the one before
-            # (Nagle's rule): under a stream of small writes, what arrives
-            # meanwhile goes out as one page instead of many.
-            await self._wait_credit(1 if last_page_full else self._all_credit())
+            # After a short page, wait until the remote has applied every
+            # frame sent (Nagle's rule): under a stream of small writes, what
+            # arrives meanwhile goes out as one page instead of many. "Short"
+            # is under half a frame: a page cut short only because its next
+            # transaction did not fit (a catch-up of large transactions)
+            # still pipelines.
+            await self._wait_credit(self._all_credit() if last_page_short else 1)
             self._wake.clear()
             page = await self.host.next_page(
                 dict(self.session.remote_cursor), rows_per_frame, remote_site
             )
             if isinstance(page, LargeGroup):
                 await self._send_large_group(page, rows_per_frame)
-                last_page_full = True
+                last_page_short = False
                 continue
-            last_page_full = len(page) >= rows_per_frame
+            last_page_short = 2 * len(page) < rows_per_frame
             if not page:
                 if not self.session.eose_sent:
                     self.session.send_eose()

@@ -349,6 +349,35 @@ async def test_small_live_writes_wait_for_the_page_in_flight_and_go_out_together
     assert len(in_flight) <= 10  # 40 writes, a handful of pages
 
 
+async def test_a_catch_up_of_transactions_that_leave_frames_part_full_still_pipelines() -> None:
+    # 30-change-row transactions in 50-row frames: each frame is cut at 30
+    # rows (the next transaction does not fit). That is not a short page:
+    # the sender keeps several frames in flight instead of waiting for each.
+    cluster = Cluster(2, limits=Limits(max_batch_rows=50, window=4))
+    for tx in range(20):
+        cluster.stores[0].execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 14) "
+            "INSERT INTO notes SELECT ? * 15 + i, 'bulk', i FROM n",
+            (tx,),
+        )
+    sender, receiver = cluster.peer(0, []), cluster.peer(1, [0])
+    original = receiver.apply
+    in_flight: list[int] = []
+    sizes: list[int] = []
+
+    async def slow_apply(changes: Any, hold_unknown: bool) -> Any:
+        in_flight.append(4 - sender.sessions[0].session.credit)
+        sizes.append(len(changes))
+        await asyncio.sleep(0.02)
+        return await original(changes, hold_unknown)
+
+    receiver.apply = slow_apply  # type: ignore[method-assign]
+    async with cluster:
+        await wait_for(cluster.converged, within=30)
+    assert set(sizes) == {30}
+    assert max(in_flight) > 1
+
+
 # -- hostile input ------------------------------------------------------------------
 
 
