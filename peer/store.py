@@ -125,16 +125,14 @@ CREATE TEMP TABLE IF NOT EXISTS crpeer_incoming (
 CREATE TEMP TABLE IF NOT EXISTS crpeer_merge_state (impacted INTEGER NOT NULL);
 INSERT INTO crpeer_merge_state SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM crpeer_merge_state);
 CREATE TEMP TRIGGER IF NOT EXISTS crpeer_merge AFTER INSERT ON crpeer_incoming BEGIN
-    INSERT INTO crsql_changes ({_CHANGE_COLUMNS}) VALUES (
+    INSERT INTO {_CHANGES_INTO} VALUES (
         NEW."table", NEW.pk, NEW.cid, NEW.val, NEW.col_version, NEW.db_version,
         NEW.site_id, NEW.cl, NEW.seq
     );
-    INSERT INTO crpeer_versions (origin, local_version, origin_version, replay)
+    INSERT INTO {_VERSIONS_INTO}
         SELECT NEW.site_id, crsql_next_db_version(), NEW.origin_version, 0
         FROM crpeer_merge_state
-        WHERE NEW.ends_group AND crsql_rows_impacted() > impacted
-        ON CONFLICT (origin, local_version) DO UPDATE SET
-        origin_version = max(origin_version, excluded.origin_version);
+        WHERE NEW.ends_group AND crsql_rows_impacted() > impacted{_VERSIONS_UPSERT};
     UPDATE crpeer_merge_state SET impacted = crsql_rows_impacted() WHERE NEW.ends_group;
 END;
 """
@@ -382,12 +380,6 @@ class Store:
         """The database's current cr-sqlite db_version (local clock)."""
         with self._lock:
             return int(self._conn.execute("SELECT crsql_db_version()").fetchone()[0])
-
-    @_translate_errors
-    def data_version(self) -> int:
-        """``PRAGMA data_version``: changes when another connection commits."""
-        with self._lock:
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     @_translate_errors
     def change_marker(self) -> tuple[int, int]:
