@@ -7,6 +7,14 @@
     wrapped, and prints, beside the role's own JSON line, how often each ran,
     the rows it read, merged and skipped, and its thread CPU seconds.
 
+``probe.py mesh-timeline [--writes N]``
+    The same role, printing every 2 s what that window held: calls of
+    ``next_page``, ``apply``, ``execute`` and ``change_marker`` with their
+    wall and thread-CPU milliseconds per call, rows read, merged and
+    skipped; how long calls waited for a store or read thread to start
+    them; the event loop's lag (how late a 10 ms sleep wakes); and the round
+    trip of ``Peer.execute`` (p50 and p90 each).
+
 ``probe.py next-page [--writes N]``
     Builds a hub that merged N interleaved writes from 20 origins, then times
     ``Store.next_page`` for a remote 0, 1, 3 and 20 versions behind on every
@@ -22,12 +30,21 @@
     thread it waits out the switch interval, so this shows how many times
     a store call does that.
 
+``probe.py bind-cost``
+    Times one 512-row, 11-column ``INSERT ... VALUES`` into a TEMP table
+    with every parameter of one type (int, float, str, bytes, None), then
+    again after registering identity adapters for bytes and None. pysqlite3
+    looks for an adapter for every parameter that is not an int, float or
+    str (or bytearray); for bytes and None that lookup fails, and failing
+    costs microseconds per parameter, with the GIL held.
+
 Measurement tools only: they reach into the store's internals on purpose.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import os
@@ -38,9 +55,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pysqlite3.dbapi2 as sqlite3
+
+from peer.peer import Peer
 from peer.store import Store
 
 _HERE = Path(__file__).resolve().parent
@@ -83,6 +104,13 @@ def mesh_counts(writes: int) -> None:
     }
     for name, tally in patches.items():
         setattr(Store, name, counted(name, getattr(Store, name), tally))
+    _run_mesh_role(writes)
+    spent = {name: round(seconds, 1) for name, seconds in cpu.items()}
+    print(json.dumps({"calls": dict(counts), "thread_cpu_s": spent}))
+
+
+def _run_mesh_role(writes: int) -> None:
+    """The ``mesh`` role of scripts/bench_node.py, in this process (seed 1)."""
     with tempfile.TemporaryDirectory() as folder:
         sys.argv = [
             "bench_node.py",
@@ -95,8 +123,113 @@ def mesh_counts(writes: int) -> None:
         except SystemExit as exit_:
             if exit_.code not in (0, None):
                 raise
-    spent = {name: round(seconds, 1) for name, seconds in cpu.items()}
-    print(json.dumps({"calls": dict(counts), "thread_cpu_s": spent}))
+
+
+def mesh_timeline(writes: int) -> None:
+    """Every 2 s of the mesh role: what the store calls did in that window,
+    how long calls waited for a store or read thread to start them, the
+    event loop's lag and the round trip of ``Peer.execute``."""
+    lock = threading.Lock()
+    calls: collections.Counter[str] = collections.Counter()
+    wall: collections.defaultdict[str, float] = collections.defaultdict(float)
+    cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
+    waits: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+
+    def timed(name: str, method: Callable[..., Any], rows: Callable[[Any], dict[str, int]]) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started, thread_started = time.perf_counter(), time.thread_time()
+            result = method(*args, **kwargs)
+            with lock:
+                calls[name] += 1
+                wall[name] += time.perf_counter() - started
+                cpu[name] += time.thread_time() - thread_started
+                calls.update(rows(result))
+            return result
+
+        return wrapper
+
+    patches: dict[str, Callable[[Any], dict[str, int]]] = {
+        "next_page": lambda page: {"rows read": len(page) if isinstance(page, list) else 0},
+        "apply": lambda result: {"rows merged": result.merged, "rows skipped": result.skipped},
+        "execute": lambda _: {},
+        "change_marker": lambda _: {},
+    }
+    for name, rows in patches.items():
+        setattr(Store, name, timed(name, getattr(Store, name), rows))
+    submit = ThreadPoolExecutor.submit
+
+    def submit_timed(pool: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        handed = time.perf_counter()
+        thread = (pool._thread_name_prefix or "").removeprefix("crpeer-")
+
+        def started(*inner: Any, **named: Any) -> Any:
+            if thread in ("store", "read"):
+                waits[f"{thread} thread start"].append(time.perf_counter() - handed)
+            return fn(*inner, **named)
+
+        return submit(pool, started, *args, **kwargs)
+
+    execute = Peer.execute
+
+    async def execute_timed(peer: Peer, sql: str, params: Any = ()) -> Any:
+        started = time.perf_counter()
+        try:
+            return await execute(peer, sql, params)
+        finally:
+            waits["Peer.execute"].append(time.perf_counter() - started)
+
+    start = Peer.start
+
+    lag_probes: list[asyncio.Task[None]] = []
+
+    async def start_with_lag_probe(peer: Peer) -> None:
+        if not lag_probes:
+            lag_probes.append(asyncio.get_running_loop().create_task(_loop_lag(waits["loop lag"])))
+        await start(peer)
+
+    wrapped: list[tuple[type, str, Any]] = [
+        (ThreadPoolExecutor, "submit", submit_timed),
+        (Peer, "execute", execute_timed),
+        (Peer, "start", start_with_lag_probe),
+    ]
+    for owner, name, replacement in wrapped:
+        setattr(owner, name, replacement)
+
+    def report() -> None:
+        began = time.perf_counter()
+        while True:
+            time.sleep(2)
+            with lock:
+                window = (calls.copy(), wall.copy(), cpu.copy())
+                for tally in (calls, wall, cpu):
+                    tally.clear()
+                spread = {name: sorted(values) for name, values in waits.items() if values}
+                for values in waits.values():
+                    del values[:]
+            counts, walls, cpus = window
+            parts = [f"{name} {counts[name]}" for name in counts if name.startswith("rows")]
+            for name in ("execute", "next_page", "apply", "change_marker"):
+                if counts[name]:
+                    per = 1000 / counts[name]
+                    parts.append(
+                        f"{name} {counts[name]} x {walls[name] * per:.1f} ms "
+                        f"(cpu {cpus[name] * per:.1f})"
+                    )
+            for name, values in spread.items():
+                p50, p90 = values[len(values) // 2], values[int(len(values) * 0.9)]
+                parts.append(f"{name} p50 {p50 * 1000:.1f} p90 {p90 * 1000:.1f} ms")
+            print(f"t={time.perf_counter() - began:5.1f} s  " + "; ".join(parts), flush=True)
+
+    threading.Thread(target=report, daemon=True).start()
+    _run_mesh_role(writes)
+
+
+async def _loop_lag(lags: list[float]) -> None:
+    """How late a 10 ms sleep wakes, for as long as the loop runs."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lags.append(time.perf_counter() - started - 0.01)
 
 
 def _store(folder: str, name: str) -> Store:
@@ -175,6 +308,37 @@ def beside_busy_thread(writes: int) -> None:
         hub.close()
 
 
+def bind_cost() -> None:
+    rows, width = 512, 11
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute(f"CREATE TEMP TABLE wide ({', '.join(f'c{i}' for i in range(width))})")
+    one = "(" + ", ".join("?" * width) + ")"
+    insert = "INSERT INTO wide VALUES " + ", ".join([one] * rows)
+    samples: list[tuple[str, Any]] = [
+        ("int", 7),
+        ("float", 1.5),
+        ("str", "ab"),
+        ("bytes", b"ab"),
+        ("None", None),
+    ]
+
+    def timed(value: Any) -> float:
+        params = [value] * (rows * width)
+        conn.execute(insert, params)  # compiled and cached
+        started = time.perf_counter()
+        for _ in range(10):
+            conn.execute(insert, params)
+        return (time.perf_counter() - started) / 10 / (rows * width) * 1e6
+
+    for label, value in samples:
+        print(f"{label:6s} {timed(value):6.2f} us per parameter")
+    for kind in (bytes, type(None)):
+        sqlite3.register_adapter(kind, lambda value: value)
+    for label, value in samples[3:]:
+        print(f"{label:6s} {timed(value):6.2f} us per parameter, identity adapter registered")
+    conn.close()
+
+
 def _spin(running: threading.Event) -> None:
     count = 0
     while running.is_set():
@@ -183,15 +347,22 @@ def _spin(running: threading.Event) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["mesh-counts", "next-page", "beside-busy-thread"])
+    parser.add_argument(
+        "probe",
+        choices=["mesh-counts", "mesh-timeline", "next-page", "beside-busy-thread", "bind-cost"],
+    )
     parser.add_argument(
         "--writes", type=int, help="default: 3,000 (mesh-counts), 2,000 (beside-busy), 20,000"
     )
     args = parser.parse_args()
     if args.probe == "mesh-counts":
         mesh_counts(args.writes or 3_000)
+    elif args.probe == "mesh-timeline":
+        mesh_timeline(args.writes or 10_000)
     elif args.probe == "beside-busy-thread":
         beside_busy_thread(args.writes or 2_000)
+    elif args.probe == "bind-cost":
+        bind_cost()
     else:
         next_page(args.writes or 20_000)
 
