@@ -72,41 +72,52 @@ _UPSERT = (
 )
 
 
-def mesh_counts(writes: int) -> None:
-    counts: collections.Counter[str] = collections.Counter()
-    cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
-    lock = threading.Lock()
+Tally = Callable[[Any], dict[str, int]]
+"""What one call's result adds to the counts (rows read, merged, ...)."""
 
-    Tally = Callable[[Any], dict[str, int]]
 
-    def counted(name: str, method: Callable[..., Any], tally: Tally) -> Any:
+class _StoreCalls:
+    """Calls of some :class:`Store` methods, from any thread: how many, their
+    wall and thread-CPU seconds, and what each result adds to the counts."""
+
+    def __init__(self, tallies: dict[str, Tally]) -> None:
+        self.lock = threading.Lock()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.wall: collections.defaultdict[str, float] = collections.defaultdict(float)
+        self.cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
+        for name, tally in tallies.items():
+            setattr(Store, name, self._counted(name, getattr(Store, name), tally))
+
+    def _counted(self, name: str, method: Callable[..., Any], tally: Tally) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.thread_time()
+            started, thread_started = time.perf_counter(), time.thread_time()
             result = method(*args, **kwargs)
-            spent = time.thread_time() - started
-            with lock:
-                counts[name] += 1
-                cpu[name] += spent
-                counts.update(tally(result))
+            with self.lock:
+                self.counts[name] += 1
+                self.wall[name] += time.perf_counter() - started
+                self.cpu[name] += time.thread_time() - thread_started
+                self.counts.update(tally(result))
             return result
 
         return wrapper
 
+
+def mesh_counts(writes: int) -> None:
     def page_tally(page: Any) -> dict[str, int]:
         rows = len(page) if isinstance(page, list) else 0
         return {"next_page_rows": rows, "next_page_empty": int(isinstance(page, list) and not rows)}
 
-    patches = {
-        "next_page": page_tally,
-        "apply": lambda result: {"merged": result.merged, "skipped": result.skipped},
-        "execute": lambda _: {},
-        "local_high_water": lambda _: {},
-    }
-    for name, tally in patches.items():
-        setattr(Store, name, counted(name, getattr(Store, name), tally))
+    calls = _StoreCalls(
+        {
+            "next_page": page_tally,
+            "apply": lambda result: {"merged": result.merged, "skipped": result.skipped},
+            "execute": lambda _: {},
+            "local_high_water": lambda _: {},
+        }
+    )
     _run_mesh_role(writes)
-    spent = {name: round(seconds, 1) for name, seconds in cpu.items()}
-    print(json.dumps({"calls": dict(counts), "thread_cpu_s": spent}))
+    spent = {name: round(seconds, 1) for name, seconds in calls.cpu.items()}
+    print(json.dumps({"calls": dict(calls.counts), "thread_cpu_s": spent}))
 
 
 def _run_mesh_role(writes: int) -> None:
@@ -129,33 +140,15 @@ def mesh_timeline(writes: int) -> None:
     """Every 2 s of the mesh role: what the store calls did in that window,
     how long calls waited for a store or read thread to start them, the
     event loop's lag and the round trip of ``Peer.execute``."""
-    lock = threading.Lock()
-    calls: collections.Counter[str] = collections.Counter()
-    wall: collections.defaultdict[str, float] = collections.defaultdict(float)
-    cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
+    calls = _StoreCalls(
+        {
+            "next_page": lambda page: {"rows read": len(page) if isinstance(page, list) else 0},
+            "apply": lambda result: {"rows merged": result.merged, "rows skipped": result.skipped},
+            "execute": lambda _: {},
+            "change_marker": lambda _: {},
+        }
+    )
     waits: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
-
-    def timed(name: str, method: Callable[..., Any], rows: Callable[[Any], dict[str, int]]) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started, thread_started = time.perf_counter(), time.thread_time()
-            result = method(*args, **kwargs)
-            with lock:
-                calls[name] += 1
-                wall[name] += time.perf_counter() - started
-                cpu[name] += time.thread_time() - thread_started
-                calls.update(rows(result))
-            return result
-
-        return wrapper
-
-    patches: dict[str, Callable[[Any], dict[str, int]]] = {
-        "next_page": lambda page: {"rows read": len(page) if isinstance(page, list) else 0},
-        "apply": lambda result: {"rows merged": result.merged, "rows skipped": result.skipped},
-        "execute": lambda _: {},
-        "change_marker": lambda _: {},
-    }
-    for name, rows in patches.items():
-        setattr(Store, name, timed(name, getattr(Store, name), rows))
     submit = ThreadPoolExecutor.submit
 
     def submit_timed(pool: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -199,9 +192,9 @@ def mesh_timeline(writes: int) -> None:
         began = time.perf_counter()
         while True:
             time.sleep(2)
-            with lock:
-                window = (calls.copy(), wall.copy(), cpu.copy())
-                for tally in (calls, wall, cpu):
+            with calls.lock:
+                window = (calls.counts.copy(), calls.wall.copy(), calls.cpu.copy())
+                for tally in (calls.counts, calls.wall, calls.cpu):
                     tally.clear()
                 spread = {name: sorted(values) for name, values in waits.items() if values}
                 for values in waits.values():
@@ -352,7 +345,9 @@ def main() -> None:
         choices=["mesh-counts", "mesh-timeline", "next-page", "beside-busy-thread", "bind-cost"],
     )
     parser.add_argument(
-        "--writes", type=int, help="default: 3,000 (mesh-counts), 2,000 (beside-busy), 20,000"
+        "--writes",
+        type=int,
+        help="default: 3,000 (mesh-counts), 10,000 (mesh-timeline), 2,000 (beside-busy), 20,000",
     )
     args = parser.parse_args()
     if args.probe == "mesh-counts":
