@@ -456,6 +456,8 @@ class SessionDriver:
                 await self._send_large_group(page, rows_per_frame)
                 last_page_short = False
                 continue
+            if page and not (page := self._still_lacking(page)):
+                continue  # the remote announced all of it during the read: read on
             last_page_short = 2 * len(page) < rows_per_frame
             if not page:
                 if not self.session.eose_sent:
@@ -468,6 +470,13 @@ class SessionDriver:
                     await self._flush()
                 continue
             await self._send_frame(page, final=True)
+
+    def _still_lacking(self, page: list[Change]) -> list[Change]:
+        """The rows of ``page`` the remote still lacks: while a read waits for
+        the read thread, the remote may announce (HAVE) that it got some of
+        them from another peer. Groups stay whole (one origin version each)."""
+        known = self.session.remote_cursor
+        return [change for change in page if change[5] > known.get(change[6], 0)]
 
     async def _send_frame(self, changes: list[Change], *, final: bool) -> None:
         await self._wait_credit()

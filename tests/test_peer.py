@@ -125,6 +125,34 @@ async def test_nothing_is_echoed_to_where_it_came_from() -> None:
         assert a.sessions[0].stats.rows_sent == 40
 
 
+async def test_a_relay_drops_what_the_remote_announced_while_the_read_waited() -> None:
+    # Triangle: w writes; r and z both hear it from w directly. r's reads
+    # are slow (a busy read thread): by the time r's read for z returns w's
+    # rows, z has merged them and announced so (HAVE). r sends none of them.
+    cluster = Cluster(3)
+    w, r, z = cluster.peer(0, []), cluster.peer(1, [0]), cluster.peer(2, [0, 1])
+    reads: list[int] = []
+    original = r.next_page
+
+    async def slow_next_page(cursor: Any, limit: int, exclude: bytes) -> Any:
+        await asyncio.sleep(0.3)
+        page = await original(cursor, limit, exclude)
+        reads.append(len(page) if isinstance(page, list) else -1)
+        return page
+
+    r.next_page = slow_next_page  # type: ignore[method-assign]
+    async with cluster:
+        await wait_for(lambda: all(len(p.sessions) == 2 for p in (w, r, z)))
+        await wait_for(lambda: all(s.eose_received.is_set() for s in r.sessions))
+        for i in range(20):
+            await w.execute("INSERT INTO notes VALUES (?, 'from w', ?)", (i, i))
+        await wait_for(cluster.converged)
+        await asyncio.sleep(1.0)  # r's reads woken by the writes have returned
+        to_z = next(s for s in r.sessions if s.remote is not None and s.remote.name == "p2")
+        assert any(count > 0 for count in reads)  # r did read w's rows for z ...
+        assert to_z.stats.rows_sent == 0  # ... and sent z none of them
+
+
 async def test_writes_from_another_connection_reach_peers_without_a_call(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     new_store(path).close()
