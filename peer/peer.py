@@ -128,7 +128,13 @@ class Peer:
         self._read_executor: ThreadPoolExecutor | None = None
         self._apply_lock = asyncio.Lock()
         """Held while changes are merged, so a page spanning frames is never
-        interleaved with another session's apply or an app write."""
+        interleaved with another session's apply."""
+        self._no_open_page = asyncio.Event()
+        """Clear while a page spanning frames holds its transaction open: app
+        writes wait for it (their connection would wait on its write lock, on
+        the very thread that must finish the page). A page in one frame is its
+        own transaction within one store call, so writes do not wait for it."""
+        self._no_open_page.set()
         self._drivers: set[SessionDriver] = set()
         self._by_site: dict[bytes, SessionDriver] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -227,8 +233,12 @@ class Peer:
         def run() -> tuple[list[tuple[Any, ...]], int]:
             return store.execute(sql, params), store.db_version()
 
-        async with self._apply_lock:
-            rows, db_version = await self._in_store_thread(run)
+        # Wait while a page spanning frames is open (checked again on waking:
+        # another may open first). The call below is queued on the store thread
+        # before this task yields, so no page can open ahead of it.
+        while not self._no_open_page.is_set():
+            await self._no_open_page.wait()
+        rows, db_version = await self._in_store_thread(run)
         # The sessions are woken here for this write and all before it; the
         # watcher need not wake them again.
         self._woken_through = max(self._woken_through, db_version)
@@ -317,9 +327,11 @@ class Peer:
 
     async def begin_page(self) -> None:
         await self._apply_lock.acquire()
+        self._no_open_page.clear()
         try:
             await self._in_store_thread(self.store.begin_page)
         except BaseException:
+            self._no_open_page.set()
             self._apply_lock.release()
             raise
 
@@ -338,6 +350,7 @@ class Peer:
         try:
             await self._in_store_thread(lambda: store.end_page(commit=commit))
         finally:
+            self._no_open_page.set()
             self._apply_lock.release()
 
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int:

@@ -282,6 +282,49 @@ async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_pat
     target.close()
 
 
+async def test_an_app_write_during_an_open_page_waits_for_its_commit(tmp_path: Path) -> None:
+    network = MemoryNetwork()
+    source, target = new_store(tmp_path / "source.db"), new_store(tmp_path / "target.db")
+    source.executescript(
+        "BEGIN;"
+        + "".join(f"INSERT INTO notes VALUES ({i}, 'bulk', {i});" for i in range(600))
+        + "COMMIT;"
+    )
+    limits = Limits(max_batch_rows=100, window=2)
+    sender = Peer(source, [MemoryTransport(network, "s")], limits=limits, insecure=True)
+    receiver = Peer(
+        target,
+        [MemoryTransport(network, "r")],
+        connect=["memory://s"],
+        limits=limits,
+        backoff=FAST,
+        insecure=True,
+    )
+    order: list[str] = []
+    apply_in_page, end_page = receiver.apply_in_page, receiver.end_page
+
+    async def slow_apply_in_page(changes: Any, hold_unknown: bool) -> Any:
+        order.append("frame")
+        await asyncio.sleep(0.05)
+        return await apply_in_page(changes, hold_unknown)
+
+    async def recorded_end_page(commit: bool) -> None:
+        await end_page(commit)
+        order.append("page committed")
+
+    receiver.apply_in_page = slow_apply_in_page  # type: ignore[method-assign]
+    receiver.end_page = recorded_end_page  # type: ignore[method-assign]
+    async with sender, receiver:
+        await wait_for(lambda: "frame" in order)
+        await receiver.execute("INSERT INTO notes VALUES (5000, 'app write', 0)")
+        order.append("app write")
+        await wait_for(lambda: len(rows(target)) == 601)
+    assert order.index("app write") > order.index("page committed")
+    assert target.cursor() == {source.site_id: 1}
+    source.close()
+    target.close()
+
+
 async def test_catch_up_reports_progress_until_eose() -> None:
     cluster = Cluster(2, limits=Limits(max_batch_rows=200))
     cluster.stores[0].executescript(
