@@ -15,6 +15,13 @@
     them; the event loop's lag (how late a 10 ms sleep wakes); and the round
     trip of ``Peer.execute`` (p50 and p90 each).
 
+``probe.py mesh-copies [--writes N]``
+    The same role, sorting every change row a peer receives by what the
+    receiver knew when the frame arrived: already announced to that sender
+    (HAVE, or sent or received over that session), already merged here but
+    not announced, received over another session and not merged yet, or new.
+    Only the last kind is work that had to be done.
+
 ``probe.py next-page [--writes N]``
     Builds a hub that merged N interleaved writes from 20 origins, then times
     ``Store.next_page`` for a remote 0, 1, 3 and 20 versions behind on every
@@ -61,6 +68,7 @@ from typing import Any
 
 import pysqlite3.dbapi2 as sqlite3
 
+from peer import protocol
 from peer.peer import Peer
 from peer.store import Store
 
@@ -134,6 +142,45 @@ def _run_mesh_role(writes: int) -> None:
         except SystemExit as exit_:
             if exit_.code not in (0, None):
                 raise
+
+
+def mesh_copies(writes: int) -> None:
+    """Each change row received in the mesh role, by what its receiver knew."""
+    kinds: collections.Counter[str] = collections.Counter()
+    merged: collections.defaultdict[bytes, dict[bytes, int]] = collections.defaultdict(dict)
+    received: collections.defaultdict[bytes, dict[bytes, int]] = collections.defaultdict(dict)
+    on_changes, applied = protocol.SyncSession._on_changes, Peer.applied
+
+    def sorted_on_changes(session: protocol.SyncSession, message: Any) -> Any:
+        here, frame_high = session.local.site_id, dict[bytes, int]()
+        for change in message.changes:
+            origin, version = change[6], change[5]
+            if version <= session.announced.get(origin, 0):
+                kinds["announced to its sender"] += 1
+            elif version <= merged[here].get(origin, 0):
+                kinds["merged here, not announced"] += 1
+            elif version <= received[here].get(origin, 0):
+                kinds["on its way over another session"] += 1
+            else:
+                kinds["new"] += 1
+            frame_high[origin] = max(version, frame_high.get(origin, 0))
+        for origin, version in frame_high.items():
+            received[here][origin] = max(version, received[here].get(origin, 0))
+        return on_changes(session, message)
+
+    def recorded_applied(peer: Peer, source: Any, result: Any) -> None:
+        known = merged[peer.site_id]
+        for origin, version in result.cursor.items():
+            known[origin] = max(version, known.get(origin, 0))
+        applied(peer, source, result)
+
+    for owner, name, wrapper in (
+        (protocol.SyncSession, "_on_changes", sorted_on_changes),
+        (Peer, "applied", recorded_applied),
+    ):
+        setattr(owner, name, wrapper)
+    _run_mesh_role(writes)
+    print(json.dumps({"rows received": dict(kinds)}))
 
 
 def mesh_timeline(writes: int) -> None:
@@ -342,18 +389,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "probe",
-        choices=["mesh-counts", "mesh-timeline", "next-page", "beside-busy-thread", "bind-cost"],
+        choices=[
+            "mesh-counts",
+            "mesh-timeline",
+            "mesh-copies",
+            "next-page",
+            "beside-busy-thread",
+            "bind-cost",
+        ],
     )
     parser.add_argument(
         "--writes",
         type=int,
-        help="default: 3,000 (mesh-counts), 10,000 (mesh-timeline), 2,000 (beside-busy), 20,000",
+        help="default: 3,000 (mesh-counts), 10,000 (mesh-timeline, mesh-copies), "
+        "2,000 (beside-busy), 20,000",
     )
     args = parser.parse_args()
     if args.probe == "mesh-counts":
         mesh_counts(args.writes or 3_000)
     elif args.probe == "mesh-timeline":
         mesh_timeline(args.writes or 10_000)
+    elif args.probe == "mesh-copies":
+        mesh_copies(args.writes or 10_000)
     elif args.probe == "beside-busy-thread":
         beside_busy_thread(args.writes or 2_000)
     elif args.probe == "bind-cost":
