@@ -243,12 +243,16 @@ async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() ->
     assert samples[-1] == (2300, 301)
 
 
-async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_path: Path) -> None:
+def one_transaction_pair(
+    tmp_path: Path, count: int
+) -> tuple[MemoryNetwork, Store, Store, Peer, Peer]:
+    """A file store holding ``count`` rows written in one transaction, a fresh
+    one dialing it, and their peers: frames of 100 rows, a window of 2."""
     network = MemoryNetwork()
     source, target = new_store(tmp_path / "source.db"), new_store(tmp_path / "target.db")
     source.executescript(
         "BEGIN;"
-        + "".join(f"INSERT INTO notes VALUES ({i}, 'bulk', {i});" for i in range(3000))
+        + "".join(f"INSERT INTO notes VALUES ({i}, 'bulk', {i});" for i in range(count))
         + "COMMIT;"
     )
     limits = Limits(max_batch_rows=100, window=2)
@@ -261,6 +265,11 @@ async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_pat
         backoff=FAST,
         insecure=True,
     )
+    return network, source, target, sender, receiver
+
+
+async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_path: Path) -> None:
+    network, source, target, sender, receiver = one_transaction_pair(tmp_path, 3000)
     seen: list[int] = []
     async with sender, receiver:
         cut = False
@@ -283,23 +292,7 @@ async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_pat
 
 
 async def test_an_app_write_during_an_open_page_waits_for_its_commit(tmp_path: Path) -> None:
-    network = MemoryNetwork()
-    source, target = new_store(tmp_path / "source.db"), new_store(tmp_path / "target.db")
-    source.executescript(
-        "BEGIN;"
-        + "".join(f"INSERT INTO notes VALUES ({i}, 'bulk', {i});" for i in range(600))
-        + "COMMIT;"
-    )
-    limits = Limits(max_batch_rows=100, window=2)
-    sender = Peer(source, [MemoryTransport(network, "s")], limits=limits, insecure=True)
-    receiver = Peer(
-        target,
-        [MemoryTransport(network, "r")],
-        connect=["memory://s"],
-        limits=limits,
-        backoff=FAST,
-        insecure=True,
-    )
+    _, source, target, sender, receiver = one_transaction_pair(tmp_path, 600)
     order: list[str] = []
     apply_in_page, end_page = receiver.apply_in_page, receiver.end_page
 
