@@ -135,6 +135,27 @@ async def register_raw(
     return info
 
 
+def hold_name_quietly(
+    aiozc: AsyncZeroconf, service_type: str, name: str, port: int, txt: dict[str, str]
+) -> None:
+    """Answer for `name` without announcing it first.
+
+    A responder answers a probe by unicast to port 5353 when it multicast the
+    record lately (RFC 6762 5.4). On one host every responder shares that
+    port, so the kernel may hand the answer to any of them; a record that was
+    never announced is defended by multicast, which every responder hears.
+    """
+    info = AsyncServiceInfo(
+        service_type,
+        f"{name}.{service_type}",
+        port=port,
+        properties=txt,
+        parsed_addresses=LOOPBACK,
+        server=f"{name}-host.local.",
+    )
+    aiozc.zeroconf.registry.async_add(info)
+
+
 async def test_two_peers_find_each_other_and_notice_goodbye(
     loopback_multicast: None, service_type: str
 ) -> None:
@@ -233,7 +254,7 @@ async def test_port_change_reports_the_peer_again(raw_zc: AsyncZeroconf, service
 async def test_name_clash_renames_and_stays_findable(
     raw_zc: AsyncZeroconf, service_type: str
 ) -> None:
-    await register_raw(raw_zc, service_type, "alpha", 4401, {"id": "impostor", "pv": "1"})
+    hold_name_quietly(raw_zc, service_type, "alpha", 4401, {"id": "impostor", "pv": "1"})
     seen_a, seen_b = Seen(), Seen()
     a = MdnsDiscovery("alpha", 4402, service_type=service_type, interfaces=LOOPBACK)
     b = MdnsDiscovery("bravo", 4403, service_type=service_type, interfaces=LOOPBACK)
