@@ -148,6 +148,14 @@ the staging table costs a few microseconds per row, two statements per
 group are nothing beside a large group (a bulk sync runs ~25% faster so)."""
 _MAX_STATEMENT_PARAMETERS = 9_000
 """Parameters bound to one multi-row INSERT (SQLite allows 32,766)."""
+_MERGE_ROWS_PER_STATEMENT = 32
+"""Rows per multi-row INSERT straight into crsql_changes. Each row's merge
+runs cr-sqlite's own statements inside the INSERT, and each of them, on
+finishing, truncates the INSERT's in-memory statement journal back to where
+it began, walking that journal from its start: the cost per row grows with
+the rows before it in the same statement: 1,000 rows per statement merge
+~8% slower than 32 (``scripts/probe.py merge-statement-size``), while one
+row per statement pays a statement and a GIL hand-over per row."""
 _MERGE_OUTCOME = (
     "SELECT crsql_rows_impacted(), CASE WHEN ? OR crsql_rows_impacted() > ? "
     "THEN crsql_next_db_version() END"
@@ -984,7 +992,9 @@ class Store:
         versions: list[tuple[bytes, int, int, int]] = []
         for origin, version, rows, held_rows in groups:
             if rows:
-                _insert(self._sync, _CHANGES_INTO, rows)
+                _insert(
+                    self._sync, _CHANGES_INTO, rows, rows_per_statement=_MERGE_ROWS_PER_STATEMENT
+                )
             impacted, local = self._sync.execute(
                 _MERGE_OUTCOME, (bool(held_rows), impacted)
             ).fetchone()
@@ -1020,7 +1030,12 @@ class Store:
             try:
                 self._sync.execute("BEGIN IMMEDIATE")
                 for (origin, version), group in by_group(ready, lambda r: (bytes(r[7]), r[6])):
-                    _insert(self._sync, _CHANGES_INTO, [tuple(r[1:]) for r in group])
+                    _insert(
+                        self._sync,
+                        _CHANGES_INTO,
+                        [tuple(r[1:]) for r in group],
+                        rows_per_statement=_MERGE_ROWS_PER_STATEMENT,
+                    )
                     (local,) = self._sync.execute("SELECT crsql_next_db_version()").fetchone()
                     replayed = [(origin, local, version, 1)]
                     _insert(self._sync, _VERSIONS_INTO, replayed, _VERSIONS_UPSERT)
@@ -1036,8 +1051,16 @@ class Store:
             return len(ready)
 
 
-def _insert(conn: Any, into: str, rows: Sequence[Sequence[Any]], upsert: str = "") -> None:
-    """``INSERT INTO {into} VALUES`` every row, with as few statements as fit.
+def _insert(
+    conn: Any,
+    into: str,
+    rows: Sequence[Sequence[Any]],
+    upsert: str = "",
+    *,
+    rows_per_statement: int = _MAX_STATEMENT_PARAMETERS,
+) -> None:
+    """``INSERT INTO {into} VALUES`` every row, with as few statements as fit
+    (at most ``rows_per_statement`` rows each).
 
     Each statement is one step, so the thread gives up the GIL once per
     statement instead of once per row as ``executemany`` does. That matters:
@@ -1048,7 +1071,7 @@ def _insert(conn: Any, into: str, rows: Sequence[Sequence[Any]], upsert: str = "
     if not rows:
         return
     width = len(rows[0])
-    step = max(1, _MAX_STATEMENT_PARAMETERS // width)
+    step = max(1, min(rows_per_statement, _MAX_STATEMENT_PARAMETERS // width))
     one = "(" + ", ".join("?" * width) + ")"
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]

@@ -45,6 +45,14 @@
     str (or bytearray); for bytes and None that lookup fails, and failing
     costs microseconds per parameter, with the GIL held.
 
+``probe.py merge-statement-size [--writes N]``
+    Writes N rows (default 100,000) into a store 1,000 per transaction, as
+    the benchmark's catch-up source is, reads its changes in 5,000-row pages,
+    and times applying every page into a fresh store (``Store.apply``, one
+    transaction a page) with 1,000, 250, 100, 32, 10 and 1 rows per
+    ``INSERT INTO crsql_changes`` statement, three rounds interleaved; prints
+    the median change rows/s of each.
+
 Measurement tools only: they reach into the store's internals on purpose.
 """
 
@@ -69,6 +77,7 @@ from typing import Any
 import pysqlite3.dbapi2 as sqlite3
 
 from peer import protocol
+from peer import store as store_module
 from peer.peer import Peer
 from peer.store import Store
 
@@ -379,6 +388,41 @@ def bind_cost() -> None:
     conn.close()
 
 
+def merge_statement_size(writes: int) -> None:
+    sizes = [1_000, 250, 100, 32, 10, 1]
+    rates: dict[int, list[float]] = {size: [] for size in sizes}
+    with tempfile.TemporaryDirectory() as folder:
+        source = _store(folder, "source.db")
+        for start in range(0, writes, 1_000):
+            source.execute(
+                "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+                "INSERT INTO t SELECT i, 'name-' || i, i * 7 FROM n",
+                (start + 1, min(writes, start + 1_000)),
+            )
+        pages: list[Any] = []
+        cursor: dict[bytes, int] = {}
+        while page := source.next_page(cursor, 5_000, exclude=set()):
+            assert isinstance(page, list)
+            pages.append(page)
+            for change in page:
+                cursor[change[6]] = max(cursor.get(change[6], 0), change[5])
+        source.close()
+        rows = sum(len(page) for page in pages)
+        for round_ in range(3):
+            for size in sizes:
+                target = _store(folder, f"target-{round_}-{size}.db")
+                store_module._MERGE_ROWS_PER_STATEMENT = size
+                started = time.perf_counter()
+                for page in pages:
+                    target.apply(page, types_checked=True, skip_known=True)
+                rates[size].append(rows / (time.perf_counter() - started))
+                target.close()
+    for size in sizes:
+        runs = " / ".join(f"{rate:,.0f}" for rate in rates[size])
+        median = sorted(rates[size])[1]
+        print(f"{size:5d} rows per statement: {median:8,.0f} change rows/s  ({runs})")
+
+
 def _spin(running: threading.Event) -> None:
     count = 0
     while running.is_set():
@@ -396,13 +440,14 @@ def main() -> None:
             "next-page",
             "beside-busy-thread",
             "bind-cost",
+            "merge-statement-size",
         ],
     )
     parser.add_argument(
         "--writes",
         type=int,
         help="default: 3,000 (mesh-counts), 10,000 (mesh-timeline, mesh-copies), "
-        "2,000 (beside-busy), 20,000",
+        "2,000 (beside-busy), 100,000 (merge-statement-size), 20,000",
     )
     args = parser.parse_args()
     if args.probe == "mesh-counts":
@@ -415,6 +460,8 @@ def main() -> None:
         beside_busy_thread(args.writes or 2_000)
     elif args.probe == "bind-cost":
         bind_cost()
+    elif args.probe == "merge-statement-size":
+        merge_statement_size(args.writes or 100_000)
     else:
         next_page(args.writes or 20_000)
 

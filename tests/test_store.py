@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from peer import crsqlite
 from peer.errors import ExtensionError, InvalidChangeError, SchemaError, StoreError
-from peer.store import Change, Store
+from peer.store import _MERGE_ROWS_PER_STATEMENT, Change, Store
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER);
@@ -470,20 +470,40 @@ def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
         Store(path)
 
 
-def test_a_group_larger_than_one_insert_statement_applies_whole(stores: list[Store]) -> None:
-    # Rows are merged with multi-row INSERTs of at most 1,000 change rows
-    # each; one transaction of 6,000 change rows spans several of them.
-    a, b, _ = stores
-    a.execute(
+def _one_large_group(store: Store) -> list[Change]:
+    """One transaction of 6,000 change rows: it spans many multi-row INSERTs
+    (a large group merges at most ``_MERGE_ROWS_PER_STATEMENT`` rows each)."""
+    store.execute(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
         "INSERT INTO items SELECT i, 'name ' || i, i * 2 FROM n"
     )
-    batch = a.changes_since({}, 100_000)
+    batch = store.changes_since({}, 100_000)
     assert len(batch) == 6000
-    result = b.apply(batch)
+    assert len(batch) > 100 * _MERGE_ROWS_PER_STATEMENT
+    return batch
+
+
+def test_a_group_larger_than_one_insert_statement_applies_whole(stores: list[Store]) -> None:
+    a, b, _ = stores
+    result = b.apply(_one_large_group(a))
     assert result.merged == 6000
     assert contents(b) == contents(a)
     assert b.cursor() == {a.site_id: a.db_version()}
+
+
+def test_a_large_group_failing_in_its_last_statement_leaves_nothing_behind(
+    stores: list[Store],
+) -> None:
+    a, b, _ = stores
+    batch = _one_large_group(a)
+    # The last row's packed primary key is garbage: cr-sqlite fails on it
+    # after the statements before it merged 5,999 rows.
+    batch[-1] = (*batch[-1][:1], b"\xff\xff\xff", *batch[-1][2:])
+    with pytest.raises(StoreError):
+        b.apply(batch)
+    assert contents(b) == ([], [])
+    assert b.cursor() == {}
+    assert b.db_version() == 0
 
 
 ANY_VALUE = st.one_of(
