@@ -39,7 +39,8 @@
 
 ``probe.py bind-cost``
     Times one 512-row, 11-column ``INSERT ... VALUES`` into a TEMP table
-    with every parameter of one type (int, float, str, bytes, None), then
+    with every parameter of one type (int, float, str, bytes, bytearray,
+    None), then
     again after registering identity adapters for bytes and None. pysqlite3
     looks for an adapter for every parameter that is not an int, float or
     str (or bytearray); for bytes and None that lookup fails, and failing
@@ -367,6 +368,7 @@ def bind_cost() -> None:
         ("int", 7),
         ("float", 1.5),
         ("str", "ab"),
+        ("bytearray", bytearray(b"ab")),
         ("bytes", b"ab"),
         ("None", None),
     ]
@@ -380,11 +382,11 @@ def bind_cost() -> None:
         return (time.perf_counter() - started) / 10 / (rows * width) * 1e6
 
     for label, value in samples:
-        print(f"{label:6s} {timed(value):6.2f} us per parameter")
+        print(f"{label:9s} {timed(value):6.2f} us per parameter")
     for kind in (bytes, type(None)):
         sqlite3.register_adapter(kind, lambda value: value)
-    for label, value in samples[3:]:
-        print(f"{label:6s} {timed(value):6.2f} us per parameter, identity adapter registered")
+    for label, value in samples[4:]:
+        print(f"{label:9s} {timed(value):6.2f} us per parameter, identity adapter registered")
     conn.close()
 
 
