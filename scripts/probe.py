@@ -39,9 +39,9 @@
 
 ``probe.py bind-cost``
     Times one 512-row, 11-column ``INSERT ... VALUES`` into a TEMP table
-    with every parameter of one type (int, float, str, bytes, bytearray,
-    None), then
-    again after registering identity adapters for bytes and None. pysqlite3
+    with every parameter of one type (int, float, str, bytearray, bytes,
+    None), then again after registering identity adapters for bytes and
+    None. pysqlite3
     looks for an adapter for every parameter that is not an int, float or
     str (or bytearray); for bytes and None that lookup fails, and failing
     costs microseconds per parameter, with the GIL held.
@@ -53,6 +53,13 @@
     transaction a page) with 1,000, 250, 100, 32, 10 and 1 rows per
     ``INSERT INTO crsql_changes`` statement, three rounds interleaved; prints
     the median change rows/s of each.
+
+``probe.py apply-binding [--writes N]``
+    The same pages applied three ways: ``Store.apply`` page by page, and,
+    as ``apply_limit`` in scripts/bench.py measures, one ``executemany`` of
+    every row in one transaction, once with the rows as SQLite returned
+    them (blobs as ``bytes``) and once with blobs as ``bytearray``, which
+    pysqlite3 binds without an adapter lookup (see ``bind-cost``).
 
 Measurement tools only: they reach into the store's internals on purpose.
 """
@@ -390,39 +397,96 @@ def bind_cost() -> None:
     conn.close()
 
 
-def merge_statement_size(writes: int) -> None:
-    sizes = [1_000, 250, 100, 32, 10, 1]
-    rates: dict[int, list[float]] = {size: [] for size in sizes}
+def _catchup_pages(folder: str, writes: int) -> list[list[Any]]:
+    """The changes of ``writes`` rows written 1,000 per transaction (as the
+    benchmark's catch-up source is), read in 5,000-row pages."""
+    source = _store(folder, "source.db")
+    for start in range(0, writes, 1_000):
+        source.execute(
+            "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+            "INSERT INTO t SELECT i, 'name-' || i, i * 7 FROM n",
+            (start + 1, min(writes, start + 1_000)),
+        )
+    pages: list[list[Any]] = []
+    cursor: dict[bytes, int] = {}
+    while page := source.next_page(cursor, 5_000, exclude=set()):
+        assert isinstance(page, list)
+        pages.append(page)
+        for change in page:
+            cursor[change[6]] = max(cursor.get(change[6], 0), change[5])
+    source.close()
+    return pages
+
+
+Variant = Callable[[Store, list[list[Any]]], float]
+"""Applies the pages into a fresh store; returns the seconds its timed part took."""
+
+
+def _interleaved(writes: int, variants: dict[str, Variant]) -> None:
+    """Apply the catch-up pages into a fresh store with each variant, three
+    rounds interleaved; print each variant's median change rows/s."""
+    rates: dict[str, list[float]] = {label: [] for label in variants}
     with tempfile.TemporaryDirectory() as folder:
-        source = _store(folder, "source.db")
-        for start in range(0, writes, 1_000):
-            source.execute(
-                "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-                "INSERT INTO t SELECT i, 'name-' || i, i * 7 FROM n",
-                (start + 1, min(writes, start + 1_000)),
-            )
-        pages: list[Any] = []
-        cursor: dict[bytes, int] = {}
-        while page := source.next_page(cursor, 5_000, exclude=set()):
-            assert isinstance(page, list)
-            pages.append(page)
-            for change in page:
-                cursor[change[6]] = max(cursor.get(change[6], 0), change[5])
-        source.close()
+        pages = _catchup_pages(folder, writes)
         rows = sum(len(page) for page in pages)
         for round_ in range(3):
-            for size in sizes:
-                target = _store(folder, f"target-{round_}-{size}.db")
-                store_module._MERGE_ROWS_PER_STATEMENT = size
-                started = time.perf_counter()
-                for page in pages:
-                    target.apply(page, types_checked=True, skip_known=True)
-                rates[size].append(rows / (time.perf_counter() - started))
+            for number, (label, apply) in enumerate(variants.items()):
+                target = _store(folder, f"target-{round_}-{number}.db")
+                rates[label].append(rows / apply(target, pages))
                 target.close()
-    for size in sizes:
-        runs = " / ".join(f"{rate:,.0f}" for rate in rates[size])
-        median = sorted(rates[size])[1]
-        print(f"{size:5d} rows per statement: {median:8,.0f} change rows/s  ({runs})")
+    for label, runs in rates.items():
+        each = " / ".join(f"{rate:,.0f}" for rate in runs)
+        print(f"{label:44s} {sorted(runs)[1]:8,.0f} change rows/s  ({each})")
+
+
+def _store_apply(target: Store, pages: list[list[Any]]) -> float:
+    started = time.perf_counter()
+    for page in pages:
+        target.apply(page, types_checked=True, skip_known=True)
+    return time.perf_counter() - started
+
+
+def merge_statement_size(writes: int) -> None:
+    def with_size(size: int) -> Variant:
+        def apply(target: Store, pages: list[list[Any]]) -> float:
+            store_module._MERGE_ROWS_PER_STATEMENT = size
+            return _store_apply(target, pages)
+
+        return apply
+
+    sizes = [1_000, 250, 100, 32, 10, 1]
+    _interleaved(writes, {f"{size:5d} rows per statement": with_size(size) for size in sizes})
+
+
+def apply_binding(writes: int) -> None:
+    insert = f"INSERT INTO {store_module._CHANGES_INTO} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+    def executemany(blobs: Callable[[Any], Any]) -> Variant:
+        """As bench.py's apply_limit: one transaction, ``executemany``; the
+        rows are prepared outside the timed part."""
+
+        def apply(target: Store, pages: list[list[Any]]) -> float:
+            rows = [tuple(blobs(value) for value in row) for page in pages for row in page]
+            connection = target._sync
+            started = time.perf_counter()
+            connection.execute("BEGIN")
+            connection.executemany(insert, rows)
+            connection.execute("COMMIT")
+            return time.perf_counter() - started
+
+        return apply
+
+    def as_bytearray(value: Any) -> Any:
+        return bytearray(value) if type(value) is bytes else value
+
+    _interleaved(
+        writes,
+        {
+            "Store.apply, 5,000-row pages": _store_apply,
+            "executemany, blobs as bytes (apply_limit)": executemany(lambda value: value),
+            "executemany, blobs as bytearray": executemany(as_bytearray),
+        },
+    )
 
 
 def _spin(running: threading.Event) -> None:
@@ -443,13 +507,14 @@ def main() -> None:
             "beside-busy-thread",
             "bind-cost",
             "merge-statement-size",
+            "apply-binding",
         ],
     )
     parser.add_argument(
         "--writes",
         type=int,
         help="default: 3,000 (mesh-counts), 10,000 (mesh-timeline, mesh-copies), "
-        "2,000 (beside-busy), 100,000 (merge-statement-size), 20,000",
+        "2,000 (beside-busy), 100,000 (merge-statement-size, apply-binding), 20,000",
     )
     args = parser.parse_args()
     if args.probe == "mesh-counts":
@@ -464,6 +529,8 @@ def main() -> None:
         bind_cost()
     elif args.probe == "merge-statement-size":
         merge_statement_size(args.writes or 100_000)
+    elif args.probe == "apply-binding":
+        apply_binding(args.writes or 100_000)
     else:
         next_page(args.writes or 20_000)
 
