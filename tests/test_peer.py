@@ -20,7 +20,7 @@ from peer.messages import Changes, CursorMessage, Hello, decode, encode
 from peer.peer import Peer
 from peer.protocol import Limits
 from peer.retry import Backoff
-from peer.store import Store
+from peer.store import Change, Store
 from transports.memory import MemoryNetwork, MemoryTransport
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT, n INTEGER)"
@@ -445,10 +445,15 @@ async def test_a_catch_up_of_transactions_that_leave_frames_part_full_still_pipe
 # -- hostile input ------------------------------------------------------------------
 
 
-@pytest.fixture
-async def lone_peer() -> AsyncIterator[tuple[Peer, MemoryNetwork]]:
+@pytest.fixture(params=["in-memory", "file"])
+async def lone_peer(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Peer, MemoryNetwork]]:
+    """A peer to send hand-made frames to. Its store is in memory (a page is
+    buffered and applied whole) or a file (a page spanning frames streams
+    into one open transaction)."""
     network = MemoryNetwork()
-    store = new_store()
+    store = new_store(":memory:" if request.param == "in-memory" else tmp_path / "target.db")
     peer = Peer(
         store,
         [MemoryTransport(network, "target")],
@@ -536,6 +541,28 @@ async def test_hostile_frames_get_a_specific_error_and_the_peer_keeps_serving(
     ):
         await wait_for(lambda: rows(peer.store) == [(1, "friend", 1)])
     friend.close()
+
+
+async def test_a_bad_page_keeps_the_pages_behind_it_from_landing(
+    lone_peer: tuple[Peer, MemoryNetwork], tmp_path: Path
+) -> None:
+    peer, network = lone_peer
+    source = new_store(tmp_path / "source.db")
+    source.execute("INSERT INTO notes VALUES (1, 'first', 1)")
+    first = source.changes_since({}, 100)
+    source.execute("INSERT INTO notes VALUES (3, 'third', 3)")
+    third = source.changes_since({source.site_id: 1}, 100)
+    bad: list[Change] = [("secret", b"\x01\t\x02", "x", 1, 1, 1, b"H" * 16, 1, 0)]
+    frames = [hello_frame(source.site_id), encode(CursorMessage({}), 1)]
+    frames += [encode(Changes(page, True), n) for n, page in enumerate([first, bad, third], 2)]
+    code, _ = await talk(network, "bad-page", frames)
+    assert code is ErrorCode.INVALID_CHANGE
+    await peer.run_in_store(lambda: None)  # behind any apply still under way
+    # The three pages came back to back: the first landed, the one after the
+    # bad one did not (its group would move the cursor past what failed).
+    assert rows(peer.store) == [(1, "first", 1)]
+    assert peer.store.cursor() == {source.site_id: 1}
+    source.close()
 
 
 # -- convergence under random topologies and cuts ------------------------------------------
