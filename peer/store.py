@@ -152,9 +152,9 @@ _MERGE_ROWS_PER_STATEMENT = 32
 """Rows per multi-row INSERT straight into crsql_changes. Each row's merge
 runs cr-sqlite's own statements inside the INSERT, and each of them, on
 finishing, truncates the INSERT's in-memory statement journal back to where
-it began, walking that journal from its start: the cost per row grows with
-the rows before it in the same statement: 1,000 rows per statement merge
-~8% slower than 32 (``scripts/probe.py merge-statement-size``), while one
+it began, walking that journal from its start, so the cost per row grows
+with the rows before it in the same statement. 1,000 rows per statement
+merge ~8% slower than 32 (``scripts/probe.py merge-statement-size``); one
 row per statement pays a statement and a GIL hand-over per row."""
 _MERGE_OUTCOME = (
     "SELECT crsql_rows_impacted(), CASE WHEN ? OR crsql_rows_impacted() > ? "

@@ -41,14 +41,14 @@
     Times one 512-row, 11-column ``INSERT ... VALUES`` into a TEMP table
     with every parameter of one type (int, float, str, bytearray, bytes,
     None), then again after registering identity adapters for bytes and
-    None. pysqlite3
-    looks for an adapter for every parameter that is not an int, float or
-    str (or bytearray); for bytes and None that lookup fails, and failing
-    costs microseconds per parameter, with the GIL held.
+    None. pysqlite3 looks for an adapter for every parameter that is not an
+    int, float, str or bytearray; for bytes and None that lookup fails, and
+    failing costs microseconds per parameter, with the GIL held.
 
 ``probe.py merge-statement-size [--writes N]``
-    Writes N rows (default 100,000) into a store 1,000 per transaction, as
-    the benchmark's catch-up source is, reads its changes in 5,000-row pages,
+    Builds the benchmark's catch-up source with N rows (default 100,000;
+    ``bench.build_source``, 1,000 per transaction), reads its changes in
+    5,000-row pages,
     and times applying every page into a fresh store (``Store.apply``, one
     transaction a page) with 1,000, 250, 100, 32, 10 and 1 rows per
     ``INSERT INTO crsql_changes`` statement, three rounds interleaved; prints
@@ -82,7 +82,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bench
 import pysqlite3.dbapi2 as sqlite3
+from bench_node import SCHEMA, TABLE
 
 from peer import protocol
 from peer import store as store_module
@@ -398,24 +400,27 @@ def bind_cost() -> None:
 
 
 def _catchup_pages(folder: str, writes: int) -> list[list[Any]]:
-    """The changes of ``writes`` rows written 1,000 per transaction (as the
-    benchmark's catch-up source is), read in 5,000-row pages."""
-    source = _store(folder, "source.db")
-    for start in range(0, writes, 1_000):
-        source.execute(
-            "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-            "INSERT INTO t SELECT i, 'name-' || i, i * 7 FROM n",
-            (start + 1, min(writes, start + 1_000)),
-        )
+    """The benchmark's catch-up source (``bench.build_source``: ``writes`` rows,
+    1,000 per transaction), read in 5,000-row pages."""
+    path = Path(folder) / "source.db"
+    bench.build_source(path, writes)
     pages: list[list[Any]] = []
     cursor: dict[bytes, int] = {}
-    while page := source.next_page(cursor, 5_000, exclude=set()):
-        assert isinstance(page, list)
-        pages.append(page)
-        for change in page:
-            cursor[change[6]] = max(cursor.get(change[6], 0), change[5])
-    source.close()
+    with Store(path) as source:
+        while page := source.next_page(cursor, 5_000, exclude=set()):
+            assert isinstance(page, list)
+            pages.append(page)
+            for change in page:
+                cursor[change[6]] = max(cursor.get(change[6], 0), change[5])
     return pages
+
+
+def _catchup_target(folder: str, name: str) -> Store:
+    """A fresh store with the benchmark's table, as its receiver has."""
+    target = Store(os.path.join(folder, name))
+    target.execute(SCHEMA)
+    target.make_crr(TABLE)
+    return target
 
 
 Variant = Callable[[Store, list[list[Any]]], float]
@@ -431,7 +436,7 @@ def _interleaved(writes: int, variants: dict[str, Variant]) -> None:
         rows = sum(len(page) for page in pages)
         for round_ in range(3):
             for number, (label, apply) in enumerate(variants.items()):
-                target = _store(folder, f"target-{round_}-{number}.db")
+                target = _catchup_target(folder, f"target-{round_}-{number}.db")
                 rates[label].append(rows / apply(target, pages))
                 target.close()
     for label, runs in rates.items():
