@@ -1,7 +1,8 @@
 """Locating and loading the cr-sqlite extension shipped inside this package.
 
-``scripts/build-crsqlite`` builds ``_lib/crsqlite.so`` beside this file (the way
-sqlite-vec ships its loadable extension). Usage::
+The library lives in ``_lib/crsqlite.so`` beside this file (the way sqlite-vec
+ships its loadable extension): a platform wheel carries it, and in a source
+checkout ``scripts/build-crsqlite`` builds it there. Usage::
 
     conn = pysqlite3.dbapi2.connect(path, isolation_level=None)
     peer.crsqlite.load(conn)
@@ -18,29 +19,53 @@ from typing import Any
 
 from peer.errors import ExtensionError
 
-__all__ = ["BUILD_COMMAND", "VERSION", "load", "loadable_path"]
+__all__ = ["BUILD_COMMAND", "VERSION", "bundled_path", "load", "loadable_path"]
 
 VERSION = "0.16.3"
 """The cr-sqlite release this package is built against."""
 
 BUILD_COMMAND = "./scripts/build-crsqlite"
-"""What to run (from the repository root) when the extension is missing."""
+"""What to run (from a source checkout's root) when the extension is missing."""
 
 _ENV_OVERRIDE = "CRPEER_CRSQLITE"
+_CHECKOUT_RECIPE = Path(__file__).resolve().parents[1] / "scripts" / "build-crsqlite"
+
+
+def bundled_path() -> Path:
+    """Return where this installation keeps its own ``crsqlite.so``."""
+    return Path(__file__).resolve().with_name("_lib") / "crsqlite.so"
+
+
+def _remedy(*, rebuild: bool) -> str:
+    """Say how to get a working library, in terms this installation has."""
+    if _CHECKOUT_RECIPE.is_file():
+        command = f"{BUILD_COMMAND} --force" if rebuild else BUILD_COMMAND
+        checkout = _CHECKOUT_RECIPE.parents[1]
+        return f"build it with {command} (or ./scripts/bootstrap) in {checkout}"
+    return (
+        "this crpeer installation lacks its bundled library: reinstall crpeer from a "
+        "platform wheel (crpeer-*-py3-none-<platform>.whl), not from a pure-Python build"
+    )
 
 
 def loadable_path() -> str:
-    """Return the path of ``crsqlite.so`` (``$CRPEER_CRSQLITE`` overrides it).
+    """Return the path of ``crsqlite.so`` (``$CRPEER_CRSQLITE`` overrides the bundled one).
 
-    Raises ExtensionError, saying what to run, if the file does not exist.
+    Raises ExtensionError, naming the file it looked for and what to do, if it
+    does not exist.
     """
     override = os.environ.get(_ENV_OVERRIDE)
-    path = Path(override) if override else Path(__file__).with_name("_lib") / "crsqlite.so"
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise ExtensionError(
+                f"cr-sqlite extension not found at {path} (set by ${_ENV_OVERRIDE}); "
+                f"point ${_ENV_OVERRIDE} at an existing crsqlite.so or unset it"
+            )
+        return str(path)
+    path = bundled_path()
     if not path.is_file():
-        raise ExtensionError(
-            f"cr-sqlite extension not found at {path}; build it with {BUILD_COMMAND} "
-            f"(or ./scripts/bootstrap, which also sets up the virtualenv)"
-        )
+        raise ExtensionError(f"cr-sqlite extension not found at {path}; {_remedy(rebuild=False)}")
     return str(path)
 
 
@@ -64,5 +89,5 @@ def load(conn: Any) -> None:
         ) from exc
     except Exception as exc:
         raise ExtensionError(
-            f"failed to load cr-sqlite from {path}: {exc}; rebuild it with {BUILD_COMMAND} --force"
+            f"failed to load cr-sqlite from {path}: {exc}; {_remedy(rebuild=True)}"
         ) from exc

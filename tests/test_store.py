@@ -456,11 +456,36 @@ def test_make_crr_on_a_missing_table_is_a_schema_error(stores: list[Store]) -> N
 # -- opening ------------------------------------------------------------------
 
 
-def test_a_missing_extension_says_what_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_override_names_the_file_and_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CRPEER_CRSQLITE", "/nonexistent/crsqlite.so")
-    with pytest.raises(ExtensionError, match=r"scripts/build-crsqlite"):
+    with pytest.raises(
+        ExtensionError, match=r"/nonexistent/crsqlite.so \(set by \$CRPEER_CRSQLITE\)"
+    ):
         Store(":memory:")
-    assert crsqlite.BUILD_COMMAND in str(ExtensionError(crsqlite.BUILD_COMMAND))
+
+
+def test_a_missing_extension_in_a_checkout_says_what_to_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("CRPEER_CRSQLITE", raising=False)
+    monkeypatch.setattr(crsqlite, "bundled_path", lambda: tmp_path / "crsqlite.so")
+    with pytest.raises(ExtensionError, match=r"not found at .*crsqlite.so; build it with") as info:
+        Store(":memory:")
+    assert crsqlite.BUILD_COMMAND in str(info.value)
+
+
+def test_a_missing_extension_in_an_installed_package_never_names_repository_scripts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("CRPEER_CRSQLITE", raising=False)
+    monkeypatch.setattr(crsqlite, "bundled_path", lambda: tmp_path / "crsqlite.so")
+    monkeypatch.setattr(crsqlite, "_CHECKOUT_RECIPE", tmp_path / "no-such-script")
+    with pytest.raises(ExtensionError, match=r"reinstall crpeer from a platform wheel") as info:
+        Store(":memory:")
+    assert str(tmp_path / "crsqlite.so") in str(info.value)
+    assert "scripts/" not in str(info.value)
 
 
 def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
