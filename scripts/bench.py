@@ -6,6 +6,7 @@
     .venv/bin/python scripts/bench.py            # full mode: 1,000,000 rows, 3 runs
     .venv/bin/python scripts/bench.py --quick    # CI-sized: 10,000 rows, under a minute
     .venv/bin/python scripts/bench.py --only apply_limit,initial_sync_tcp --rows 100000
+    .venv/bin/python scripts/bench.py --only write_wait --runs 1
 
 It prints a table (figure, median of the runs, each run, target, PASS/MISS)
 and, as its very last line, one JSON object of the medians. A benchmark that
@@ -31,6 +32,15 @@ What each figure is (BENCHMARKS.md has results and profiles):
   TCP+TLS; ``relay_latency_p99_ms``: the same across a line of 5 peers, all in
   one process over TCP+TLS loopback.
 - ``peak_rss_mb``: the receiver process's peak RSS in the tcp initial sync.
+- ``write_wait_p99_ms``: while a fresh peer catches up from one holding
+  ``wait_rows`` rows (1,000 per transaction; full 100,000, quick 10,000) over
+  TCP+TLS in separate processes, the receiving app calls ``Peer.execute`` of
+  a one-row insert into a plain (non-CRR) table every 20 ms, open loop; the
+  99th percentile of how long a call took from its due time until it
+  returned (p50 and max in the notes). ``write_wait_big_txn_max_ms``: the
+  longest such wait when the source holds one transaction of
+  ``big_txn_rows`` rows (full 60,000, quick 6,000): a transaction spans
+  frames and applies atomically, so a write waits for all of it.
 - ``write_overhead``: plain-table insert rate over CRR insert rate (both
   shown in the table), executemany in one transaction.
 - ``mesh_converge_s``: 20 peers in a seeded random mesh (one process, memory
@@ -81,6 +91,8 @@ ROWS_PER_TRANSACTION = 1_000
 """The source database is written 1,000 rows (2,000 change rows) per transaction."""
 _CHANGE_COLUMNS = '"table", pk, cid, val, col_version, db_version, site_id, cl, seq'
 _APPLY_CHUNK = 50_000
+APP_WRITE_INTERVAL = 0.02
+"""Seconds between the app's writes in write_wait (open loop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +109,35 @@ class Mode:
     mesh_writes: int
     write_rows: int
     """Rows per insert in write_overhead."""
+    wait_rows: int
+    """Rows the write_wait sender holds (1,000 per transaction; not ``--rows``)."""
+    big_txn_rows: int
+    """Rows of the one transaction the write_wait big-transaction sender holds."""
     runs: int
 
 
-FULL = Mode("full", 1_000_000, 1_000, 0.01, 10_000, 100_000, 3)
-QUICK = Mode("quick", 10_000, 100, 0.01, 1_000, 10_000, 1)
+FULL = Mode(
+    "full",
+    rows=1_000_000,
+    samples=1_000,
+    interval=0.01,
+    mesh_writes=10_000,
+    write_rows=100_000,
+    wait_rows=100_000,
+    big_txn_rows=60_000,
+    runs=3,
+)
+QUICK = Mode(
+    "quick",
+    rows=10_000,
+    samples=100,
+    interval=0.01,
+    mesh_writes=1_000,
+    write_rows=10_000,
+    wait_rows=10_000,
+    big_txn_rows=6_000,
+    runs=1,
+)
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "apply_limit": ("apply_limit",),
@@ -111,6 +147,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "peak_rss_mb": ("peak_rss_mb",),
     "write_overhead": ("write_overhead",),
     "mesh_converge_s": ("mesh_converge_s",),
+    "write_wait": ("write_wait_p99_ms", "write_wait_big_txn_max_ms"),
 }
 """Benchmarks (run order) and the JSON keys each produces."""
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -126,6 +163,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "relay_latency_p99_ms": ("<=", 200.0),
     "peak_rss_mb": ("<=", 250.0),
     "mesh_converge_s": ("<=", 30.0),
+    "write_wait_p99_ms": ("<=", 100.0),
 }
 """Full-mode targets (peak_rss_mb for 1,000,000 rows)."""
 
@@ -137,6 +175,8 @@ UNITS: dict[str, str] = {
     "peak_rss_mb": "MB",
     "write_overhead": "x (plain/CRR)",
     "mesh_converge_s": "s",
+    "write_wait_p99_ms": "ms",
+    "write_wait_big_txn_max_ms": "ms",
     **{f"initial_sync_{t}": "change rows/s" for t in TRANSPORTS},
     **{f"initial_sync_{t}_ratio": "x apply_limit" for t in TRANSPORTS},
 }
@@ -243,21 +283,30 @@ def disconnect(conn: Any) -> None:
         conn.close()
 
 
-def build_source(path: Path, rows: int) -> int:
-    """The sender's database: ``rows`` rows written through Store, 1,000 per
-    transaction. Returns its number of change rows."""
+def build_source(path: Path, rows: int, per_transaction: int = ROWS_PER_TRANSACTION) -> int:
+    """The sender's database: ``rows`` rows written through Store,
+    ``per_transaction`` per transaction. Returns its number of change rows."""
     with Store(path) as store:
         store.execute(SCHEMA)
         store.make_crr(TABLE)
-        for start in range(1, rows + 1, ROWS_PER_TRANSACTION):
+        for start in range(1, rows + 1, per_transaction):
             store.execute(
                 "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
                 f"INSERT INTO {TABLE} (id, name, score) "
                 "SELECT i, 'name-' || i, (i * 7919) % 1000003 FROM n",
-                (start, min(rows, start + ROWS_PER_TRANSACTION - 1)),
+                (start, min(rows, start + per_transaction - 1)),
             )
         (count,) = store.execute("SELECT count(*) FROM crsql_changes")[0]
     return int(count)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A sender's database built once per invocation and copied for each sync."""
+
+    path: Path
+    rows: int
+    change_rows: int
 
 
 def copy_database(source: Path, target: Path) -> None:
@@ -379,8 +428,9 @@ class Bench:
         self.selected = selected
         self.node_args = list(node_args)
         self.results = Results()
-        self.source = workdir / "source.db"
-        self.change_rows = 0
+        self.source = Source(workdir / "source.db", mode.rows, 0)
+        self.wait_source = self.source
+        self.big_txn_source = Source(workdir / "big-txn-source.db", mode.big_txn_rows, 0)
         self._keys: dict[str, tuple[Path, Path]] = {}
 
     # setup
@@ -398,17 +448,29 @@ class Bench:
                     trust.add(peer_id, other)
         return paths
 
+    def _build(self, source: Source, per_transaction: int = ROWS_PER_TRANSACTION) -> Source:
+        started = time.perf_counter()
+        built = replace(source, change_rows=build_source(source.path, source.rows, per_transaction))
+        err.print(
+            f"source {source.path.name}: {built.rows:,} rows = {built.change_rows:,} change "
+            f"rows, {per_transaction:,} per transaction, in {time.perf_counter() - started:.1f} s"
+        )
+        return built
+
     def prepare(self) -> None:
         needs_source = any(
             g == "apply_limit" or g.startswith("initial_sync") for g in self.selected
         )
         if needs_source:
-            started = time.perf_counter()
-            self.change_rows = build_source(self.source, self.mode.rows)
-            err.print(
-                f"source: {self.mode.rows:,} rows = {self.change_rows:,} change rows "
-                f"in {time.perf_counter() - started:.1f} s"
-            )
+            self.source = self._build(self.source)
+        if "write_wait" in self.selected:
+            if needs_source and self.mode.wait_rows == self.mode.rows:
+                self.wait_source = self.source
+            else:
+                self.wait_source = self._build(
+                    Source(self.workdir / "wait-source.db", self.mode.wait_rows, 0)
+                )
+            self.big_txn_source = self._build(self.big_txn_source, self.mode.big_txn_rows)
         self._keys = self._identities(["sender", "receiver"])
 
     async def run(self) -> Results:
@@ -437,10 +499,13 @@ class Bench:
         r = self.results
         if group == "apply_limit":
             target = self.workdir / "apply.db"
-            r.add("apply_limit", await asyncio.to_thread(measure_apply_limit, self.source, target))
+            r.add(
+                "apply_limit",
+                await asyncio.to_thread(measure_apply_limit, self.source.path, target),
+            )
         elif group.startswith("initial_sync_"):
             transport = group.removeprefix("initial_sync_")
-            outcome = await self.initial_sync(transport, rep)
+            outcome = await self.initial_sync(transport, rep, self.source)
             rate = outcome["change_rows"] / outcome["seconds"]
             r.add(group, rate)
             r.add(f"{group}_receiver_busy", outcome["cpu_s"] / outcome["seconds"])
@@ -473,22 +538,63 @@ class Bench:
             r.add("mesh_converge_s", outcome["seconds"])
             r.add("mesh_writes_issued_s", outcome["writes_issued_s"])
             r.add("mesh_busy", outcome["cpu_s"] / outcome["seconds"])
+        elif group == "write_wait":
+            await self._write_wait(rep)
         else:  # pragma: no cover - GROUPS and this dispatch go together
             raise AssertionError(group)
 
     # the benchmarks that run children
 
-    def _sync_timeout(self) -> float:
-        return 60.0 + self.change_rows / 5_000
+    async def _write_wait(self, rep: int) -> None:
+        """Both write_wait catch-ups; a failed big-transaction one fails only its figure."""
+        r = self.results
+        for source, prefix in (
+            (self.wait_source, "write_wait"),
+            (self.big_txn_source, "write_wait_big_txn"),
+        ):
+            try:
+                outcome = await self.initial_sync(
+                    "tcp",
+                    rep,
+                    source,
+                    ["--app-write-interval", str(APP_WRITE_INTERVAL)],
+                    f"{prefix}-{rep}",
+                )
+                waits: list[float] = outcome.get("write_waits_ms") or []
+                if not waits:
+                    raise BenchError(f"{prefix}: no app write finished during the catch-up")
+            except BenchError as exc:
+                if prefix == "write_wait":
+                    raise
+                r.fail(("write_wait_big_txn_max_ms",), str(exc))
+                err.print(f"[red]run {rep + 1} {prefix}: {exc}[/red]")
+                continue
+            r.add(f"{prefix}_p50_ms", percentile(waits, 0.50))
+            r.add(f"{prefix}_p99_ms", percentile(waits, 0.99))
+            r.add(f"{prefix}_max_ms", max(waits))
+            r.add(f"{prefix}_writes", len(waits))
+            r.add(f"{prefix}_catchup_s", outcome["seconds"])
 
-    async def initial_sync(self, transport: str, rep: int) -> dict[str, Any]:
-        folder = self.workdir / f"sync-{transport}-{rep}"
+    def _sync_timeout(self, change_rows: int) -> float:
+        return 60.0 + change_rows / 5_000
+
+    async def initial_sync(
+        self,
+        transport: str,
+        rep: int,
+        source: Source,
+        catchup_args: Sequence[str] = (),
+        name: str = "",
+    ) -> dict[str, Any]:
+        """One catch-up of a fresh peer from a copy of ``source``; the catchup
+        role's result line. ``catchup_args`` go to the receiver only."""
+        folder = self.workdir / (name or f"sync-{transport}-{rep}")
         folder.mkdir()
         sender_db, receiver_db = folder / "sender.db", folder / "receiver.db"
-        copy_database(self.source, sender_db)
-        timeout = self._sync_timeout()
+        copy_database(source.path, sender_db)
+        timeout = self._sync_timeout(source.change_rows)
         common = [*self.node_args, "--transport", transport, "--timeout", str(timeout)]
-        expect = ["--expect", str(self.change_rows)]
+        expect = ["--expect", str(source.change_rows)]
         try:
             if transport == "memory":
                 args = ["--source", str(sender_db), "--db", str(receiver_db), *expect]
@@ -503,7 +609,7 @@ class Bench:
                     key, trust = self._keys["receiver"]
                     catchup = [
                         *("--db", str(receiver_db), "--key", str(key), "--trust", str(trust)),
-                        *("--connect", address, *expect),
+                        *("--connect", address, *expect, *catchup_args),
                     ]
                     label = f"catchup-{transport}-{rep}"
                     async with child(label, folder, "catchup", *common, *catchup) as c:
@@ -511,8 +617,8 @@ class Bench:
                     outcome["sender_cpu_s"] = cpu_seconds(s.process.pid) - sender_cpu
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        if outcome["rows"] != self.mode.rows:
-            raise BenchError(f"{transport}: {outcome['rows']} rows arrived, not {self.mode.rows}")
+        if outcome["rows"] != source.rows:
+            raise BenchError(f"{transport}: {outcome['rows']} rows arrived, not {source.rows}")
         return outcome
 
     def _latency_args(self) -> list[str]:
@@ -601,6 +707,11 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def whole(value: float | None) -> str:
+    """A count (a median of counts may end in .5)."""
+    return "-" if value is None else f"{value:,.{0 if value == int(value) else 1}f}"
+
+
 def busy(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
@@ -635,6 +746,24 @@ def notes_for(key: str, mode: Mode, results: Results) -> str:
         plain = results.median("write_plain_rows_s")
         crr = results.median("write_crr_rows_s")
         return f"plain {fmt(plain)} rows/s, CRR {fmt(crr)} rows/s; {mode.write_rows:,} rows"
+    if key == "write_wait_p99_ms":
+        return (
+            f"p50 {fmt(results.median('write_wait_p50_ms'))} ms, "
+            f"max {fmt(results.median('write_wait_max_ms'))} ms; "
+            f"{whole(results.median('write_wait_writes'))} app writes (plain table, one every "
+            f"{APP_WRITE_INTERVAL * 1e3:.0f} ms, open loop) during a {mode.wait_rows:,}-row "
+            f"catch-up of {fmt(results.median('write_wait_catchup_s'))} s; TCP+TLS, "
+            "separate processes"
+        )
+    if key == "write_wait_big_txn_max_ms":
+        return (
+            f"the same, the source one {mode.big_txn_rows:,}-row transaction (applied whole, "
+            f"so a write waits for all of it); p50 "
+            f"{fmt(results.median('write_wait_big_txn_p50_ms'))} ms, p99 "
+            f"{fmt(results.median('write_wait_big_txn_p99_ms'))} ms; "
+            f"{whole(results.median('write_wait_big_txn_writes'))} writes; catch-up "
+            f"{fmt(results.median('write_wait_big_txn_catchup_s'))} s"
+        )
     if key == "mesh_converge_s":
         issued = fmt(results.median("mesh_writes_issued_s"))
         cpu = busy(results.median("mesh_busy"))

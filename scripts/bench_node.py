@@ -13,7 +13,9 @@ Roles (the parent, scripts/bench.py, holds the timing contract):
   ``{"address": ...}``; it runs until stopped.
 - ``catchup``: a fresh peer dials ``--connect`` and prints ``{"seconds",
   "change_rows", "rows", "peak_rss_mb"}`` once ``--expect`` change rows have
-  merged, timed from just before ``Peer.start()``.
+  merged, timed from just before ``Peer.start()``. With
+  ``--app-write-interval S`` the app writes meanwhile (see :class:`AppWrites`)
+  and the line adds ``"write_waits_ms"``.
 - ``memory-sync``: ``serve`` and ``catchup`` in this one process over the
   memory transport (in-process by nature).
 - ``live-reader`` / ``live-writer``: one-row writes over TCP+TLS, one every
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from peer import events
+from peer.errors import CrpeerError
 from peer.identity import Identity
 from peer.peer import Peer
 from peer.protocol import Limits
@@ -71,6 +74,9 @@ SCHEMA = (
     "(id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER)"
 )
 TRANSPORTS = ("memory", "tcp", "websocket", "http_sse")
+APP_TABLE = "app_log"
+APP_SCHEMA = f"CREATE TABLE IF NOT EXISTS {APP_TABLE} (id INTEGER PRIMARY KEY NOT NULL, at INTEGER)"
+"""A plain (non-CRR) table the receiving app writes to during a catch-up."""
 CHANGE_ROWS_PER_ROW = 2
 """An insert into the bench table gives one change row per non-key column."""
 _FAST = Backoff(initial=0.02, maximum=0.3)
@@ -202,6 +208,70 @@ def latencies_ms(arrivals: Arrivals, sent_ns: Sequence[int]) -> list[float]:
     return out
 
 
+class AppWrites:
+    """An app writing while its peer syncs: open-loop one-row inserts into
+    the plain table ``APP_TABLE`` through ``Peer.execute``.
+
+    From :meth:`start`, one write is due every ``interval`` s and is issued as
+    a task of its own at its due time, whatever became of the ones before (a
+    write held up does not delay the next one's issue). Each records, in ms,
+    how long after its due time its ``Peer.execute`` returned, so a late start
+    on a busy event loop counts as waiting too. Call :meth:`stop` to end it.
+    """
+
+    def __init__(self, peer: Peer, interval: float) -> None:
+        self.peer = peer
+        self.interval = interval
+        self.waits_ms: list[float] = []
+        self.errors: list[str] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._issuer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._issuer = asyncio.create_task(self._issue())
+
+    async def _issue(self) -> None:
+        start = time.monotonic()
+        index = 0
+        while True:
+            due = start + index * self.interval
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            task = asyncio.create_task(self._write(index + 1, due))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            index += 1
+
+    async def _write(self, row_id: int, due: float) -> None:
+        try:
+            await self.peer.execute(
+                f"INSERT INTO {APP_TABLE} (id, at) VALUES (?, ?)", (row_id, time.monotonic_ns())
+            )
+        except CrpeerError as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        self.waits_ms.append((time.monotonic() - due) * 1e3)
+
+    async def stop(self, within: float) -> list[float]:
+        """Issue no more; wait up to ``within`` s for the writes in flight.
+
+        Returns every write's wait in ms. Raises Failed if a write failed or
+        is still waiting after ``within`` s.
+        """
+        if self._issuer is not None:
+            self._issuer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._issuer
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=within)
+            if late:
+                for task in late:
+                    task.cancel()
+                raise Failed(f"{len(late)} app writes still waiting after {within} s")
+        if self.errors:
+            raise Failed(f"{len(self.errors)} app writes failed: {self.errors[0]}")
+        return self.waits_ms
+
+
 async def until_stopped() -> None:
     await asyncio.Event().wait()
 
@@ -223,6 +293,8 @@ async def role_serve(args: argparse.Namespace) -> None:
 async def role_catchup(args: argparse.Namespace) -> None:
     store = open_store(args.db)
     try:
+        if args.app_write_interval:
+            store.execute(APP_SCHEMA)
         transport = make_transport(args.transport, Identity.load_or_create(args.key), listen=False)
         peer = secure_peer(store, transport, args.key, args.trust, args, connect=[args.connect])
         await _catch_up(peer, store, args)
@@ -260,11 +332,24 @@ async def _catch_up(peer: Peer, store: Store, args: argparse.Namespace) -> None:
     peer.subscribe(arrivals)
     started, cpu = time.perf_counter(), time.process_time()
     async with peer:
+        writes = AppWrites(peer, args.app_write_interval) if args.app_write_interval else None
+        if writes is not None:
+            writes.start()
         await arrivals.wait_rows(args.expect, args.timeout)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         rss = peak_rss_mb()
+        extra: dict[str, Any] = {}
+        if writes is not None:
+            extra["write_waits_ms"] = await writes.stop(args.timeout)
         (rows,) = (await peer.run_in_store(store.execute, f"SELECT count(*) FROM {TABLE}"))[0]
-        emit(seconds=seconds, change_rows=arrivals.rows, rows=rows, peak_rss_mb=rss, cpu_s=cpu)
+        emit(
+            seconds=seconds,
+            change_rows=arrivals.rows,
+            rows=rows,
+            peak_rss_mb=rss,
+            cpu_s=cpu,
+            **extra,
+        )
 
 
 async def role_live_reader(args: argparse.Namespace) -> None:
@@ -496,6 +581,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--batch-rows", type=int, default=0, help="Limits.max_batch_rows")
     parser.add_argument("--window", type=int, default=0, help="Limits.window")
     parser.add_argument("--poll-interval", type=float, default=0.0, help="Peer poll_interval")
+    parser.add_argument(
+        "--app-write-interval",
+        type=float,
+        default=0.0,
+        help="catchup: s between the app's writes during the catch-up (0: none)",
+    )
     return parser.parse_args(argv)
 
 

@@ -19,6 +19,8 @@ EXPECTED = {
     "initial_sync_memory",
     "initial_sync_memory_ratio",
     "write_overhead",
+    "write_wait_p99_ms",
+    "write_wait_big_txn_max_ms",
 }
 
 
@@ -30,7 +32,7 @@ def test_quick_subset_reports_positive_figures_as_json_last_line() -> None:
             str(ROOT / "scripts" / "bench.py"),
             "--quick",
             "--only",
-            "apply_limit,initial_sync_memory,write_overhead",
+            "apply_limit,initial_sync_memory,write_overhead,write_wait",
         ],
         cwd=ROOT,
         capture_output=True,
