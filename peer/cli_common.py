@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import click
 
+from peer.cli_database import serve_is_running
 from peer.errors import ConfigError, CrpeerError
 from peer.store import Store
 
@@ -38,6 +39,7 @@ __all__ = [
     "DefaultGroup",
     "echo_json",
     "event_to_dict",
+    "hoist_verbose",
     "host_port_option",
     "json_value",
     "log_to_stderr",
@@ -71,16 +73,46 @@ class CliFailure(click.ClickException):
 
 
 class CrpeerGroup(click.Group):
-    """A click group that reports crpeer errors (and file errors) as :class:`CliFailure`."""
+    """A click group that reports crpeer errors (and file errors) as :class:`CliFailure`.
+
+    A closed stdout (``crpeer sql ... | head -1``) ends the command quietly,
+    with status 0.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CrpeerError as exc:
             raise CliFailure(str(exc) or type(exc).__name__) from exc
+        except BrokenPipeError:
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             raise CliFailure(f"{exc.strerror or exc}{where}") from exc
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the final flush at exit cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (tests)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+_VERBOSE = re.compile(r"-v+|--verbose")
+
+
+def hoist_verbose(args: list[str]) -> list[str]:
+    """``args`` with every ``-v``/``-vv``/``--verbose`` before ``--`` moved to the
+    front, so that ``crpeer serve DB -v`` means ``crpeer -v serve DB``."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [arg for arg in args[:end] if _VERBOSE.fullmatch(arg)]
+    rest = [arg for arg in args[:end] if not _VERBOSE.fullmatch(arg)]
+    return [*flags, *rest, *args[end:]]
 
 
 class DefaultGroup(CrpeerGroup):
@@ -230,29 +262,23 @@ STALE_AFTER = 5.0
 def serve_state(database: Path) -> tuple[str, dict[str, Any] | None]:
     """Whether a ``crpeer serve`` runs for ``database``, and its status document.
 
-    ``"running"``: the file is fresh and its process exists; ``"stale"``: a
-    file is there but older than :data:`STALE_AFTER` or its process is gone;
-    ``"stopped"``: no file. Raises ConfigError for a damaged file.
+    The instance lock decides whether one runs (:mod:`peer.cli_database`):
+    ``"running"``: it holds the lock and its status file is fresh;
+    ``"starting"``: it holds the lock and has not written the file yet;
+    ``"stale"``: it holds the lock but the file is older than
+    :data:`STALE_AFTER` (the process hangs); ``"crashed"``: a status file is
+    there but no process holds the lock (it was killed; ``updated`` says
+    when it was last alive); ``"stopped"``: neither. Reads only. Raises
+    ConfigError for a damaged status file.
     """
     document = read_status_file(status_path(database))
+    running = serve_is_running(database)
     if document is None:
-        return "stopped", None
+        return ("starting" if running else "stopped"), None
+    if not running:
+        return "crashed", document
     age = time.time() - float(document["updated"])
-    pid = document.get("pid")
-    alive = isinstance(pid, int) and _process_exists(pid)
-    return ("running" if age <= STALE_AFTER and alive else "stale"), document
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    except OSError:
-        return False
-    return True
+    return ("running" if age <= STALE_AFTER else "stale"), document
 
 
 def json_value(value: Any) -> Any:

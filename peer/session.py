@@ -188,11 +188,11 @@ class SessionDriver:
             await self._read_loop()
         except RemoteProtocolError as exc:
             self.error = exc
-            self._log.warning("session %s failed: %s", self.address, exc)
+            self._log.info("session %s failed: %s", self.address, exc)  # an event says it
             await self.close(exc.code)
         except InvalidChangeError as exc:
             self.error = exc
-            self._log.warning("session %s sent invalid changes: %s", self.address, exc)
+            self._log.info("session %s sent invalid changes: %s", self.address, exc)
             await self.close(ErrorCode.INVALID_CHANGE)
         except StoreError as exc:
             self.error = exc
@@ -321,7 +321,8 @@ class SessionDriver:
                 case RemoteClosed():
                     if event.error is not None and event.error.code != ErrorCode.SHUTDOWN:
                         self.error = RemoteProtocolError(
-                            event.error.code, f"remote closed: {event.error.reason}"
+                            event.error.code,
+                            f"remote closed: {event.error.reason or 'no reason given'}",
                         )
                     return
             self._handling = False
