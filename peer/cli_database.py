@@ -4,8 +4,8 @@
   pair join`` hold ``DATABASE.lock`` (``fcntl.flock``) for the life of the
   process; the kernel releases it on any exit, SIGKILL included, so a lock
   left by a dead process never blocks a restart.
-- :func:`check_health`: ``PRAGMA quick_check``, as a ConfigError that says
-  what to do.
+- :func:`check_health`: ``PRAGMA quick_check`` (without cr-sqlite, which may
+  crash on a damaged file), as a ConfigError that says what to do.
 - :func:`read_local_status`: the database's own sync state, read without
   writing anything (``crpeer status`` is a read-only command).
 """
@@ -16,10 +16,10 @@ import fcntl
 import os
 from pathlib import Path
 
-from peer.errors import ConfigError, StoreError
+from peer.errors import ConfigError
 from peer.identity import Identity, default_key_path
 from peer.status import PeerStatus
-from peer.store import Store
+from peer.store import Store, file_integrity_problems
 
 __all__ = [
     "InstanceLock",
@@ -104,37 +104,34 @@ def damage_message(database: Path, problems: list[str]) -> str:
     )
 
 
-def check_health(store: Store) -> None:
-    """Raise ConfigError (see :func:`damage_message`) if ``PRAGMA quick_check`` fails."""
-    problems = store.integrity_problems()
+def check_health(database: Path) -> None:
+    """Raise ConfigError (see :func:`damage_message`) if ``PRAGMA quick_check``
+    fails on ``database``; checked before cr-sqlite ever touches the file."""
+    problems = file_integrity_problems(database)
     if problems:
-        raise ConfigError(damage_message(Path(store.path), problems))
+        raise ConfigError(damage_message(database, problems))
 
 
 def read_local_status(database: Path) -> tuple[PeerStatus, list[str]]:
     """What ``database`` itself says (no running node), and its integrity problems.
 
-    Opens it read-only. Raises StoreError if it is not a crpeer database;
-    a damaged file gives a status of zeros and the problems found.
+    Opens it read-only. Raises StoreError if it is not a crpeer database. A
+    damaged file is not opened further: its status is all zeros.
     """
     key = default_key_path(database)
     peer_id = Identity.load_or_create(key).peer_id if key.exists() else None
+    problems = file_integrity_problems(database)
+    if problems:
+        return PeerStatus("", peer_id, "", 0, 0, 0), problems
     with Store(database, read_only=True) as store:
-        problems = store.integrity_problems()
-        try:
-            local = {**store.cursor(), store.site_id: store.own_version()}
-            status = PeerStatus(
-                site_id=store.site_id.hex(),
-                peer_id=peer_id,
-                name="",
-                db_version=store.db_version(),
-                schema_version=store.schema_version(),
-                held_rows=store.held_count(),
-                cursor={origin.hex(): version for origin, version in sorted(local.items())},
-            )
-        except StoreError as exc:
-            if not problems:
-                raise
-            status = PeerStatus(store.site_id.hex(), peer_id, "", 0, 0, 0)
-            problems.append(str(exc))
+        local = {**store.cursor(), store.site_id: store.own_version()}
+        status = PeerStatus(
+            site_id=store.site_id.hex(),
+            peer_id=peer_id,
+            name="",
+            db_version=store.db_version(),
+            schema_version=store.schema_version(),
+            held_rows=store.held_count(),
+            cursor={origin.hex(): version for origin, version in sorted(local.items())},
+        )
     return status, problems

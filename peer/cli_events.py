@@ -162,8 +162,8 @@ class EventPrinter:
     def _dial(self, state: events.DialState) -> None:
         """One line when a dial target's state or error changes (not per retry)."""
         error = "" if state.error is None else str(state.error)
-        if self._dials.get(state.address) == (state.state, error):
-            return
+        if state.state == "connecting" or self._dials.get(state.address) == (state.state, error):
+            return  # each retry goes connecting -> backing_off: say it once
         self._dials[state.address] = (state.state, error)
         match state.state:
             case "backing_off":

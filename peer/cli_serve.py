@@ -242,8 +242,8 @@ def node_guard(database: Path) -> Iterator[None]:
     """
     require_database(database)
     with InstanceLock(database):
+        check_health(database)
         with Store(database) as store:
-            check_health(store)
             replicated = store.crr_columns()
         if not replicated:
             click.echo(

@@ -75,6 +75,7 @@ __all__ = [
     "LargeGroup",
     "SqlValue",
     "Store",
+    "file_integrity_problems",
 ]
 
 
@@ -1166,6 +1167,28 @@ def _insert(
             f"INSERT INTO {into} VALUES {', '.join([one] * len(chunk))}{upsert}",
             [bytearray(value) if type(value) is bytes else value for row in chunk for value in row],
         )
+
+
+def file_integrity_problems(path: str | Path, limit: int = 10) -> list[str]:
+    """What ``PRAGMA quick_check`` finds wrong with the database file at ``path``
+    (at most ``limit`` lines; empty when it is sound).
+
+    Opens it read-only without cr-sqlite: check a file this way before
+    opening a :class:`Store` on it, since cr-sqlite may crash the process
+    on a damaged file. Raises StoreError if the file cannot be opened.
+    """
+    target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(target, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    try:
+        found = [str(line) for (line,) in conn.execute(f"PRAGMA quick_check({int(limit)})")]
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    finally:
+        conn.close()
+    return [] if found == ["ok"] else found
 
 
 def _persisted_cursor(conn: Any) -> Cursor:
