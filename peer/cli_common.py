@@ -2,11 +2,14 @@
 
 Errors: a command raises a :class:`~peer.errors.CrpeerError` (or lets one
 through); :class:`CrpeerGroup` turns it into one line on stderr,
-``crpeer: error: ...``, and exit status 1. Usage errors stay click's (status 2).
+``crpeer: error: ...``, and exit status 1. Usage errors (click's, and
+impossible option combinations) are one line, ``crpeer: usage error: ...``,
+and exit status 2 (``peer.cli``). A closed stdout ends a command quietly.
 
 Files next to a database ``D``: ``D.key`` (identity), ``D.trust.json`` (trust
-store), and ``D.status.json``, which ``crpeer serve`` rewrites atomically
-every second and removes when it stops; ``crpeer status`` reads it.
+store), ``D.lock`` (held by the running node, :mod:`peer.cli_database`), and
+``D.status.json``, which ``crpeer serve`` rewrites atomically every second and
+removes when it stops; ``crpeer status`` reads it.
 """
 
 from __future__ import annotations
