@@ -150,10 +150,16 @@ class EventPrinter:
                     f"(ours {outdated.local_schema_version}): "
                     f"{count(outdated.held_rows, 'change')} held until this database is migrated"
                 )
-            case events.Disconnected(remote=remote, error=error):
+            case events.Disconnected(remote=remote, error=error, discarded=discarded):
                 self._end_progress(remote, finished=False)
                 reason = f": {error}" if error else ""
                 self._line(f"disconnected from {self._who(remote)}{reason}")
+                if discarded:
+                    self._line(
+                        f"  the transaction being received ({count(discarded, 'change')} so "
+                        "far) was not applied: crpeer applies whole transactions only, so it "
+                        "starts over on the next connection"
+                    )
             case events.SessionFailed(remote=None, address=address, error=error):
                 self._line(f"refused {address}: {error}")
             case _:

@@ -115,6 +115,9 @@ class Disconnected:
 
     remote: RemotePeer
     error: CrpeerError | None
+    discarded: int = 0
+    """Changes of a transaction still being received that were rolled back:
+    only whole transactions are applied, so the remote sends them again."""
 
 
 @dataclass(frozen=True, slots=True)

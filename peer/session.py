@@ -126,6 +126,8 @@ class SessionDriver:
         self._handling = False
         self._stop_handling = False
         self._page_open = False
+        self._page_rows = 0
+        """Changes applied in the open page (uncommitted)."""
         self._page_result: ApplyResult | None = None
         self._buffered: list[Change] = []
         self._backlog: tuple[int, float, int, int] | None = None
@@ -209,6 +211,9 @@ class SessionDriver:
             # was in flight; nothing is left to do but end.
             self._log.debug("session %s: frame after close ignored", self.address)
         finally:
+            # An unfinished transaction is rolled back (whole transactions
+            # only): say how many of its changes the remote must send again.
+            discarded = len(self._buffered) + (self._page_rows if self._page_open else 0)
             if self._page_open:
                 self._page_open = False
                 with contextlib.suppress(CrpeerError):
@@ -223,7 +228,7 @@ class SessionDriver:
             if self.error is not None:
                 self.host.emit(events.SessionFailed(self.remote, self.address, self.error))
             if self.remote is not None:
-                self.host.emit(events.Disconnected(self.remote, self.error))
+                self.host.emit(events.Disconnected(self.remote, self.error, discarded))
             self.done.set()
 
     async def _flush(self) -> None:
@@ -380,7 +385,9 @@ class SessionDriver:
             if not self._page_open:
                 await self.host.begin_page()
                 self._page_open = True
+                self._page_rows = 0
             result = await self.host.apply_in_page(changes, newer)
+            self._page_rows += len(changes)
             if final:
                 self._page_open = False
                 await self.host.end_page(commit=True)

@@ -36,6 +36,8 @@ from peer.cli_sql import run_shell, split_statements
 from peer.errors import ConfigError, ConnectError
 from peer.identity import format_peer_id
 from peer.peer import Peer
+from peer.protocol import Limits
+from peer.retry import Backoff
 from peer.store import Store
 from peer.trust import TrustStore, default_trust_path
 from tests.test_cli import (
@@ -50,6 +52,7 @@ from tests.test_cli import (
     usage_error,
     wait_until,
 )
+from transports.memory import MemoryNetwork, MemoryTransport
 from transports.tcp import TcpTransport
 
 LOOPBACK = ("--no-lan", "--tcp", "127.0.0.1:0")
@@ -590,17 +593,16 @@ def test_a_refusal_is_printed_once(tmp_path: Path) -> None:
     a, b = two_databases(tmp_path)
     processes = []
     try:
-        out_a = (tmp_path / "a.out").open("wb")
-        err_a = (tmp_path / "a.err").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "peer.cli", "serve", str(a), *LOOPBACK[:2], "127.0.0.1:0"],
-                cwd=ROOT,
-                stdout=out_a,
-                stderr=err_a,
-                stdin=subprocess.DEVNULL,
+        with (tmp_path / "a.out").open("wb") as out_a, (tmp_path / "a.err").open("wb") as err_a:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "peer.cli", "serve", str(a), *LOOPBACK],
+                    cwd=ROOT,
+                    stdout=out_a,
+                    stderr=err_a,
+                    stdin=subprocess.DEVNULL,
+                )
             )
-        )
 
         def address() -> str | None:
             for line in (tmp_path / "a.out").read_text().splitlines():
@@ -671,3 +673,62 @@ def test_the_readme_example_command_and_its_notes_work() -> None:
         check=False,
     )
     assert "complete" in completion.stdout, completion.stderr
+
+
+# -- 11. an interrupted transaction is said to start over --------------------------------
+
+
+async def test_an_interrupted_transaction_is_reported_with_its_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stores = [Store(tmp_path / "a.db"), Store(tmp_path / "b.db")]
+    for store in stores:
+        store.execute(SCHEMA)
+        store.make_crr("notes")
+    stores[0].executescript(
+        "BEGIN;"
+        + "".join(f"INSERT INTO notes VALUES ({i}, 'one transaction', {i});" for i in range(3000))
+        + "COMMIT;"
+    )
+    network = MemoryNetwork()
+    small = Limits(max_batch_rows=100, window=1)
+    fast = Backoff(initial=0.01, maximum=0.2)
+    a = Peer(stores[0], [MemoryTransport(network, "a")], insecure=True, limits=small)
+    b = Peer(
+        stores[1],
+        [MemoryTransport(network, "b")],
+        connect=["memory://a"],
+        insecure=True,
+        limits=small,
+        backoff=fast,
+    )
+    seen: list[events.Event] = []
+    first_page = asyncio.Event()
+
+    def on_event(event: events.Event) -> None:
+        seen.append(event)
+        if isinstance(event, events.Progress) and event.rows_received > 0:
+            first_page.set()
+
+    b.subscribe(on_event)
+    try:
+        async with b:
+            await a.start()
+            await asyncio.wait_for(first_page.wait(), 30)
+            await a.stop()  # in the middle of the one transaction
+            for _ in range(500):
+                if any(isinstance(e, events.Disconnected) for e in seen):
+                    break
+                await asyncio.sleep(0.02)
+            (gone,) = [e for e in seen if isinstance(e, events.Disconnected)]
+            assert 0 < gone.discarded < 9000
+            assert stores[1].execute("SELECT count(*) FROM notes") == [(0,)]
+    finally:
+        for store in stores:
+            store.close()
+    printer = EventPrinter(as_json=False, console=Console(file=io.StringIO()))
+    printer.listening({"database": "b.db", "peer_id": None, "addresses": []})
+    printer.on_event(gone)
+    out = capsys.readouterr().out
+    assert f"the transaction being received ({gone.discarded:,} changes so far)" in out
+    assert "whole transactions only" in out
