@@ -54,6 +54,11 @@ from peer.trust import TrustStore, default_trust_path
 __all__ = ["cli", "main"]
 
 
+_NO_ARGS_IS_HELP: type[click.UsageError] | None = getattr(
+    click.exceptions, "NoArgsIsHelpError", None
+)
+
+
 class _TopGroup(CrpeerGroup):
     """The ``crpeer`` group: ``-v`` anywhere on the line, and usage errors as
     one line, ``crpeer: usage error: ...``, with exit status 2."""
@@ -74,6 +79,9 @@ class _TopGroup(CrpeerGroup):
         try:
             result = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as exc:
+            if _NO_ARGS_IS_HELP is not None and isinstance(exc, _NO_ARGS_IS_HELP):
+                exc.show()  # a bare `crpeer` or `crpeer pair`: the help, as click shows it
+                sys.exit(exc.exit_code)
             where = exc.ctx.command_path if exc.ctx is not None else "crpeer"
             message = " ".join(exc.format_message().split())
             click.echo(f"crpeer: usage error: {message} (see `{where} --help`)", err=True)

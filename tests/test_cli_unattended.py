@@ -637,6 +637,14 @@ def test_a_refusal_is_printed_once(tmp_path: Path) -> None:
                 process.wait()
 
 
+def test_a_bare_group_shows_its_help() -> None:
+    for args in ((), ("pair",), ("trust",)):
+        result = run(*args)
+        assert result.exit_code in (0, 2)
+        assert "Usage: crpeer" in result.output + result.stderr
+        assert "usage error" not in result.stderr
+
+
 def test_verbose_works_after_the_subcommand(db: Path) -> None:
     assert hoist_verbose(["status", "db", "-vv", "--", "-v"]) == ["-vv", "status", "db", "--", "-v"]
     assert ok("status", db, "-v").exit_code == 0
