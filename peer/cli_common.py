@@ -305,13 +305,24 @@ def json_value(value: Any) -> Any:
     return value
 
 
+_EVENT_NAMES = {"Synced": "catching_up"}
+"""JSON names that differ from the class name: ``Synced`` only means the remote's
+cursor arrived and catch-up begins, before any change; "synced" would read as done."""
+
+
 def event_to_dict(event: Any, now: float) -> dict[str, Any]:
     """A peer event as a JSON-ready dict: ``{"event": "changed", "time": ..., ...}``.
+
+    The name is the class name in snake case, except ``Synced``:
+    ``catching_up`` (see :data:`_EVENT_NAMES`).
 
     The remote is an object with hex ``site_id``; every other field keeps its
     name (bytes and cursors in hex). Works for any event dataclass.
     """
-    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+    name = (
+        _EVENT_NAMES.get(type(event).__name__)
+        or re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+    )
     out: dict[str, Any] = {"event": name, "time": now}
     if dataclasses.is_dataclass(event):
         for field in dataclasses.fields(event):

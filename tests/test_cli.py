@@ -526,7 +526,7 @@ def test_json_lines_start_with_listening(capsys: pytest.CaptureFixture[str]) -> 
     assert [line["event"] for line in lines] == [
         "listening",
         "connected",
-        "synced",
+        "catching_up",
         "changed",
         "progress",
         "disconnected",
