@@ -327,7 +327,7 @@ def fingerprint(path: Path) -> tuple[str, list[str]]:
     return hashlib.sha256(path.read_bytes()).hexdigest(), names
 
 
-def test_status_never_writes(db: Path, tmp_path: Path) -> None:
+def test_read_only_commands_never_write(db: Path, tmp_path: Path) -> None:
     plain = tmp_path / "plain.db"
     conn = sqlite3.connect(plain)
     conn.execute("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)")
@@ -336,6 +336,7 @@ def test_status_never_writes(db: Path, tmp_path: Path) -> None:
     before = fingerprint(plain)
     failed("status", plain, match="not a crpeer database")
     failed("tables", plain, match="not a crpeer database")
+    failed("snapshot", plain, tmp_path / "copy.db", match="not a crpeer database")
     assert fingerprint(plain) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("plain")) == ["plain.db"]
     with Store(db) as store:
@@ -343,6 +344,7 @@ def test_status_never_writes(db: Path, tmp_path: Path) -> None:
     before = fingerprint(db)
     ok("status", db)
     ok("tables", db)
+    ok("snapshot", db, tmp_path / "snap.db")
     assert fingerprint(db) == before
 
 
