@@ -2,9 +2,10 @@
 
 Text lines name a remote by its peer id, after the label the trust store
 gives it (``laptop (NTG4OCI-...)``); site ids appear only in ``--json``
-output. Catch-up progress counts *changes* (one per column value written,
-cr-sqlite's unit) and bytes: on a terminal as one bar per remote, elsewhere
-as one line every ``progress_every`` seconds.
+output. Catch-up progress shows rows of the app's tables, *changes* (one per
+column value written, cr-sqlite's unit: the remote's backlog, rate and time
+left are known in changes) and bytes: on a terminal as one bar per remote,
+elsewhere as one line every ``progress_every`` seconds.
 """
 
 from __future__ import annotations
@@ -138,12 +139,14 @@ class EventPrinter:
                 self._show_progress(event)
             case events.Eose(remote=remote):
                 self._end_progress(remote)
-            case events.Changed(remote=remote, tables=tables, rows=rows):
+            case events.Changed(remote=remote, tables=tables, rows=rows, table_rows=table_rows):
                 if remote.site_id not in self._tasks:
-                    self._line(
-                        f"{count(rows, 'change')} from {self._who(remote)} "
-                        f"({', '.join(sorted(tables))})"
+                    what = (
+                        f"{count(table_rows, 'row')} ({count(rows, 'change')})"
+                        if table_rows
+                        else count(rows, "change")
                     )
+                    self._line(f"{what} from {self._who(remote)} ({', '.join(sorted(tables))})")
             case events.Outdated(remote=remote) as outdated:
                 self._line(
                     f"{self._who(remote)} has schema {outdated.remote_schema_version} "
@@ -197,7 +200,8 @@ class EventPrinter:
             if now - self._printed_at.get(site, now - self.progress_every) >= self.progress_every:
                 self._printed_at[site] = now
                 self._line(
-                    f"catching up from {self._who(event.remote)}: {event.rows_received:,}/"
+                    f"catching up from {self._who(event.remote)}: "
+                    f"{count(event.table_rows, 'row')}, {event.rows_received:,}/"
                     f"{max(event.rows_expected, event.rows_received):,} changes "
                     f"({human_bytes(event.bytes_received)}), {rate}"
                     + (f", {left_text}" if left_text else "")
@@ -208,6 +212,7 @@ class EventPrinter:
             self._progress = Progress(
                 TextColumn("catching up from {task.description}"),
                 BarColumn(),
+                TextColumn("{task.fields[table_rows]}"),
                 TextColumn("{task.completed:,.0f}/{task.total:,.0f} changes"),
                 TextColumn("{task.fields[size]}"),
                 TextColumn("{task.fields[rate]}"),
@@ -221,6 +226,7 @@ class EventPrinter:
             self._tasks[site] = self._progress.add_task(
                 self._who(event.remote),
                 total=event.rows_expected,
+                table_rows=count(event.table_rows, "row"),
                 rate=rate,
                 left=left_text,
                 size=size,
@@ -229,6 +235,7 @@ class EventPrinter:
             self._tasks[site],
             completed=event.rows_received,
             total=max(event.rows_expected, event.rows_received),
+            table_rows=count(event.table_rows, "row"),
             rate=rate,
             left=left_text,
             size=size,
@@ -244,9 +251,9 @@ class EventPrinter:
         last = self._last.pop(remote.site_id, None)
         if finished and last is not None and last.rows_received:
             self._line(
-                f"caught up with {self._who(remote)}: {count(last.rows_received, 'change')} "
-                f"({human_bytes(last.bytes_received)}) in {last.elapsed:.1f} s "
-                f"({last.rate:,.0f} changes/s)"
+                f"caught up with {self._who(remote)}: {count(last.table_rows, 'row')} "
+                f"({count(last.rows_received, 'change')}, {human_bytes(last.bytes_received)}) "
+                f"in {last.elapsed:.1f} s ({last.rate:,.0f} changes/s)"
             )
         elif finished:
             self._line(f"caught up with {self._who(remote)}")

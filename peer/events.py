@@ -77,6 +77,10 @@ class Progress:
     bytes_received: int
     elapsed: float
     """Seconds since the remote announced its backlog."""
+    table_rows: int = 0
+    """Rows of the app's tables the received changes touch, so far (about: a
+    row whose changes span two frames counts twice). ``rows_received`` counts
+    changes: one per column value (cr-sqlite's unit)."""
 
     @property
     def rate(self) -> float:
@@ -97,6 +101,9 @@ class Changed:
     remote: RemotePeer
     tables: frozenset[str]
     rows: int
+    """Changes merged (one per column value written; cr-sqlite's unit)."""
+    table_rows: int = 0
+    """Rows of ``tables`` those changes touch."""
 
 
 @dataclass(frozen=True, slots=True)

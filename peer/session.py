@@ -87,6 +87,9 @@ class SessionStats:
     bytes_received: int = 0
     rows_sent: int = 0
     rows_received: int = 0
+    table_rows_received: int = 0
+    """Rows of the app's tables the received changes touch (distinct table and
+    primary key per frame: a row whose changes span two frames counts twice)."""
 
 
 class SessionDriver:
@@ -130,7 +133,8 @@ class SessionDriver:
         """Changes applied in the open page (uncommitted)."""
         self._page_result: ApplyResult | None = None
         self._buffered: list[Change] = []
-        self._backlog: tuple[int, float, int, int] | None = None
+        self._backlog: tuple[int, float, int, int, int] | None = None
+        self._page_table_rows = 0
         """The remote's announced backlog: (rows, when, rows and bytes received before)."""
         self._log = logging.getLogger("crpeer.session")
 
@@ -317,6 +321,7 @@ class SessionDriver:
                         time.monotonic(),
                         self.stats.rows_received,
                         self.stats.bytes_received,
+                        self.stats.table_rows_received,
                     )
                 case EoseReceived():
                     assert self.remote is not None
@@ -367,6 +372,9 @@ class SessionDriver:
         assert self.remote is not None
         assert self.session.remote is not None
         newer = self.session.remote.schema_version > self.session.local.schema_version
+        table_rows = len({(change[0], change[1]) for change in changes})
+        self.stats.table_rows_received += table_rows
+        self._page_table_rows += table_rows
         if not self.host.can_stream_pages:
             # An in-memory store cannot keep a page open: gather it, apply it whole.
             if not final:
@@ -400,8 +408,9 @@ class SessionDriver:
             return
         result, self._page_result = self._page_result, None
         assert result is not None
+        table_rows, self._page_table_rows = self._page_table_rows, 0
         if result.merged:
-            self.host.emit(events.Changed(self.remote, result.tables, result.merged))
+            self.host.emit(events.Changed(self.remote, result.tables, result.merged, table_rows))
         if result.held:
             self.host.emit(
                 events.Outdated(
@@ -416,7 +425,7 @@ class SessionDriver:
     def _report_progress(self) -> None:
         if self._backlog is None or self.eose_received.is_set() or self.remote is None:
             return
-        expected, since, rows_before, bytes_before = self._backlog
+        expected, since, rows_before, bytes_before, table_rows_before = self._backlog
         received = self.stats.rows_received - rows_before
         self.host.emit(
             events.Progress(
@@ -425,6 +434,7 @@ class SessionDriver:
                 max(expected, received),
                 self.stats.bytes_received - bytes_before,
                 time.monotonic() - since,
+                self.stats.table_rows_received - table_rows_before,
             )
         )
 

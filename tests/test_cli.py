@@ -563,7 +563,9 @@ def test_text_lines_and_a_progress_bar_on_a_terminal(capsys: pytest.CaptureFixtu
     assert "listening on tcp://x:1" in out
     assert f"connected to {shown} (tcp://10.0.0.2:9000)" in out
     assert f"catching up from {shown}" in out
-    assert f"caught up with {shown}: 1,000 changes (10.0 kB) in 2.0 s (500 changes/s)" in out
+    assert (
+        f"caught up with {shown}: 0 rows (1,000 changes, 10.0 kB) in 2.0 s (500 changes/s)" in out
+    )
     assert "250 changes from" not in out
     assert f"2 changes from {shown} (notes)" in out
     assert "refused tcp://10.0.0.9:1: refused" in out

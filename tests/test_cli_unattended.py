@@ -578,13 +578,57 @@ def test_progress_off_a_terminal_is_a_line_every_few_seconds(
     printer.listening({"database": "a.db", "peer_id": None, "addresses": []})
     for second in range(12):
         now[0] = float(second)
-        printer.on_event(events.Progress(REMOTE, second * 100, 2000, second * 4000, second + 1))
+        printer.on_event(
+            events.Progress(REMOTE, second * 100, 2000, second * 4000, second + 1, second * 50)
+        )
     printer.on_event(events.Eose(REMOTE))
     lines = [line for line in capsys.readouterr().out.splitlines() if "ca" in line[:6]]
     assert len(lines) == 4  # at 0, 5 and 10 s, then the summary
-    assert lines[1].startswith(f"catching up from {format_peer_id(OTHER)}: 500/2,000 changes")
-    assert "(20.0 kB)" in lines[1]
-    assert lines[-1].startswith(f"caught up with {format_peer_id(OTHER)}: 1,100 changes (44.0 kB)")
+    assert lines[1].startswith(
+        f"catching up from {format_peer_id(OTHER)}: 250 rows, 500/2,000 changes (20.0 kB)"
+    )
+    assert lines[-1].startswith(
+        f"caught up with {format_peer_id(OTHER)}: 550 rows (1,100 changes, 44.0 kB)"
+    )
+
+
+async def test_rows_of_the_apps_tables_are_counted_apart_from_changes(tmp_path: Path) -> None:
+    stores = [Store(tmp_path / "a.db"), Store(tmp_path / "b.db")]
+    for store in stores:
+        store.execute(SCHEMA)
+        store.make_crr("notes")
+    stores[0].executescript(
+        "BEGIN;"
+        + "".join(f"INSERT INTO notes VALUES ({i}, 'body', {i});" for i in range(200))
+        + "COMMIT;"
+    )
+    network = MemoryNetwork()
+    small = Limits(max_batch_rows=64)
+    a = Peer(stores[0], [MemoryTransport(network, "a")], insecure=True, limits=small)
+    b = Peer(
+        stores[1],
+        [MemoryTransport(network, "b")],
+        connect=["memory://a"],
+        insecure=True,
+        limits=small,
+        backoff=Backoff(initial=0.01, maximum=0.2),
+    )
+    seen: list[events.Event] = []
+    b.subscribe(seen.append)
+    try:
+        async with a, b:
+            for _ in range(1000):
+                if any(isinstance(e, events.Eose) for e in seen):
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        for store in stores:
+            store.close()
+    changed = [e for e in seen if isinstance(e, events.Changed)]
+    assert sum(e.table_rows for e in changed) == 200  # frames of 64 changes hold whole rows
+    assert sum(e.rows for e in changed) == 400  # two columns besides the key
+    last = [e for e in seen if isinstance(e, events.Progress)][-1]
+    assert (last.table_rows, last.rows_received) == (200, 400)
 
 
 # -- 12. rough edges ------------------------------------------------------------------------
