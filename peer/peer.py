@@ -285,7 +285,7 @@ class Peer:
                 self.log.warning(
                     "peer %s is no longer trusted: closing its session", format_peer_id(peer_id)
                 )
-                self._spawn(driver.close(ErrorCode.UNTRUSTED), "crpeer-cut")
+                self._spawn(driver.close(ErrorCode.UNTRUSTED, "no longer trusted"), "crpeer-cut")
 
     def connect(self, address: str) -> None:
         """Dial ``address`` and keep redialing it until the peer stops."""

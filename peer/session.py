@@ -171,12 +171,13 @@ class SessionDriver:
             return self.session.local.site_id, self.session.nonce
         return remote.site_id, remote.nonce
 
-    async def close(self, code: ErrorCode | None = None) -> None:
-        """End the session (with an error code, or cleanly), then the channel."""
+    async def close(self, code: ErrorCode | None = None, reason: str = "") -> None:
+        """End the session (with an error code and a short public ``reason``, or
+        cleanly), then the channel."""
         with contextlib.suppress(CrpeerError, TimeoutError):
             if self.session.state.value != "closed" or code is not None:
                 if code is not None:
-                    self.session.send_error(code)
+                    self.session.send_error(code, reason)
                 else:
                     self.session.send_close()
             await asyncio.wait_for(self._flush(), timeout=1.0)

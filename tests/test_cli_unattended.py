@@ -40,6 +40,7 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from peer.trust import TrustStore, default_trust_path
+from tests.support import Node, address, wait_for
 from tests.test_cli import (
     OTHER,
     ROOT,
@@ -689,6 +690,22 @@ def test_a_bare_group_shows_its_help() -> None:
         assert result.exit_code in (0, 2)
         assert "Usage: crpeer" in result.output + result.stderr
         assert "usage error" not in result.stderr
+
+
+async def test_a_cut_session_tells_the_other_side_why(tmp_path: Path) -> None:
+    a, b = Node(tmp_path / "a", "a"), Node(tmp_path / "b", "b")
+    try:
+        a.trust.add(b.identity.peer_id)
+        b.trust.add(a.identity.peer_id)
+        async with a.peer() as pa, b.peer([address(pa)]):
+            await wait_for(lambda: len(pa.sessions) == 1)
+            a.trust.remove(b.identity.peer_id)
+            await wait_for(lambda: any(isinstance(e, events.Disconnected) for e in b.seen))
+        (gone,) = [e for e in b.seen if isinstance(e, events.Disconnected)][:1]
+        assert str(gone.error).endswith("remote closed: no longer trusted")
+    finally:
+        a.close()
+        b.close()
 
 
 def test_verbose_works_after_the_subcommand(db: Path) -> None:
