@@ -5,15 +5,19 @@
     crpeer init notes.db                     # database + identity key + trust store
     crpeer sql notes.db "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
     crpeer crr notes.db notes                # replicate the table
+    crpeer tables notes.db                   # which tables replicate
     crpeer pair new-secret notes.db          # let another device join
     crpeer serve notes.db                    # sync until Ctrl-C (LAN + TCP, TLS)
     crpeer status notes.db                   # what the running serve reports
 
 Exit status: 0 on success, 1 when the command failed (one line on stderr,
-``crpeer: error: ...``), 2 for a usage error. Commands whose output is data
-take ``--json``. Long-running commands live in :mod:`peer.cli_serve`,
-snapshots in :mod:`peer.store_snapshot`, shared helpers in
-:mod:`peer.cli_common`.
+``crpeer: error: ...``), 2 for a usage error (one line, ``crpeer: usage
+error: ...``). Every command that prints takes ``--json``; ``-v`` may go
+anywhere. Long-running commands live in :mod:`peer.cli_serve` (their output
+in :mod:`peer.cli_events`), ``crpeer sql`` in :mod:`peer.cli_sql`, the checks
+of a database file (lock, integrity, read-only status) in
+:mod:`peer.cli_database`, snapshots in :mod:`peer.store_snapshot`, shared
+helpers in :mod:`peer.cli_common`.
 """
 
 from __future__ import annotations
