@@ -84,8 +84,10 @@ def _unpack(frame: bytes) -> list[Any]:
     if not isinstance(body, list) or not body or not isinstance(body[0], int):
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "auth frame must be [kind, ...]")
     if body[0] == _ERROR and len(body) == 4 and isinstance(body[2], int):
-        code = body[2]
-        raise UntrustedPeerError(f"the remote refused us (code {code}: {body[3]!r:.80})")
+        code, reason = body[2], str(body[3])[:80]
+        if reason == pairing.WRONG_SECRET:
+            raise PairingError(f"the remote refused us: {reason}")
+        raise UntrustedPeerError(f"the remote refused us (code {code}: {reason!r})")
     return body
 
 
@@ -155,10 +157,15 @@ async def _exchange(channel: Channel, gate: Gate, local_id: str, remote_id: str)
     if secret is None or not remote_can_pair or trust is None:
         if not trusted:
             await _refuse(channel, ErrorCode.UNTRUSTED, "not trusted")
-            raise UntrustedPeerError(f"peer {remote_id} is not trusted")
+            if secret is not None and not remote_can_pair:
+                raise PairingError(
+                    f"peer {pairing.format_peer_id(remote_id)} does not accept joins "
+                    "(it has no join secret: run `crpeer pair new-secret` on it)"
+                )
+            raise UntrustedPeerError(f"peer {pairing.format_peer_id(remote_id)} is not trusted")
         # We trust them; they refuse us (their ERROR arrives next).
         _unpack(await channel.recv())
-        raise UntrustedPeerError(f"peer {remote_id} does not trust us")
+        raise UntrustedPeerError(f"peer {pairing.format_peer_id(remote_id)} does not trust us")
     # Pairing. The side that does not trust the other hosts (verifies first).
     joiner = trusted or (not trusts_us and local_id < remote_id)
     joiner_id, host_id = (local_id, remote_id) if joiner else (remote_id, local_id)
@@ -174,7 +181,7 @@ async def _exchange(channel: Channel, gate: Gate, local_id: str, remote_id: str)
         try:
             pairing.verify_joiner_proof(secret, nonces, joiner_id, host_id, proof)
         except PairingError:
-            await _refuse(channel, ErrorCode.UNTRUSTED, "pairing failed")
+            await _refuse(channel, ErrorCode.UNTRUSTED, pairing.WRONG_SECRET)
             raise
         await channel.send(_pack(_PROOF, pairing.host_proof(secret, nonces, joiner_id, host_id)))
     if not trusted:

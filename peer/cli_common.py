@@ -2,11 +2,14 @@
 
 Errors: a command raises a :class:`~peer.errors.CrpeerError` (or lets one
 through); :class:`CrpeerGroup` turns it into one line on stderr,
-``crpeer: error: ...``, and exit status 1. Usage errors stay click's (status 2).
+``crpeer: error: ...``, and exit status 1. Usage errors (click's, and
+impossible option combinations) are one line, ``crpeer: usage error: ...``,
+and exit status 2 (``peer.cli``). A closed stdout ends a command quietly.
 
 Files next to a database ``D``: ``D.key`` (identity), ``D.trust.json`` (trust
-store), and ``D.status.json``, which ``crpeer serve`` rewrites atomically
-every second and removes when it stops; ``crpeer status`` reads it.
+store), ``D.lock`` (held by the running node, :mod:`peer.cli_database`), and
+``D.status.json``, which ``crpeer serve`` rewrites atomically every second and
+removes when it stops; ``crpeer status`` reads it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import IO, Any
 
 import click
 
+from peer.cli_database import serve_is_running
 from peer.errors import ConfigError, CrpeerError
 from peer.store import Store
 
@@ -38,6 +42,7 @@ __all__ = [
     "DefaultGroup",
     "echo_json",
     "event_to_dict",
+    "hoist_verbose",
     "host_port_option",
     "json_value",
     "log_to_stderr",
@@ -71,16 +76,46 @@ class CliFailure(click.ClickException):
 
 
 class CrpeerGroup(click.Group):
-    """A click group that reports crpeer errors (and file errors) as :class:`CliFailure`."""
+    """A click group that reports crpeer errors (and file errors) as :class:`CliFailure`.
+
+    A closed stdout (``crpeer sql ... | head -1``) ends the command quietly,
+    with status 0.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CrpeerError as exc:
             raise CliFailure(str(exc) or type(exc).__name__) from exc
+        except BrokenPipeError:
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             raise CliFailure(f"{exc.strerror or exc}{where}") from exc
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the final flush at exit cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (tests)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+_VERBOSE = re.compile(r"-v+|--verbose")
+
+
+def hoist_verbose(args: list[str]) -> list[str]:
+    """``args`` with every ``-v``/``-vv``/``--verbose`` before ``--`` moved to the
+    front, so that ``crpeer serve DB -v`` means ``crpeer -v serve DB``."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [arg for arg in args[:end] if _VERBOSE.fullmatch(arg)]
+    rest = [arg for arg in args[:end] if not _VERBOSE.fullmatch(arg)]
+    return [*flags, *rest, *args[end:]]
 
 
 class DefaultGroup(CrpeerGroup):
@@ -230,29 +265,23 @@ STALE_AFTER = 5.0
 def serve_state(database: Path) -> tuple[str, dict[str, Any] | None]:
     """Whether a ``crpeer serve`` runs for ``database``, and its status document.
 
-    ``"running"``: the file is fresh and its process exists; ``"stale"``: a
-    file is there but older than :data:`STALE_AFTER` or its process is gone;
-    ``"stopped"``: no file. Raises ConfigError for a damaged file.
+    The instance lock decides whether one runs (:mod:`peer.cli_database`):
+    ``"running"``: it holds the lock and its status file is fresh;
+    ``"starting"``: it holds the lock and has not written the file yet;
+    ``"stale"``: it holds the lock but the file is older than
+    :data:`STALE_AFTER` (the process hangs); ``"crashed"``: a status file is
+    there but no process holds the lock (it was killed; ``updated`` says
+    when it was last alive); ``"stopped"``: neither. Reads only. Raises
+    ConfigError for a damaged status file.
     """
     document = read_status_file(status_path(database))
+    running = serve_is_running(database)
     if document is None:
-        return "stopped", None
+        return ("starting" if running else "stopped"), None
+    if not running:
+        return "crashed", document
     age = time.time() - float(document["updated"])
-    pid = document.get("pid")
-    alive = isinstance(pid, int) and _process_exists(pid)
-    return ("running" if age <= STALE_AFTER and alive else "stale"), document
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    except OSError:
-        return False
-    return True
+    return ("running" if age <= STALE_AFTER else "stale"), document
 
 
 def json_value(value: Any) -> Any:
@@ -276,13 +305,24 @@ def json_value(value: Any) -> Any:
     return value
 
 
+_EVENT_NAMES = {"Synced": "catching_up"}
+"""JSON names that differ from the class name: ``Synced`` only means the remote's
+cursor arrived and catch-up begins, before any change; "synced" would read as done."""
+
+
 def event_to_dict(event: Any, now: float) -> dict[str, Any]:
     """A peer event as a JSON-ready dict: ``{"event": "changed", "time": ..., ...}``.
+
+    The name is the class name in snake case, except ``Synced``:
+    ``catching_up`` (see :data:`_EVENT_NAMES`).
 
     The remote is an object with hex ``site_id``; every other field keeps its
     name (bytes and cursors in hex). Works for any event dataclass.
     """
-    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+    name = (
+        _EVENT_NAMES.get(type(event).__name__)
+        or re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+    )
     out: dict[str, Any] = {"event": name, "time": now}
     if dataclasses.is_dataclass(event):
         for field in dataclasses.fields(event):

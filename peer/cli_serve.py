@@ -22,7 +22,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,32 +30,52 @@ from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from peer import events
 from peer.cli_common import (
     DATABASE,
     echo_json,
-    event_to_dict,
     host_port_option,
     require_database,
     status_path,
     write_status_file,
 )
-from peer.errors import ConfigError, PairingError
+from peer.cli_database import InstanceLock, check_health, damage_message
+from peer.cli_events import EventPrinter
+from peer.errors import (
+    ConfigError,
+    CrpeerError,
+    InvalidChangeError,
+    PairingError,
+    SecurityError,
+    StoreError,
+)
 from peer.identity import Identity, default_key_path, format_peer_id
+from peer.pairing import WRONG_SECRET, normalize_join_secret
 from peer.peer import Peer
 from peer.status import SessionHistory, peer_status
+from peer.store import Store
 from peer.trust import TrustStore, default_trust_path
+from transports._addresses import parse_address
 from transports.base import Transport
 from transports.http_sse import HttpSseTransport
 from transports.lan import LanTransport
 from transports.tcp import TcpTransport
 from transports.websocket import WebSocketTransport
 
-__all__ = ["EventPrinter", "NodeOptions", "build_peer", "node_options", "pair_join", "serve"]
+__all__ = [
+    "EventPrinter",
+    "NodeOptions",
+    "build_peer",
+    "check_dial_address",
+    "node_guard",
+    "node_options",
+    "pair_join",
+    "serve",
+]
 
 _SCHEMES = ("tcp", "ws", "wss", "http", "https")
+_URL_FORMS = "tcp://HOST:PORT, ws://HOST:PORT/crpeer or http://HOST:PORT/crpeer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +144,25 @@ def build_peer(options: NodeOptions, *, join_secret: str | None = None) -> tuple
     return peer, identity
 
 
+def check_dial_address(address: str) -> None:
+    """Raise ConfigError, saying what is wrong, unless ``address`` can be dialed:
+    a known scheme, a host, and a port from 1 to 65535 (``tcp://`` needs one;
+    ``ws``/``http`` default to their scheme's)."""
+    if urlsplit(address).scheme not in _SCHEMES:
+        raise ConfigError(f"{address!r} is not a URL like {_URL_FORMS}")
+    parts = parse_address(address, _SCHEMES, _URL_FORMS)
+    if parts.scheme == "tcp" and parts.port is None:
+        raise ConfigError(f"{address!r} has no port: write tcp://HOST:PORT")
+    if parts.port == 0:
+        raise ConfigError(f"{address!r}: port 0 cannot be dialed (use 1-65535)")
+
+
 def _check_urls(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
     for address in value:
-        parts = urlsplit(address)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise click.BadParameter(
-                f"{address!r} is not a URL like tcp://HOST:PORT, ws://HOST:PORT/crpeer "
-                "or http://HOST:PORT/crpeer",
-                ctx,
-                param,
-            )
+        try:
+            check_dial_address(address)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
     return value
 
 
@@ -187,146 +216,75 @@ def node_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-class EventPrinter:
-    """Prints a node's events on stdout: JSON lines, or text lines.
-
-    Subscribe :meth:`on_event`; events are held back until :meth:`listening`
-    has printed the first line. In text mode, ``Progress`` events draw one
-    progress bar per remote on ``console`` (stderr) when it is a terminal;
-    each remote's EOSE removes its bar and prints a summary line. Call
-    :meth:`close` at the end.
-    """
-
-    def __init__(self, *, as_json: bool, console: Console) -> None:
-        self.as_json = as_json
-        self.console = console
-        self._held: list[events.Event] | None = []  # until the listening line is out
-        self._progress: Progress | None = None
-        self._tasks: dict[bytes, TaskID] = {}
-        self._last: dict[bytes, events.Progress] = {}
-
-    def listening(self, document: dict[str, Any]) -> None:
-        if self.as_json:
-            echo_json({"event": "listening", "time": time.time(), **document})
-        else:
-            peer_id = document["peer_id"]
-            click.echo(f"crpeer serving {document['database']}")
-            click.echo(f"  peer id  {format_peer_id(peer_id) if peer_id else '(insecure)'}")
-            for address in document["addresses"]:
-                click.echo(f"  listening on {address}")
-        held, self._held = self._held or [], None
-        for event in held:
-            self.on_event(event)
-
-    def on_event(self, event: events.Event) -> None:
-        if self._held is not None:
-            self._held.append(event)
-        elif self.as_json:
-            echo_json(event_to_dict(event, time.time()))
-        else:
-            self._text(event)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def _text(self, event: events.Event) -> None:
-        match event:
-            case events.Connected(remote=remote):
-                way = "from" if remote.inbound else "to"
-                self._line(f"connected {way} {remote.name} ({remote.address})")
-            case events.Progress(remote=remote):
-                self._last[remote.site_id] = event
-                self._show_progress(event)
-            case events.Eose(remote=remote):
-                self._end_progress(remote)
-            case events.Changed(remote=remote, tables=tables, rows=rows):
-                if remote.site_id not in self._tasks:
-                    self._line(f"{rows} rows from {remote.name} ({', '.join(sorted(tables))})")
-            case events.Outdated(remote=remote) as outdated:
-                self._line(
-                    f"{remote.name} has schema {outdated.remote_schema_version} "
-                    f"(ours {outdated.local_schema_version}): {outdated.held_rows} rows held "
-                    "until this database is migrated"
-                )
-            case events.Disconnected(remote=remote, error=error):
-                self._end_progress(remote, finished=False)
-                self._line(f"disconnected from {remote.name}" + (f": {error}" if error else ""))
-            case events.SessionFailed(remote=None, address=address, error=error):
-                self._line(f"refused {address}: {error}")
-            case _:
-                pass
-
-    def _line(self, text: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(text, markup=False, highlight=False)
-        else:
-            click.echo(text)
-
-    def _show_progress(self, event: events.Progress) -> None:
-        if not self.console.is_terminal:
-            return
-        if self._progress is None:
-            # The time left comes from the remote's backlog estimate (an upper bound).
-            self._progress = Progress(
-                TextColumn("catching up from {task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("{task.fields[left]}"),
-                console=self.console,
-                transient=True,
-            )
-            self._progress.start()
-        site = event.remote.site_id
-        left = event.remaining
-        rate = f"{event.rate:,.0f} rows/s"
-        left_text = "" if left is None else f"~{left:,.0f} s left"
-        if site not in self._tasks:
-            self._tasks[site] = self._progress.add_task(
-                event.remote.name, total=event.rows_expected, rate=rate, left=left_text
-            )
-        self._progress.update(
-            self._tasks[site],
-            completed=event.rows_received,
-            total=max(event.rows_expected, event.rows_received),
-            rate=rate,
-            left=left_text,
-        )
-
-    def _end_progress(self, remote: events.RemotePeer, *, finished: bool = True) -> None:
-        task = self._tasks.pop(remote.site_id, None)
-        if task is not None and self._progress is not None:
-            self._progress.remove_task(task)
-            if not self._tasks:
-                self.close()
-        last = self._last.pop(remote.site_id, None)
-        if finished and last is not None and last.rows_received:
-            self._line(
-                f"caught up with {remote.name}: {last.rows_received:,} rows "
-                f"in {last.elapsed:.1f} s ({last.rate:,.0f} rows/s)"
-            )
-        elif finished:
-            self._line(f"caught up with {remote.name}")
-
-
 def _addresses(peer: Peer) -> list[str]:
     return [address for t in peer.transports for address in t.listen_addresses]
 
 
+def _labels(database: Path) -> Callable[[str], str]:
+    """A peer id's label in ``database``'s trust store ("" if none), read fresh each time."""
+    trust = TrustStore.load(default_trust_path(database))
+
+    def label(peer_id: str) -> str:
+        with contextlib.suppress(CrpeerError):
+            trust.reload_if_changed()
+        return next((e.label for e in trust.list() if e.peer_id == peer_id), "")
+
+    return label
+
+
+@contextlib.contextmanager
+def node_guard(database: Path) -> Iterator[None]:
+    """Hold ``database``'s instance lock and check the file before a node runs on it.
+
+    Raises ConfigError if another node runs on it or ``PRAGMA quick_check``
+    finds it damaged, StoreError if it is not a usable database. Warns on
+    stderr when no table replicates.
+    """
+    require_database(database)
+    with InstanceLock(database):
+        check_health(database)
+        with Store(database) as store:
+            replicated = store.crr_columns()
+        if not replicated:
+            click.echo(
+                f"crpeer: warning: {database} has no replicated tables, so nothing syncs; "
+                f"make one with `crpeer crr {database} TABLE`",
+                err=True,
+            )
+        yield
+
+
 async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: float) -> None:
-    """Run a node until SIGINT/SIGTERM (see the module docstring)."""
+    """Run a node until SIGINT/SIGTERM (see the module docstring).
+
+    Raises ConfigError if the database turns out damaged while serving: the
+    sessions stop, an ``error`` event says why, and the node does not go on.
+    """
     peer, _ = build_peer(options)
     history = SessionHistory()
     peer.subscribe(history.record)
-    reporter = EventPrinter(as_json=as_json, console=Console(stderr=True))
+    labels = _labels(options.database) if not options.insecure else None
+    reporter = EventPrinter(as_json=as_json, console=Console(stderr=True), labels=labels)
     peer.subscribe(reporter.on_event)
     status_file = status_path(options.database)
-    stop = asyncio.Event()
+    interrupted, store_failed, wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    def watch(event: events.Event) -> None:
+        # InvalidChangeError is the remote's fault, not the store's.
+        error = event.error if isinstance(event, events.SessionFailed) else None
+        if isinstance(error, StoreError) and not isinstance(error, InvalidChangeError):
+            store_failed.set()
+            wake.set()
+
+    def interrupt() -> None:
+        interrupted.set()
+        wake.set()
+
+    peer.subscribe(watch)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, interrupt)
+    damage: str | None = None
     try:
         await peer.start()
         addresses = _addresses(peer)
@@ -336,10 +294,19 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
                 "peer_id": peer.peer_id,
                 "site_id": peer.site_id.hex(),
                 "addresses": addresses,
+                "lan": options.lan,
+                "connect": list(options.connect),
                 "pid": os.getpid(),
             }
         )
-        while not stop.is_set():
+        while not interrupted.is_set():
+            if store_failed.is_set():  # a store error in a session: is the file damaged?
+                store_failed.clear()
+                problems = await peer.run_in_store(peer.store.integrity_problems)
+                if problems:
+                    damage = damage_message(options.database, problems)
+                    reporter.error(damage)
+                    break
             status = await peer_status(peer, history)
             write_status_file(
                 status_file,
@@ -351,7 +318,8 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
                 },
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=status_interval)
+                await asyncio.wait_for(wake.wait(), timeout=status_interval)
+            wake.clear()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -360,6 +328,8 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
         finally:
             status_file.unlink(missing_ok=True)
             reporter.close()
+    if damage is not None:
+        raise ConfigError(damage)
 
 
 @click.command()
@@ -388,31 +358,55 @@ def serve(
     By default it listens for TCP with TLS on every interface and finds peers
     on the LAN by mDNS; only peers in the trust store sync (see `crpeer
     trust` and `crpeer pair`). It writes DATABASE.status.json every second
-    for `crpeer status`.
+    for `crpeer status`. One node runs per database (DATABASE.lock); a
+    damaged database is refused at start and stops the node while serving.
     """
     options = NodeOptions(database, tcp, ws, http, lan, connect, insecure, name)
-    require_database(database)
-    asyncio.run(run_serve(options, as_json=as_json, status_interval=status_interval))
+    with node_guard(database):
+        asyncio.run(run_serve(options, as_json=as_json, status_interval=status_interval))
 
 
-async def run_pair_join(options: NodeOptions, secret: str, within: float) -> str:
-    """Connect with ``secret`` until a new peer is trusted; return its id.
+async def run_pair_join(options: NodeOptions, secret: str, within: float) -> tuple[str, bool]:
+    """Connect with ``secret`` until a new peer is trusted; return its id and
+    True, or the id of a ``--connect`` device already trusted and False.
 
-    Raises PairingError if none is within ``within`` seconds.
+    Raises PairingError at once on a definite refusal: any refusal by a
+    ``--connect`` device (a wrong secret, a device that does not accept
+    joins), a wrong secret from any device, an address that cannot work;
+    and if no device accepts within ``within`` seconds.
     """
     trusted = TrustStore.load(default_trust_path(options.database)).list()
     before = {entry.peer_id for entry in trusted}
     peer, _ = build_peer(options, join_secret=secret)
-    paired: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    paired: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
     failures: list[str] = []
+
+    def refused(address: str, error: CrpeerError) -> None:
+        if not paired.done():
+            paired.set_exception(PairingError(f"{address} refused pairing: {error}"))
 
     def on_event(event: events.Event) -> None:
         match event:
-            case events.Connected(remote=events.RemotePeer(peer_id=str(peer_id))):
-                if peer_id not in before and not paired.done():
-                    paired.set_result(peer_id)
+            case events.Connected(remote=events.RemotePeer(peer_id=str(peer_id), inbound=inbound)):
+                if paired.done():
+                    return
+                if peer_id not in before:
+                    paired.set_result((peer_id, True))
+                elif not inbound and not options.lan:  # a --connect device, paired before
+                    paired.set_result((peer_id, False))
+            case events.SessionFailed(address=address, error=PairingError() as error) if (
+                WRONG_SECRET in str(error)
+            ):
+                refused(address, error)  # the same secret cannot work on a retry
             case events.SessionFailed(error=error):
                 failures.append(str(error))
+            case events.DialState(state="backing_off", address=address, error=SecurityError()):
+                assert event.error is not None
+                refused(address, event.error)  # a --connect device said no
+            case events.DialState(state="failed", address=address, error=error):
+                refused(address, error or ConfigError("cannot be dialed"))
+            case events.DialState(state="backing_off", address=address, error=error):
+                failures.append(f"{address}: {error}")
             case _:
                 pass
 
@@ -430,12 +424,22 @@ async def run_pair_join(options: NodeOptions, secret: str, within: float) -> str
         await peer.stop()
 
 
+def _check_secret(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            normalize_join_secret(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
 @click.command("join")
 @node_options
 @click.option(
     "--secret",
     prompt="Join secret",
     hide_input=True,
+    callback=_check_secret,
     help="The join secret shown by `crpeer pair new-secret` on the other device.",
 )
 @click.option(
@@ -461,14 +465,17 @@ def pair_join(
     """Join a device that holds a join secret: both then trust each other.
 
     Reaches the device at --connect, or on the LAN, proves this side knows
-    the secret, and exits once it is paired. Then run `crpeer serve`.
+    the secret, and exits once it is paired, or at once when the device
+    refuses (with the reason). Then run `crpeer serve`.
     """
     if insecure:
-        raise ConfigError("pairing needs TLS: drop --insecure")
+        raise click.UsageError("pairing needs TLS: drop --insecure")
+    if not lan and not connect:
+        raise click.UsageError("--no-lan needs --connect URL: otherwise no device can be reached")
     options = NodeOptions(database, tcp, ws, http, lan, connect, False, name)
-    require_database(database)
-    peer_id = asyncio.run(run_pair_join(options, secret, timeout))
+    with node_guard(database):
+        peer_id, new = asyncio.run(run_pair_join(options, secret, timeout))
     if as_json:
-        echo_json({"paired": peer_id})
+        echo_json({"paired": peer_id, "new": new})
     else:
-        click.echo(f"paired with {format_peer_id(peer_id)}")
+        click.echo(f"{'paired' if new else 'already paired'} with {format_peer_id(peer_id)}")

@@ -24,7 +24,7 @@ from peer.cli_common import (
     serve_state,
 )
 from peer.cli_serve import pair_join
-from peer.identity import format_peer_id
+from peer.identity import format_peer_id, parse_peer_id
 from peer.status import PeerStatus
 from peer.trust import TrustStore, default_trust_path
 
@@ -36,7 +36,7 @@ def _trust(database: Path) -> TrustStore:
 
 
 def _running_note(database: Path) -> None:
-    if serve_state(database)[0] == "running":
+    if serve_state(database)[0] in {"running", "starting", "stale"}:
         click.echo("note: the running `crpeer serve` picks this up by itself", err=True)
 
 
@@ -106,22 +106,31 @@ def trust_list(database: Path, as_json: bool) -> None:
 @DATABASE
 @click.argument("peer_id")
 @click.option("--label", default="", help="A name for people, e.g. 'laptop'.")
-def trust_add(database: Path, peer_id: str, label: str) -> None:
+@JSON_OPTION
+def trust_add(database: Path, peer_id: str, label: str, as_json: bool) -> None:
     """Trust PEER_ID (as `crpeer id` shows it on the other device)."""
     entry = _trust(database).add(peer_id, label)
-    click.echo(f"trusted {format_peer_id(entry.peer_id)}" + (f" ({label})" if label else ""))
-    _running_note(database)
+    if as_json:
+        echo_json({"trusted": entry.peer_id, "label": entry.label})
+    else:
+        click.echo(f"trusted {format_peer_id(entry.peer_id)}" + (f" ({label})" if label else ""))
+        _running_note(database)
 
 
 @trust.command("remove")
 @DATABASE
 @click.argument("peer_id")
-def trust_remove(database: Path, peer_id: str) -> None:
+@JSON_OPTION
+def trust_remove(database: Path, peer_id: str, as_json: bool) -> None:
     """Stop trusting PEER_ID; a running serve closes its sessions."""
-    if not _trust(database).remove(peer_id):
-        raise CliFailure(f"{peer_id} was not trusted")
-    click.echo(f"removed {peer_id}")
-    _running_note(database)
+    canonical = parse_peer_id(peer_id)
+    if not _trust(database).remove(canonical):
+        raise CliFailure(f"{format_peer_id(canonical)} was not trusted")
+    if as_json:
+        echo_json({"removed": canonical})
+    else:
+        click.echo(f"removed {format_peer_id(canonical)}")
+        _running_note(database)
 
 
 # -- pairing ------------------------------------------------------------------------
@@ -173,7 +182,11 @@ def pair_show(database: Path, as_json: bool) -> None:
 
 @pair.command("clear")
 @DATABASE
-def pair_clear(database: Path) -> None:
+@JSON_OPTION
+def pair_clear(database: Path, as_json: bool) -> None:
     """Close joining: forget the join secret."""
     _trust(database).clear_join_secret()
-    click.echo("joining is closed")
+    if as_json:
+        echo_json({"join_secret": None})
+    else:
+        click.echo("joining is closed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from peer.errors import CrpeerError
 from peer.store import Cursor
@@ -16,6 +17,8 @@ from peer.store import Cursor
 __all__ = [
     "Changed",
     "Connected",
+    "DialState",
+    "DialStateName",
     "Disconnected",
     "Eose",
     "Event",
@@ -74,6 +77,10 @@ class Progress:
     bytes_received: int
     elapsed: float
     """Seconds since the remote announced its backlog."""
+    table_rows: int = 0
+    """Rows of the app's tables the received changes touch, so far (about: a
+    row whose changes span two frames counts twice). ``rows_received`` counts
+    changes: one per column value (cr-sqlite's unit)."""
 
     @property
     def rate(self) -> float:
@@ -94,6 +101,9 @@ class Changed:
     remote: RemotePeer
     tables: frozenset[str]
     rows: int
+    """Changes merged (one per column value written; cr-sqlite's unit)."""
+    table_rows: int = 0
+    """Rows of ``tables`` those changes touch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +122,9 @@ class Disconnected:
 
     remote: RemotePeer
     error: CrpeerError | None
+    discarded: int = 0
+    """Changes of a transaction still being received that were rolled back:
+    only whole transactions are applied, so the remote sends them again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,5 +139,37 @@ class SessionFailed:
     error: CrpeerError
 
 
-Event = Connected | Synced | Progress | Eose | Changed | Outdated | Disconnected | SessionFailed
+DialStateName = Literal["connecting", "connected", "backing_off", "failed"]
+"""Where a dial target stands (see :class:`DialState`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DialState:
+    """An address the peer dials (``connect``) changed state.
+
+    ``connecting``: attempt ``attempt`` is under way; ``connected``: the
+    channel is up and its session runs; ``backing_off``: the last attempt or
+    session failed with ``error`` and the next attempt starts at ``retry_at``
+    (seconds since the epoch); ``failed``: the address cannot work
+    (``error`` says why) and is not dialed again.
+    """
+
+    address: str
+    state: DialStateName
+    attempt: int
+    error: CrpeerError | None = None
+    retry_at: float | None = None
+
+
+Event = (
+    DialState
+    | Connected
+    | Synced
+    | Progress
+    | Eose
+    | Changed
+    | Outdated
+    | Disconnected
+    | SessionFailed
+)
 EventCallback = Callable[[Event], None]

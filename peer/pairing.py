@@ -43,6 +43,7 @@ __all__ = [
     "NONCE_SIZE",
     "PEER_ID_LENGTH",
     "PROOF_SIZE",
+    "WRONG_SECRET",
     "PairingNonces",
     "format_peer_id",
     "generate_join_secret",
@@ -65,6 +66,10 @@ PROOF_SIZE = 32
 JOIN_SECRET_MIN_LENGTH = 20
 """Fewest characters a join secret may have once normalized. A floor, not a
 guarantee: a rogue host can brute-force a weak secret offline (SECURITY.md)."""
+
+WRONG_SECRET = "wrong join secret"
+"""The reason a host sends when a joiner's proof fails: the joiner reports it
+as a PairingError and stops trying (retrying with the same secret cannot work)."""
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _DIGIT = {char: value for value, char in enumerate(_ALPHABET)}
@@ -202,7 +207,8 @@ def _verify(mac: hmac.HMAC, proof: bytes, sender: str) -> None:
         mac.verify(proof)  # constant-time comparison
     except InvalidSignature:
         raise PairingError(
-            f"the {sender} does not know the join secret (or a different device is in between)"
+            f"{WRONG_SECRET}: the {sender} does not know the join secret "
+            "(or a different device is in between)"
         ) from None
 
 

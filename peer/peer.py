@@ -25,12 +25,19 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_never
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+)
 
 from peer import events as ev
 from peer.auth import Gate, authenticate
@@ -43,7 +50,7 @@ from peer.errors import (
     RemoteProtocolError,
     SecurityError,
 )
-from peer.identity import Identity
+from peer.identity import Identity, format_peer_id
 from peer.protocol import Limits, LocalInfo, SyncSession
 from peer.retry import Backoff
 from peer.session import SessionDriver
@@ -144,6 +151,8 @@ class Peer:
         self._started = False
         self._stopping = False
         self._unsubscribe_trust: Callable[[], None] | None = None
+        self.dials: dict[str, ev.DialState] = {}
+        """The last state of each ``connect`` address (see :class:`~peer.events.DialState`)."""
         self.history = SessionHistory()
         """Each remote's last EOSE time and last error, for :meth:`status`."""
         self._subscribers.append(self.history.record)
@@ -273,8 +282,10 @@ class Peer:
         """Close every live session with ``peer_id`` (it was removed from trust)."""
         for driver in list(self._drivers):
             if driver.peer_id == peer_id:
-                self.log.warning("peer %s is no longer trusted: closing its session", peer_id)
-                self._spawn(driver.close(ErrorCode.UNTRUSTED), "crpeer-cut")
+                self.log.warning(
+                    "peer %s is no longer trusted: closing its session", format_peer_id(peer_id)
+                )
+                self._spawn(driver.close(ErrorCode.UNTRUSTED, "no longer trusted"), "crpeer-cut")
 
     def connect(self, address: str) -> None:
         """Dial ``address`` and keep redialing it until the peer stops."""
@@ -427,20 +438,31 @@ class Peer:
             return
         await self._run_channel(channel, outbound=False)
 
-    async def _run_channel(self, channel: Channel, *, outbound: bool) -> SessionDriver | None:
-        """Authenticate, then run one sync session; None if it was refused."""
+    async def _run_channel(
+        self,
+        channel: Channel,
+        *,
+        outbound: bool,
+        refused: Callable[[CrpeerError], None] | None = None,
+    ) -> SessionDriver | None:
+        """Authenticate, then run one sync session; None if it was refused
+        (``refused`` hears why). Refusals are events (SessionFailed), logged at INFO."""
         if self._stopping or self._local is None:
             await channel.close()
             raise ConnectError("peer is stopping")
         try:
             peer_id = await authenticate(channel, self.gate)
         except (SecurityError, RemoteProtocolError) as exc:
-            self.log.warning("refused %s: %s", channel.remote.address, exc)
+            self.log.info("refused %s: %s", channel.remote.address, exc)
+            if refused is not None:
+                refused(exc)
             self.emit(ev.SessionFailed(None, channel.remote.address, exc))
             with contextlib.suppress(CrpeerError):
                 await channel.close()
             return None
         except CrpeerError as exc:  # the channel broke during authentication
+            if refused is not None:
+                refused(exc)
             if isinstance(exc, ChannelClosed):
                 self.log.info("%s closed during authentication", channel.remote.address)
             else:
@@ -470,36 +492,104 @@ class Peer:
                 del self._by_site[driver.remote.site_id]
         return driver
 
-    async def _dial(self, transport: Transport, address: str, attempts: int | None) -> Channel:
+    async def _dial(
+        self,
+        transport: Transport,
+        address: str,
+        attempts: int | None,
+        report: Callable[[ev.DialState], None] | None = None,
+    ) -> Channel:
         """Dial with exponential backoff and full jitter; raises ConnectError after
-        ``attempts`` failures (never gives up when None)."""
+        ``attempts`` failures (never gives up when None), ConfigError at once for
+        an address that cannot work. ``report`` hears each attempt and pause."""
+
+        def before(state: RetryCallState) -> None:
+            if report is not None:
+                report(ev.DialState(address, "connecting", state.attempt_number))
+
+        def before_sleep(state: RetryCallState) -> None:
+            if report is None or state.outcome is None or state.next_action is None:
+                return
+            error = state.outcome.exception()
+            report(
+                ev.DialState(
+                    address,
+                    "backing_off",
+                    state.attempt_number,
+                    error if isinstance(error, CrpeerError) else None,
+                    time.time() + state.next_action.sleep,
+                )
+            )
+
         retrying = AsyncRetrying(
             wait=self.backoff.wait(),
             retry=retry_if_exception_type(ConnectError),
             stop=stop_after_attempt(attempts) if attempts else stop_never,
+            before=before,
+            before_sleep=before_sleep,
             reraise=True,
         )
         channel: Channel = await retrying(transport.dial, address)
         return channel
 
-    async def _session_ended(self, driver: SessionDriver | None) -> None:
-        """Wait before redialing: for a duplicate's end, or a jittered pause after a failure."""
+    async def _session_ended(
+        self, driver: SessionDriver | None, pausing: Callable[[float], None] | None = None
+    ) -> None:
+        """Wait before redialing: for a duplicate's end, or a jittered pause after a
+        failure (``pausing`` hears its length first)."""
         remote = driver.session.remote if driver else None
         duplicate = self._by_site.get(remote.site_id) if remote else None
         if duplicate is not None and duplicate is not driver:
             await duplicate.done.wait()  # the other session serves this peer
         elif driver is None or not driver.eose_received.is_set():
-            await asyncio.sleep(self._random.uniform(0, self.backoff.maximum))
+            pause = self._random.uniform(0, self.backoff.maximum)
+            if pausing is not None:
+                pausing(pause)
+            await asyncio.sleep(pause)
+
+    def _report_dial(self, state: ev.DialState) -> None:
+        """Keep ``state`` in :attr:`dials`, log it (INFO: the event says it) and emit it."""
+        self.dials[state.address] = state
+        match state.state:
+            case "backing_off":
+                wait = max(0.0, (state.retry_at or 0.0) - time.time())
+                self.log.info(
+                    "cannot reach %s (attempt %d): %s; next attempt in %.1f s",
+                    state.address,
+                    state.attempt,
+                    state.error,
+                    wait,
+                )
+            case "failed":
+                self.log.info("not dialing %s: %s", state.address, state.error)
+            case _:
+                self.log.debug("%s: %s (attempt %d)", state.address, state.state, state.attempt)
+        self.emit(state)
 
     async def _dial_forever(self, address: str) -> None:
-        """Dial, run the session, repeat, until the peer stops."""
+        """Dial, run the session, repeat, until the peer stops; report each state."""
         transport = self._transport_for(address)
+        attempts = 0  # of the current run of attempts (restarts after each connection)
         while not self._stopping:
-            channel = await self._dial(transport, address, attempts=None)
-            driver = await self._run_channel(channel, outbound=True)
+            try:
+                channel = await self._dial(transport, address, None, self._report_dial)
+            except ConfigError as exc:
+                self._report_dial(ev.DialState(address, "failed", attempts + 1, exc))
+                return
+            attempts = self.dials[address].attempt if address in self.dials else 1
+            self._report_dial(ev.DialState(address, "connected", attempts))
+            refusals: list[CrpeerError] = []
+            driver = await self._run_channel(channel, outbound=True, refused=refusals.append)
             if self._stopping:
                 return
-            await self._session_ended(driver)
+            error = refusals[-1] if refusals else (driver.error if driver else None)
+
+            def pausing(pause: float, error: CrpeerError | None = error, n: int = attempts) -> None:
+                self._report_dial(
+                    ev.DialState(address, "backing_off", n, error, time.time() + pause)
+                )
+
+            await self._session_ended(driver, pausing)
 
     def _make_discovery_handler(self, transport: SupportsDiscovery) -> Callable[[str, str], None]:
         dialing: dict[str, asyncio.Task[None]] = {}

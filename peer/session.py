@@ -87,6 +87,9 @@ class SessionStats:
     bytes_received: int = 0
     rows_sent: int = 0
     rows_received: int = 0
+    table_rows_received: int = 0
+    """Rows of the app's tables the received changes touch (distinct table and
+    primary key per frame: a row whose changes span two frames counts twice)."""
 
 
 class SessionDriver:
@@ -126,9 +129,12 @@ class SessionDriver:
         self._handling = False
         self._stop_handling = False
         self._page_open = False
+        self._page_rows = 0
+        """Changes applied in the open page (uncommitted)."""
         self._page_result: ApplyResult | None = None
         self._buffered: list[Change] = []
-        self._backlog: tuple[int, float, int, int] | None = None
+        self._backlog: tuple[int, float, int, int, int] | None = None
+        self._page_table_rows = 0
         """The remote's announced backlog: (rows, when, rows and bytes received before)."""
         self._log = logging.getLogger("crpeer.session")
 
@@ -165,12 +171,13 @@ class SessionDriver:
             return self.session.local.site_id, self.session.nonce
         return remote.site_id, remote.nonce
 
-    async def close(self, code: ErrorCode | None = None) -> None:
-        """End the session (with an error code, or cleanly), then the channel."""
+    async def close(self, code: ErrorCode | None = None, reason: str = "") -> None:
+        """End the session (with an error code and a short public ``reason``, or
+        cleanly), then the channel."""
         with contextlib.suppress(CrpeerError, TimeoutError):
             if self.session.state.value != "closed" or code is not None:
                 if code is not None:
-                    self.session.send_error(code)
+                    self.session.send_error(code, reason)
                 else:
                     self.session.send_close()
             await asyncio.wait_for(self._flush(), timeout=1.0)
@@ -188,11 +195,11 @@ class SessionDriver:
             await self._read_loop()
         except RemoteProtocolError as exc:
             self.error = exc
-            self._log.warning("session %s failed: %s", self.address, exc)
+            self._log.info("session %s failed: %s", self.address, exc)  # an event says it
             await self.close(exc.code)
         except InvalidChangeError as exc:
             self.error = exc
-            self._log.warning("session %s sent invalid changes: %s", self.address, exc)
+            self._log.info("session %s sent invalid changes: %s", self.address, exc)
             await self.close(ErrorCode.INVALID_CHANGE)
         except StoreError as exc:
             self.error = exc
@@ -209,6 +216,9 @@ class SessionDriver:
             # was in flight; nothing is left to do but end.
             self._log.debug("session %s: frame after close ignored", self.address)
         finally:
+            # An unfinished transaction is rolled back (whole transactions
+            # only): say how many of its changes the remote must send again.
+            discarded = len(self._buffered) + (self._page_rows if self._page_open else 0)
             if self._page_open:
                 self._page_open = False
                 with contextlib.suppress(CrpeerError):
@@ -223,7 +233,7 @@ class SessionDriver:
             if self.error is not None:
                 self.host.emit(events.SessionFailed(self.remote, self.address, self.error))
             if self.remote is not None:
-                self.host.emit(events.Disconnected(self.remote, self.error))
+                self.host.emit(events.Disconnected(self.remote, self.error, discarded))
             self.done.set()
 
     async def _flush(self) -> None:
@@ -312,6 +322,7 @@ class SessionDriver:
                         time.monotonic(),
                         self.stats.rows_received,
                         self.stats.bytes_received,
+                        self.stats.table_rows_received,
                     )
                 case EoseReceived():
                     assert self.remote is not None
@@ -321,7 +332,8 @@ class SessionDriver:
                 case RemoteClosed():
                     if event.error is not None and event.error.code != ErrorCode.SHUTDOWN:
                         self.error = RemoteProtocolError(
-                            event.error.code, f"remote closed: {event.error.reason}"
+                            event.error.code,
+                            f"remote closed: {event.error.reason or 'no reason given'}",
                         )
                     return
             self._handling = False
@@ -361,6 +373,9 @@ class SessionDriver:
         assert self.remote is not None
         assert self.session.remote is not None
         newer = self.session.remote.schema_version > self.session.local.schema_version
+        table_rows = len({(change[0], change[1]) for change in changes})
+        self.stats.table_rows_received += table_rows
+        self._page_table_rows += table_rows
         if not self.host.can_stream_pages:
             # An in-memory store cannot keep a page open: gather it, apply it whole.
             if not final:
@@ -379,7 +394,9 @@ class SessionDriver:
             if not self._page_open:
                 await self.host.begin_page()
                 self._page_open = True
+                self._page_rows = 0
             result = await self.host.apply_in_page(changes, newer)
+            self._page_rows += len(changes)
             if final:
                 self._page_open = False
                 await self.host.end_page(commit=True)
@@ -392,8 +409,9 @@ class SessionDriver:
             return
         result, self._page_result = self._page_result, None
         assert result is not None
+        table_rows, self._page_table_rows = self._page_table_rows, 0
         if result.merged:
-            self.host.emit(events.Changed(self.remote, result.tables, result.merged))
+            self.host.emit(events.Changed(self.remote, result.tables, result.merged, table_rows))
         if result.held:
             self.host.emit(
                 events.Outdated(
@@ -408,7 +426,7 @@ class SessionDriver:
     def _report_progress(self) -> None:
         if self._backlog is None or self.eose_received.is_set() or self.remote is None:
             return
-        expected, since, rows_before, bytes_before = self._backlog
+        expected, since, rows_before, bytes_before, table_rows_before = self._backlog
         received = self.stats.rows_received - rows_before
         self.host.emit(
             events.Progress(
@@ -417,6 +435,7 @@ class SessionDriver:
                 max(expected, received),
                 self.stats.bytes_received - bytes_before,
                 time.monotonic() - since,
+                self.stats.table_rows_received - table_rows_before,
             )
         )
 

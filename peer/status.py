@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Classification",
+    "DialStatus",
     "PeerStatus",
     "SessionHistory",
     "SessionState",
@@ -185,6 +186,52 @@ class SessionStatus:
             raise ConfigError(f"not a session status: {exc}") from exc
 
 
+_DIAL_STATES = ("connecting", "connected", "backing_off", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class DialStatus:
+    """One address the peer dials, as its last :class:`~peer.events.DialState` left it."""
+
+    address: str
+    state: events.DialStateName
+    attempt: int
+    last_error: str | None
+    retry_at: float | None
+    """When the next attempt starts (``backing_off`` only), seconds since the epoch."""
+
+    @classmethod
+    def from_event(cls, event: events.DialState) -> DialStatus:
+        error = None if event.error is None else str(event.error) or type(event.error).__name__
+        return cls(event.address, event.state, event.attempt, error, event.retry_at)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {
+            "address": self.address,
+            "state": self.state,
+            "attempt": self.attempt,
+            "last_error": self.last_error,
+            "retry_at": self.retry_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DialStatus:
+        """Read :meth:`as_dict` output back. Raises ConfigError if it does not fit."""
+        try:
+            if data["state"] not in _DIAL_STATES:
+                raise ValueError(f"unknown dial state {data['state']!r}")
+            return cls(
+                address=_typed(data["address"], str),
+                state=cast(events.DialStateName, data["state"]),
+                attempt=_typed(data["attempt"], int),
+                last_error=_optional(data["last_error"], str),
+                retry_at=_optional_time(data["retry_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a dial status: {exc}") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class PeerStatus:
     """This node and its live sessions."""
@@ -201,6 +248,8 @@ class PeerStatus:
     cursor: Mapping[str, int] = field(default_factory=dict)
     """The local version vector, hex origin -> version (own origin included)."""
     sessions: tuple[SessionStatus, ...] = ()
+    dials: tuple[DialStatus, ...] = ()
+    """Each address the peer dials (``connect``) and where it stands."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
@@ -213,6 +262,7 @@ class PeerStatus:
             "held_rows": self.held_rows,
             "cursor": dict(self.cursor),
             "sessions": [session.as_dict() for session in self.sessions],
+            "dials": [dial.as_dict() for dial in self.dials],
         }
 
     @classmethod
@@ -231,6 +281,7 @@ class PeerStatus:
                 held_rows=_typed(data["held_rows"], int),
                 cursor={_typed(k, str): _typed(v, int) for k, v in cursor.items()},
                 sessions=tuple(SessionStatus.from_dict(s) for s in data["sessions"]),
+                dials=tuple(DialStatus.from_dict(d) for d in data.get("dials", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a peer status: {exc}") from exc
@@ -310,6 +361,7 @@ async def peer_status(peer: Peer, history: SessionHistory | None = None) -> Peer
         held_rows=held,
         cursor={origin.hex(): version for origin, version in sorted(local.items())},
         sessions=sessions,
+        dials=tuple(DialStatus.from_event(state) for _, state in sorted(peer.dials.items())),
     )
 
 

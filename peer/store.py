@@ -41,7 +41,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import os
 import threading
+import urllib.parse
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +75,7 @@ __all__ = [
     "LargeGroup",
     "SqlValue",
     "Store",
+    "file_integrity_problems",
 ]
 
 
@@ -227,29 +230,49 @@ class Store:
     for a private in-memory one), in WAL mode, with cr-sqlite loaded and the
     bookkeeping tables created. Call :meth:`close` (or use ``with``) when done.
 
+    ``read_only=True`` opens an existing crpeer database without writing
+    anything to it (no table is created): for reading its state only.
+
     Raises ExtensionError if cr-sqlite cannot be loaded, StoreError if the
-    file is not a usable database.
+    file is not a usable database (read-only: or not a crpeer database).
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
+    ) -> None:
         self.path = str(path)
+        self.read_only = read_only
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
         self._columns_cache: tuple[int, dict[str, frozenset[str]]] | None = None
         try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if read_only:
+                target = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
+                self._conn = sqlite3.connect(
+                    target, uri=True, isolation_level=None, check_same_thread=False
+                )
+            else:
+                self._conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            names = {name for (name,) in self._conn.execute("SELECT name FROM sqlite_master")}
+            if read_only and not {"crsql_site_id", "crpeer_cursor"} <= names:
+                raise StoreError(
+                    f"{self.path} has no crpeer tables yet: it is not a crpeer database "
+                    f"(run `crpeer init {self.path}` to make it one)"
+                )
             crsqlite.load(self._conn)
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.executescript(_BOOKKEEPING)
+            if not read_only:
+                if self.path != ":memory:":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                    self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.executescript(_BOOKKEEPING)
+                self._index_clocks()
             self._columns_cache = None
-            self._index_clocks()
             (site_id,) = self._conn.execute("SELECT crsql_site_id()").fetchone()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -268,6 +291,8 @@ class Store:
         # spanning frames can stay open without holding up the app's calls.
         self._reader = self._sync = self._conn
         self._read_lock = self._sync_lock = self._lock
+        if read_only:
+            return
         if self.path != ":memory:" and not self.path.startswith("file:"):
             self._reader = self._open_connection()
             self._read_lock = threading.RLock()
@@ -323,6 +348,31 @@ class Store:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    @_translate_errors
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> tuple[list[str], list[tuple[Any, ...]], int]:
+        """Run one statement (autocommit): its column names, its rows, and the
+        rows it changed (0 for a statement that writes none)."""
+        with self._lock:
+            cursor = self._conn.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+            columns = [column[0] for column in cursor.description or ()]
+            changed = cursor.rowcount if cursor.rowcount > 0 and not columns else 0
+            return columns, rows, changed
+
+    def integrity_problems(self, limit: int = 10) -> list[str]:
+        """What ``PRAGMA quick_check`` finds wrong with the file (at most ``limit``
+        lines); empty when the database is sound."""
+        with self._lock:
+            try:
+                found = [
+                    str(line) for (line,) in self._conn.execute(f"PRAGMA quick_check({int(limit)})")
+                ]
+            except sqlite3.DatabaseError as exc:
+                return [str(exc)]
+        return [] if found == ["ok"] else found
+
     def _index_clocks(self) -> None:
         """Index each CRR clock table by (site_id, db_version).
 
@@ -345,11 +395,43 @@ class Store:
         """
         with self._lock:
             for table in tables:
+                problem = self._crr_problem(table)
+                if problem:
+                    raise SchemaError(f"cannot make {table!r} a CRR: {problem}")
                 try:
                     self._conn.execute("SELECT crsql_as_crr(?)", (table,))
                 except sqlite3.Error as exc:
                     raise SchemaError(f"cannot make {table!r} a CRR: {exc}") from exc
             self._index_clocks()
+
+    def _crr_problem(self, table: str) -> str | None:
+        """Why cr-sqlite would refuse ``table``, said with its fix; None if it looks fine."""
+        kind = self._conn.execute(
+            "SELECT type FROM sqlite_master WHERE name = ? AND type IN ('table', 'view')",
+            (table,),
+        ).fetchone()
+        if kind is None:
+            return "there is no such table (create it first)"
+        if kind[0] != "table":
+            return "it is a view; only tables replicate"
+        info = self._conn.execute(f"PRAGMA table_info({_quote_identifier(table)})").fetchall()
+        keys = [row for row in info if row[5]]
+        if not keys:
+            return "it has no primary key; declare one, e.g. `id TEXT PRIMARY KEY NOT NULL`"
+        nullable = [row[1] for row in keys if not row[3]]
+        if nullable:
+            names = ", ".join(nullable)
+            return (
+                f"its primary key ({names}) may be NULL; cr-sqlite needs NOT NULL on it, "
+                f"e.g. `{nullable[0]} INTEGER PRIMARY KEY NOT NULL`"
+            )
+        missing = [row[1] for row in info if row[3] and not row[5] and row[4] is None]
+        if missing:
+            return (
+                f"NOT NULL column(s) {', '.join(missing)} have no DEFAULT; "
+                "give each a default value (cr-sqlite merges columns one by one)"
+            )
+        return None
 
     def migrate(
         self, version: int, sql: str, *, alter: Sequence[str] = (), new_crrs: Sequence[str] = ()
@@ -1085,6 +1167,28 @@ def _insert(
             f"INSERT INTO {into} VALUES {', '.join([one] * len(chunk))}{upsert}",
             [bytearray(value) if type(value) is bytes else value for row in chunk for value in row],
         )
+
+
+def file_integrity_problems(path: str | Path, limit: int = 10) -> list[str]:
+    """What ``PRAGMA quick_check`` finds wrong with the database file at ``path``
+    (at most ``limit`` lines; empty when it is sound).
+
+    Opens it read-only without cr-sqlite: check a file this way before
+    opening a :class:`Store` on it, since cr-sqlite may crash the process
+    on a damaged file. Raises StoreError if the file cannot be opened.
+    """
+    target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(target, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    try:
+        found = [str(line) for (line,) in conn.execute(f"PRAGMA quick_check({int(limit)})")]
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    finally:
+        conn.close()
+    return [] if found == ["ok"] else found
 
 
 def _persisted_cursor(conn: Any) -> Cursor:

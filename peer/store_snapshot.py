@@ -41,12 +41,13 @@ _REQUIRED_TABLES = ("crsql_site_id", "crpeer_cursor", "crpeer_versions")
 def take_snapshot(database: Path, out: Path) -> None:
     """Write a consistent copy of ``database`` (which must exist) to ``out``.
 
-    Raises ConfigError if ``out`` exists, StoreError if the copy fails (then
-    nothing is left at ``out``).
+    Reads ``database`` only. Raises ConfigError if ``out`` exists, StoreError
+    if ``database`` is not a crpeer database or the copy fails (then nothing
+    is left at ``out``).
     """
     if out.exists():
         raise ConfigError(f"{out} exists; choose a new file for the snapshot")
-    with Store(database) as store:
+    with Store(database, read_only=True) as store:  # a snapshot never writes to its source
         try:
             store.execute("VACUUM INTO ?", (os.fspath(out),))
         except StoreError:
