@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import os
 import threading
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -223,9 +224,9 @@ def _translate_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
 class Store:
     """A cr-sqlite database opened for syncing.
 
-    ``Store(path)`` opens (or creates) the database at ``path`` (``":memory:"``
-    for a private in-memory one), in WAL mode, with cr-sqlite loaded and the
-    bookkeeping tables created. Call :meth:`close` (or use ``with``) when done.
+    ``Store(path)`` opens (or creates, with mode 0600) the database at ``path``
+    (``":memory:"`` for a private in-memory one), in WAL mode, with cr-sqlite
+    loaded and the bookkeeping tables created. Call :meth:`close` (or use ``with``) when done.
 
     Raises ExtensionError if cr-sqlite cannot be loaded, StoreError if the
     file is not a usable database.
@@ -236,6 +237,8 @@ class Store:
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
         self._columns_cache: tuple[int, dict[str, frozenset[str]]] | None = None
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            _create_private_file(self.path)
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -1085,6 +1088,24 @@ def _insert(
             f"INSERT INTO {into} VALUES {', '.join([one] * len(chunk))}{upsert}",
             [bytearray(value) if type(value) is bytes else value for row in chunk for value in row],
         )
+
+
+def _create_private_file(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` empty with mode 0600 if nothing is there yet.
+
+    SQLite creates a database 0644 (less the umask) and gives its ``-wal``,
+    ``-shm`` and ``-journal`` files the mode of the database file; an empty
+    file is an empty database to it. So a database created here, and every
+    file SQLite makes beside it, is readable by its owner only. An existing
+    file keeps its mode. Raises StoreError if the file cannot be created.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot open database {os.fspath(path)}: {exc.strerror or exc}") from exc
+    os.close(descriptor)
 
 
 def _persisted_cursor(conn: Any) -> Cursor:
