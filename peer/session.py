@@ -41,7 +41,20 @@ from peer.protocol import (
 from peer.store import ApplyResult, Change, Cursor, LargeGroup
 from transports.base import Channel
 
-__all__ = ["SessionDriver", "SessionHost", "SessionStats"]
+__all__ = ["Refusal", "SessionDriver", "SessionHost", "SessionStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a session is refused after the remote's HELLO.
+
+    ``reason`` goes on the wire with ``code`` (no internal details);
+    ``detail`` is the local error message (logs, events).
+    """
+
+    code: ErrorCode
+    reason: str
+    detail: str
 
 
 class SessionHost(Protocol):
@@ -69,8 +82,8 @@ class SessionHost(Protocol):
     async def end_page(self, commit: bool) -> None: ...
     async def local_cursor(self) -> Cursor: ...
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int: ...
-    def admit(self, driver: SessionDriver) -> ErrorCode | None:
-        """Called after the remote hello: None to go on, or the code to refuse with."""
+    async def admit(self, driver: SessionDriver) -> Refusal | None:
+        """Called after the remote hello: None to go on, or why to refuse it."""
         ...
 
     def emit(self, event: events.Event) -> None: ...
@@ -165,12 +178,12 @@ class SessionDriver:
             return self.session.local.site_id, self.session.nonce
         return remote.site_id, remote.nonce
 
-    async def close(self, code: ErrorCode | None = None) -> None:
-        """End the session (with an error code, or cleanly), then the channel."""
+    async def close(self, code: ErrorCode | None = None, reason: str = "") -> None:
+        """End the session (with an error code and reason, or cleanly), then the channel."""
         with contextlib.suppress(CrpeerError, TimeoutError):
             if self.session.state.value != "closed" or code is not None:
                 if code is not None:
-                    self.session.send_error(code)
+                    self.session.send_error(code, reason)
                 else:
                     self.session.send_close()
             await asyncio.wait_for(self._flush(), timeout=1.0)
@@ -348,10 +361,10 @@ class SessionDriver:
             inbound=remote.inbound,
             peer_id=self.peer_id,
         )
-        refusal = self.host.admit(self)
+        refusal = await self.host.admit(self)
         if refusal is not None:
-            self.error = RemoteProtocolError(refusal, "refused by admission")
-            await self.close(refusal)
+            self.error = RemoteProtocolError(refusal.code, refusal.detail)
+            await self.close(refusal.code, refusal.reason)
             return
         self.host.emit(events.Connected(self.remote))
         self.session.send_cursor(await self.host.local_cursor())

@@ -21,6 +21,11 @@ A group is all the changes of one ``(site_id, version)``; the store never
 splits one across two pages of :meth:`changes_since` nor across two
 transactions of :meth:`apply`.
 
+Site owners
+-----------
+``crpeer_sites`` binds each site id a remote has shown in a session to the
+authenticated peer id that showed it first (:meth:`Store.claim_site`).
+
 Held changes
 ------------
 A change for a table or column this database does not have yet (the sender's
@@ -107,6 +112,10 @@ CREATE TABLE IF NOT EXISTS crpeer_held (
     PRIMARY KEY (origin, version, tbl, pk, cid)
 );
 CREATE INDEX IF NOT EXISTS crpeer_held_by_local ON crpeer_held (origin, local_version);
+CREATE TABLE IF NOT EXISTS crpeer_sites (
+    site_id BLOB PRIMARY KEY,
+    peer_id TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 _CHANGE_COLUMNS = '"table", pk, cid, val, col_version, db_version, site_id, cl, seq'
@@ -449,6 +458,33 @@ class Store:
         """The persisted version vector of what this database holds from others."""
         with self._lock:
             return _persisted_cursor(self._conn)
+
+    @_translate_errors
+    def site_owners(self) -> dict[bytes, str]:
+        """Every site id a remote has shown in a session, and the peer id that showed it."""
+        with self._lock:
+            rows = self._conn.execute("SELECT site_id, peer_id FROM crpeer_sites").fetchall()
+        return {bytes(site_id): str(peer_id) for site_id, peer_id in rows}
+
+    @_translate_errors
+    def claim_site(self, site_id: bytes, peer_id: str, *, replacing: str | None = None) -> str:
+        """Bind ``site_id`` to ``peer_id`` if it is free; return its owner afterwards.
+
+        A site id bound to another peer id stays bound to it, unless that peer
+        id is ``replacing`` (the caller frees the sites of peers it no longer
+        trusts). The caller refuses a session whose peer id is not the owner
+        returned.
+        """
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO crpeer_sites (site_id, peer_id) VALUES (?, ?) ON CONFLICT (site_id) "
+                "DO UPDATE SET peer_id = excluded.peer_id WHERE peer_id IS ?",
+                (site_id, peer_id, replacing),
+            )
+            (owner,) = self._conn.execute(
+                "SELECT peer_id FROM crpeer_sites WHERE site_id = ?", (site_id,)
+            ).fetchone()
+        return str(owner)
 
     @_translate_errors
     def own_version(self) -> int:
