@@ -11,7 +11,7 @@ import pytest
 from peer.errors import ErrorCode, RemoteProtocolError
 from peer.store import Store
 from peer.store_snapshot import take_snapshot
-from tests.support import Node, address, refusals, wait_for
+from tests.support import SCHEMA, Node, address, refusals, wait_for
 
 # Seeds whose first session nonce is the smallest / largest of many: a peer
 # seeded SMALL wins every duplicate-session tie-break against one seeded LARGE.
@@ -43,6 +43,15 @@ def trust_each_other(host: Node, *others: Node) -> None:
         other.trust.add(host.identity.peer_id)
 
 
+def recreate_database(path: Path) -> Store:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = Store(path)
+    store.execute(SCHEMA)
+    store.make_crr("notes")
+    return store
+
+
 def site_claims(node: Node) -> list[RemoteProtocolError]:
     return [
         event.error
@@ -70,7 +79,8 @@ async def test_another_peer_showing_a_bound_site_id_is_refused_and_the_owner_kee
             assert ph.sessions == [b_session]
             assert not b_session.done.is_set()
         error = str(site_claims(host)[0])
-        assert c.identity.peer_id in error and b.identity.peer_id in error
+        assert c.identity.peer_id in error
+        assert b.identity.peer_id in error
         assert b.store.site_id.hex() in error
         assert "belongs to another peer" in str(site_claims(c)[0])
 
@@ -87,11 +97,7 @@ async def test_the_binding_survives_a_restart_and_a_recreated_database_gets_a_ne
     # b re-creates its database: same key, new site id. It is accepted, and
     # its old site id stays its own.
     b.store.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{tmp_path / 'b' / 'b.db'}{suffix}").unlink(missing_ok=True)
-    b.store = Store(tmp_path / "b" / "b.db")
-    b.store.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)")
-    b.store.make_crr("notes")
+    b.store = recreate_database(tmp_path / "b" / "b.db")
     assert b.store.site_id != old_site
     b.store.execute("INSERT INTO notes VALUES (2, 'from the new database')")
     async with host.peer() as ph:  # a new Peer: the binding comes from the database
