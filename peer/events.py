@@ -20,6 +20,7 @@ __all__ = [
     "Eose",
     "Event",
     "EventCallback",
+    "JoinSecretExpired",
     "Outdated",
     "Progress",
     "RemotePeer",
@@ -126,5 +127,25 @@ class SessionFailed:
     error: CrpeerError
 
 
-Event = Connected | Synced | Progress | Eose | Changed | Outdated | Disconnected | SessionFailed
+@dataclass(frozen=True, slots=True)
+class JoinSecretExpired:
+    """Too many wrong pairing proofs: the join secret was cleared, and no
+    device can join until a new one is set."""
+
+    failures: int
+    last_address: str
+    """Where the last failed attempt came from."""
+
+
+Event = (
+    Connected
+    | Synced
+    | Progress
+    | Eose
+    | Changed
+    | Outdated
+    | Disconnected
+    | SessionFailed
+    | JoinSecretExpired
+)
 EventCallback = Callable[[Event], None]

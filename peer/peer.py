@@ -44,6 +44,7 @@ from peer.errors import (
     SecurityError,
 )
 from peer.identity import Identity
+from peer.pairing_guard import PairingGuard
 from peer.protocol import Limits, LocalInfo, SyncSession
 from peer.retry import Backoff
 from peer.session import Refusal, SessionDriver
@@ -70,7 +71,11 @@ class Peer:
     Security is on by default: pass ``identity`` (and build the transports
     with its TLS contexts) and a ``trust`` store (default: next to the
     database); only trusted peer ids sync, and a peer that proves it knows a
-    join secret (the trust store's, or ``join_secret``) pairs. ``insecure=True``
+    join secret pairs: the trust store's join secret lets others join this
+    node, ``join_secret`` lets this node join another. ``pairing_guard``
+    limits wrong guesses of the trust store's secret (default:
+    :class:`~peer.pairing_guard.PairingGuard()`; the secret expires after 10,
+    with a :class:`~peer.events.JoinSecretExpired` event). ``insecure=True``
     accepts plaintext channels from anyone, for tests and debugging, and logs
     a warning.
     """
@@ -91,6 +96,7 @@ class Peer:
         identity: Identity | None = None,
         trust: TrustStore | None = None,
         join_secret: str | None = None,
+        pairing_guard: PairingGuard | None = None,
         insecure: bool = False,
     ) -> None:
         self.log = logging.getLogger("crpeer.peer")
@@ -108,7 +114,9 @@ class Peer:
                     raise ConfigError("pass trust= (a TrustStore) for an in-memory database")
                 path = database.path if isinstance(database, Store) else database
                 trust = TrustStore.load(default_trust_path(path))
-            self.gate = Gate(identity, trust, join_secret)
+            guard = pairing_guard or PairingGuard()
+            guard.on_expired(self._join_secret_expired)
+            self.gate = Gate(identity, trust, join_secret, guard)
         self._database = database
         self.transports = list(transports)
         self.name = name or ""
@@ -418,6 +426,9 @@ class Peer:
             "this site id belongs to another peer",
             f"peer {peer_id} showed site id {site.hex()}, which belongs to peer {owner}",
         )
+
+    def _join_secret_expired(self, failures: int, address: str) -> None:
+        self.emit(ev.JoinSecretExpired(failures, address))
 
     def emit(self, event: ev.Event) -> None:
         for callback in list(self._subscribers):
