@@ -101,6 +101,23 @@ async def test_a_joiner_cannot_make_the_host_show_a_proof_first(
     assert [f for f in frames[1:] if any(isinstance(v, bytes) for v in f)] == []
 
 
+async def test_a_host_given_its_own_secret_to_join_with_still_never_proves_first(
+    host: Node, tmp_path: Path
+) -> None:
+    attacker = identity_sorting(tmp_path, host, above=True)
+    async with host.peer(join_secret=host.trust.join_secret) as ph:
+        transport, channel = await dial(ph, attacker)
+        try:
+            await channel.send(msgpack.packb([AUTH, False, True, new_nonce()]))
+            await channel.send(msgpack.packb([ROLES, True, False]))
+            frames = await frames_until_closed(channel)
+        finally:
+            await channel.close()
+            await transport.stop()
+    assert [frame[0] for frame in frames] == [AUTH, ROLES, ERROR]
+    assert frames[1] == [ROLES, True, False]  # it hosts with that secret, so never joins with it
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 5000.0
