@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,84 +210,74 @@ async def _exchange(channel: Channel, gate: Gate, local_id: str, remote_id: str)
             raise UntrustedPeerError(f"peer {remote_id} is not trusted ({reason}){theirs}")
         raise UntrustedPeerError(f"peer {remote_id} does not trust us, and we cannot pair{theirs}")
     assert trust is not None
-    address = channel.remote.address
-    if hosts:
-        assert hosting is not None
-        try:
-            gate.guard.begin(address, hosting)
-        except PairingError as exc:
-            log.warning("pairing refused to %s (%s): %s", remote_id, address, exc)
-            await _refuse(channel, ErrorCode.UNTRUSTED, str(exc))
-            raise
-    outcome: bool | None = None
-    try:
-        # As joiner: our proof goes first. As host: nothing from the hosting
-        # secret leaves before the joiner's proof is checked.
-        as_joiner = _Roles(local_id, remote_id, nonce, remote_nonce)
-        as_host = _Roles(remote_id, local_id, remote_nonce, nonce)
-        if joins:
-            assert joining is not None
-            await channel.send(_pack(_PROOF, as_joiner.proof(joining, pairing.joiner_proof)))
-        if hosts:
-            assert hosting is not None
-            (_, proof) = _expect(await channel.recv(), _PROOF, (bytes,))
-            outcome = False
-            as_host.verify(hosting, pairing.verify_joiner_proof, proof)
-            outcome = True
-            await channel.send(_pack(_PROOF, as_host.proof(hosting, pairing.host_proof)))
-        if joins:
-            assert joining is not None
-            (_, proof) = _expect(await channel.recv(), _PROOF, (bytes,))
-            as_joiner.verify(joining, pairing.verify_host_proof, proof)
-    except PairingError:
-        await _refuse(channel, ErrorCode.UNTRUSTED, "pairing failed")
-        raise
-    finally:
-        if hosts:
-            assert hosting is not None
-            if gate.guard.end(address, hosting, succeeded=outcome):
-                _expire(trust, hosting, gate.guard, address)
+    ids = (local_id, remote_id)
+    nonces = (nonce, remote_nonce)
+    await _pair(channel, gate, hosting if hosts else None, joining if joins else None, ids, nonces)
     if not trusted:
         trust.add(remote_id, label="paired")
         log.info("paired with %s", remote_id)
 
 
-@dataclass(frozen=True, slots=True)
-class _Roles:
-    """Who is joiner and who is host in one direction of a pairing, and their nonces."""
+async def _pair(
+    channel: Channel,
+    gate: Gate,
+    hosting: str | None,
+    joining: str | None,
+    ids: tuple[str, str],
+    nonces: tuple[bytes, bytes],
+) -> None:
+    """Exchange the proofs: as joiner with ``joining``, as host with ``hosting``
+    (one or both). ``ids`` and ``nonces`` are (ours, the remote's). Returns
+    once every proof from the remote checked out.
 
-    joiner_id: str
-    host_id: str
-    joiner_nonce: bytes
-    host_nonce: bytes
+    Attempts as host go through ``gate.guard``. Raises PairingError (the
+    remote is told) for a wrong proof or an attempt the guard refuses.
+    """
+    (local_id, remote_id), (nonce, remote_nonce) = ids, nonces
+    address = channel.remote.address
+    if hosting is not None:
+        try:
+            gate.guard.begin(address, hosting)
+        except PairingError as exc:
+            await _refuse(channel, ErrorCode.UNTRUSTED, str(exc))
+            raise
+    outcome: bool | None = None
+    try:
+        we_join = pairing.PairingNonces(joiner=nonce, host=remote_nonce)
+        we_host = pairing.PairingNonces(joiner=remote_nonce, host=nonce)
+        if joining is not None:
+            proof = pairing.joiner_proof(joining, we_join, local_id, remote_id)
+            await channel.send(_pack(_PROOF, proof))
+        if hosting is not None:
+            # Nothing derived from the hosting secret leaves before this check.
+            (_, proof) = _expect(await channel.recv(), _PROOF, (bytes,))
+            outcome = False
+            pairing.verify_joiner_proof(hosting, we_host, remote_id, local_id, proof)
+            outcome = True
+            proof = pairing.host_proof(hosting, we_host, remote_id, local_id)
+            await channel.send(_pack(_PROOF, proof))
+        if joining is not None:
+            (_, proof) = _expect(await channel.recv(), _PROOF, (bytes,))
+            pairing.verify_host_proof(joining, we_join, local_id, remote_id, proof)
+    except PairingError:
+        await _refuse(channel, ErrorCode.UNTRUSTED, "pairing failed")
+        raise
+    finally:
+        if hosting is not None and gate.guard.end(address, hosting, succeeded=outcome):
+            _expire(gate, hosting, address)
 
-    def _nonces(self) -> pairing.PairingNonces:
-        return pairing.PairingNonces(joiner=self.joiner_nonce, host=self.host_nonce)
 
-    def proof(
-        self, secret: str, make: Callable[[str, pairing.PairingNonces, str, str], bytes]
-    ) -> bytes:
-        return make(secret, self._nonces(), self.joiner_id, self.host_id)
-
-    def verify(
-        self,
-        secret: str,
-        check: Callable[[str, pairing.PairingNonces, str, str, bytes], None],
-        proof: bytes,
-    ) -> None:
-        check(secret, self._nonces(), self.joiner_id, self.host_id, proof)
-
-
-def _expire(trust: TrustStore, secret: str, guard: PairingGuard, address: str) -> None:
+def _expire(gate: Gate, secret: str, address: str) -> None:
     """The hosting secret failed too often: close joining (in the trust store too)."""
     log.warning(
         "the join secret expired after %d failed pairing attempts (the last from %s); "
         "no device can join until a new secret is set (`crpeer pair new-secret`)",
-        guard.failures,
+        gate.guard.failures,
         address,
     )
-    current = trust.join_secret
-    if current is not None and pairing.same_join_secret(current, secret):
+    trust = gate.trust
+    current = trust.join_secret if trust is not None else None
+    if trust is not None and current is not None and pairing.same_join_secret(current, secret):
         try:
             trust.clear_join_secret()
         except ConfigError as exc:  # the guard keeps refusing it in memory
