@@ -363,6 +363,8 @@ class SessionDriver:
         )
         refusal = await self.host.admit(self)
         if refusal is not None:
+            if refusal.code is ErrorCode.SITE_ID_CLAIMED:
+                self.remote = None  # the site id is not its own: report it by address only
             self.error = RemoteProtocolError(refusal.code, refusal.detail)
             await self.close(refusal.code, refusal.reason)
             return

@@ -78,6 +78,9 @@ async def test_another_peer_showing_a_bound_site_id_is_refused_and_the_owner_kee
             await wait_for(lambda: host.rows() == [(1, "from b while c tries")])
             assert ph.sessions == [b_session]
             assert not b_session.done.is_set()
+            # The refusal is reported by address, not under b's site.
+            assert b.store.site_id not in ph.history.last_error
+            assert all(event.remote is None for event in refusals(host))
         error = str(site_claims(host)[0])
         assert c.identity.peer_id in error
         assert b.identity.peer_id in error
