@@ -73,8 +73,8 @@ class Peer:
     database); only trusted peer ids sync, and a peer that proves it knows a
     join secret pairs: the trust store's join secret lets others join this
     node, ``join_secret`` lets this node join another. ``pairing_guard``
-    limits wrong guesses of the trust store's secret (default:
-    :class:`~peer.pairing_guard.PairingGuard()`; the secret expires after 10,
+    limits wrong guesses of the trust store's secret (default: a new
+    :class:`~peer.pairing_guard.PairingGuard`; the secret expires after 10,
     with a :class:`~peer.events.JoinSecretExpired` event). ``insecure=True``
     accepts plaintext channels from anyone, for tests and debugging, and logs
     a warning.

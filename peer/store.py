@@ -235,7 +235,8 @@ class Store:
 
     ``Store(path)`` opens (or creates, with mode 0600) the database at ``path``
     (``":memory:"`` for a private in-memory one), in WAL mode, with cr-sqlite
-    loaded and the bookkeeping tables created. Call :meth:`close` (or use ``with``) when done.
+    loaded and the bookkeeping tables created. Call :meth:`close` (or use
+    ``with``) when done.
 
     Raises ExtensionError if cr-sqlite cannot be loaded, StoreError if the
     file is not a usable database.
