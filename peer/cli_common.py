@@ -221,13 +221,14 @@ def status_path(database: Path) -> Path:
 
 
 def write_status_file(path: Path, document: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``document`` as JSON, atomically. Raises OSError."""
+    """Replace ``path`` with ``document`` as JSON, atomically, mode 0600 (it
+    names the peers and addresses this node syncs with). Raises OSError."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    text = json.dumps({"format": STATUS_FORMAT, "version": _STATUS_VERSION, **document}) + "\n"
     try:
-        temporary.write_text(
-            json.dumps({"format": STATUS_FORMAT, "version": _STATUS_VERSION, **document}) + "\n",
-            encoding="utf-8",
-        )
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -165,6 +165,12 @@ class EventPrinter:
                     )
             case events.SessionFailed(remote=None, address=address, error=error):
                 self._line(f"refused {address}: {error}")
+            case events.JoinSecretExpired(failures=failures, last_address=address):
+                self._line(
+                    f"the join secret expired after {failures} failed pairing attempts "
+                    f"(the last from {address}); run `crpeer pair new-secret` to let a "
+                    "device join"
+                )
             case _:
                 pass
 

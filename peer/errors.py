@@ -80,6 +80,8 @@ class ErrorCode(enum.IntEnum):
     """Another session with this peer already exists and wins the tie-break."""
     TIMEOUT = 12
     """The peer stayed silent longer than the idle timeout."""
+    SITE_ID_CLAIMED = 13
+    """The HELLO's site id belongs to another authenticated peer id."""
 
 
 class CrpeerError(Exception):

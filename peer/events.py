@@ -23,6 +23,7 @@ __all__ = [
     "Eose",
     "Event",
     "EventCallback",
+    "JoinSecretExpired",
     "Outdated",
     "Progress",
     "RemotePeer",
@@ -161,6 +162,16 @@ class DialState:
     retry_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class JoinSecretExpired:
+    """Too many wrong pairing proofs: the join secret was cleared, and no
+    device can join until a new one is set."""
+
+    failures: int
+    last_address: str
+    """Where the last failed attempt came from."""
+
+
 Event = (
     DialState
     | Connected
@@ -171,5 +182,6 @@ Event = (
     | Outdated
     | Disconnected
     | SessionFailed
+    | JoinSecretExpired
 )
 EventCallback = Callable[[Event], None]

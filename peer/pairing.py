@@ -53,6 +53,7 @@ __all__ = [
     "normalize_join_secret",
     "parse_peer_id",
     "peer_id_from_public_key",
+    "same_join_secret",
     "verify_host_proof",
     "verify_joiner_proof",
 ]
@@ -161,6 +162,14 @@ def normalize_join_secret(secret: str) -> bytes:
             f"(dashes and spaces aside), not {len(compact)}; use a generated one"
         )
     return compact.encode("utf-8")
+
+
+def same_join_secret(first: str, second: str) -> bool:
+    """Whether two join secrets normalize alike; a too short one matches nothing."""
+    try:
+        return secrets.compare_digest(normalize_join_secret(first), normalize_join_secret(second))
+    except ConfigError:
+        return False
 
 
 def new_nonce() -> bytes:

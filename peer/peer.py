@@ -51,9 +51,10 @@ from peer.errors import (
     SecurityError,
 )
 from peer.identity import Identity, format_peer_id
+from peer.pairing_guard import PairingGuard
 from peer.protocol import Limits, LocalInfo, SyncSession
 from peer.retry import Backoff
-from peer.session import SessionDriver
+from peer.session import Refusal, SessionDriver
 from peer.status import PeerStatus, SessionHistory, peer_status
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
 from peer.trust import TrustStore, default_trust_path
@@ -77,7 +78,11 @@ class Peer:
     Security is on by default: pass ``identity`` (and build the transports
     with its TLS contexts) and a ``trust`` store (default: next to the
     database); only trusted peer ids sync, and a peer that proves it knows a
-    join secret (the trust store's, or ``join_secret``) pairs. ``insecure=True``
+    join secret pairs: the trust store's join secret lets others join this
+    node, ``join_secret`` lets this node join another. ``pairing_guard``
+    limits wrong guesses of the trust store's secret (default: a new
+    :class:`~peer.pairing_guard.PairingGuard`; the secret expires after 10,
+    with a :class:`~peer.events.JoinSecretExpired` event). ``insecure=True``
     accepts plaintext channels from anyone, for tests and debugging, and logs
     a warning.
     """
@@ -98,6 +103,7 @@ class Peer:
         identity: Identity | None = None,
         trust: TrustStore | None = None,
         join_secret: str | None = None,
+        pairing_guard: PairingGuard | None = None,
         insecure: bool = False,
     ) -> None:
         self.log = logging.getLogger("crpeer.peer")
@@ -115,7 +121,9 @@ class Peer:
                     raise ConfigError("pass trust= (a TrustStore) for an in-memory database")
                 path = database.path if isinstance(database, Store) else database
                 trust = TrustStore.load(default_trust_path(path))
-            self.gate = Gate(identity, trust, join_secret)
+            guard = pairing_guard or PairingGuard()
+            guard.on_expired(self._join_secret_expired)
+            self.gate = Gate(identity, trust, join_secret, guard)
         self._database = database
         self.transports = list(transports)
         self.name = name or ""
@@ -144,6 +152,9 @@ class Peer:
         self._no_open_page.set()
         self._drivers: set[SessionDriver] = set()
         self._by_site: dict[bytes, SessionDriver] = {}
+        self._site_owners: dict[bytes, str] = {}
+        """Each site id a remote showed, and the peer id that showed it first
+        (mirrors the store's ``crpeer_sites``)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribers: list[EventCallback] = []
         self._queues: list[asyncio.Queue[ev.Event]] = []
@@ -187,6 +198,7 @@ class Peer:
             self._store = await self._in_store_thread(Store, path)
         if not self.name:
             self.name = self.store.site_id.hex()[:8]
+        self._site_owners = await self._in_store_thread(self.store.site_owners)
         await self.refresh_schema()
         if self.gate.trust is not None:
             loop = asyncio.get_running_loop()
@@ -371,17 +383,63 @@ class Peer:
     async def local_cursor(self) -> Cursor:
         return await self._in_store_thread(self.store.cursor)
 
-    def admit(self, driver: SessionDriver) -> ErrorCode | None:
-        """Keep one session per remote peer: both ends keep the same one."""
+    async def admit(self, driver: SessionDriver) -> Refusal | None:
+        """Keep each site id to the peer id that showed it first, and one
+        session per remote site (both ends keep the same one)."""
         assert driver.session.remote is not None
         site = driver.session.remote.site_id
+        if driver.peer_id is not None:
+            refusal = await self._claim_site(site, driver.peer_id)
+            if refusal is not None:
+                return refusal
         existing = self._by_site.get(site)
         if existing is not None and existing is not driver:
             if existing.tie_break_key() <= driver.tie_break_key():
-                return ErrorCode.DUPLICATE_SESSION
+                return Refusal(
+                    ErrorCode.DUPLICATE_SESSION,
+                    "another session with this site wins",
+                    "refused by admission: another session with this site wins the tie-break",
+                )
             self._spawn(existing.close(ErrorCode.DUPLICATE_SESSION), "crpeer-close-duplicate")
         self._by_site[site] = driver
         return None
+
+    async def _claim_site(self, site: bytes, peer_id: str) -> Refusal | None:
+        """Bind ``site`` to ``peer_id`` on first sight; refuse a peer id that
+        shows a site id another one showed first (and is still trusted)."""
+        owner = self._site_owners.get(site)
+        trust = self.gate.trust
+        freed = owner is not None and trust is not None and not trust.is_trusted(owner)
+        if owner is None or (freed and owner != peer_id):
+            # Recorded here before the store call, so that a HELLO racing this
+            # one with the same site id already sees it taken.
+            self._site_owners[site] = peer_id
+            store = self.store
+            try:
+                owner = await self._in_store_thread(
+                    lambda: store.claim_site(site, peer_id, replacing=owner)
+                )
+            except BaseException:
+                if self._site_owners.get(site) == peer_id:
+                    del self._site_owners[site]
+                raise
+            self._site_owners[site] = owner
+        if owner == peer_id:
+            return None
+        self.log.warning(
+            "peer %s showed site id %s, which belongs to peer %s: session refused",
+            peer_id,
+            site.hex(),
+            owner,
+        )
+        return Refusal(
+            ErrorCode.SITE_ID_CLAIMED,
+            "this site id belongs to another peer",
+            f"peer {peer_id} showed site id {site.hex()}, which belongs to peer {owner}",
+        )
+
+    def _join_secret_expired(self, failures: int, address: str) -> None:
+        self.emit(ev.JoinSecretExpired(failures, address))
 
     def emit(self, event: ev.Event) -> None:
         for callback in list(self._subscribers):

@@ -41,7 +41,20 @@ from peer.protocol import (
 from peer.store import ApplyResult, Change, Cursor, LargeGroup
 from transports.base import Channel
 
-__all__ = ["SessionDriver", "SessionHost", "SessionStats"]
+__all__ = ["Refusal", "SessionDriver", "SessionHost", "SessionStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a session is refused after the remote's HELLO.
+
+    ``reason`` goes on the wire with ``code`` (no internal details);
+    ``detail`` is the local error message (logs, events).
+    """
+
+    code: ErrorCode
+    reason: str
+    detail: str
 
 
 class SessionHost(Protocol):
@@ -69,8 +82,8 @@ class SessionHost(Protocol):
     async def end_page(self, commit: bool) -> None: ...
     async def local_cursor(self) -> Cursor: ...
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int: ...
-    def admit(self, driver: SessionDriver) -> ErrorCode | None:
-        """Called after the remote hello: None to go on, or the code to refuse with."""
+    async def admit(self, driver: SessionDriver) -> Refusal | None:
+        """Called after the remote hello: None to go on, or why to refuse it."""
         ...
 
     def emit(self, event: events.Event) -> None: ...
@@ -360,10 +373,12 @@ class SessionDriver:
             inbound=remote.inbound,
             peer_id=self.peer_id,
         )
-        refusal = self.host.admit(self)
+        refusal = await self.host.admit(self)
         if refusal is not None:
-            self.error = RemoteProtocolError(refusal, "refused by admission")
-            await self.close(refusal)
+            if refusal.code is ErrorCode.SITE_ID_CLAIMED:
+                self.remote = None  # the site id is not its own: report it by address only
+            self.error = RemoteProtocolError(refusal.code, refusal.detail)
+            await self.close(refusal.code, refusal.reason)
             return
         self.host.emit(events.Connected(self.remote))
         self.session.send_cursor(await self.host.local_cursor())

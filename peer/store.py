@@ -21,6 +21,11 @@ A group is all the changes of one ``(site_id, version)``; the store never
 splits one across two pages of :meth:`changes_since` nor across two
 transactions of :meth:`apply`.
 
+Site owners
+-----------
+``crpeer_sites`` binds each site id a remote has shown in a session to the
+authenticated peer id that showed it first (:meth:`Store.claim_site`).
+
 Held changes
 ------------
 A change for a table or column this database does not have yet (the sender's
@@ -109,6 +114,10 @@ CREATE TABLE IF NOT EXISTS crpeer_held (
     PRIMARY KEY (origin, version, tbl, pk, cid)
 );
 CREATE INDEX IF NOT EXISTS crpeer_held_by_local ON crpeer_held (origin, local_version);
+CREATE TABLE IF NOT EXISTS crpeer_sites (
+    site_id BLOB PRIMARY KEY,
+    peer_id TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 _CHANGE_COLUMNS = '"table", pk, cid, val, col_version, db_version, site_id, cl, seq'
@@ -226,9 +235,10 @@ def _translate_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
 class Store:
     """A cr-sqlite database opened for syncing.
 
-    ``Store(path)`` opens (or creates) the database at ``path`` (``":memory:"``
-    for a private in-memory one), in WAL mode, with cr-sqlite loaded and the
-    bookkeeping tables created. Call :meth:`close` (or use ``with``) when done.
+    ``Store(path)`` opens (or creates, with mode 0600) the database at ``path``
+    (``":memory:"`` for a private in-memory one), in WAL mode, with cr-sqlite
+    loaded and the bookkeeping tables created. Call :meth:`close` (or use
+    ``with``) when done.
 
     ``read_only=True`` opens an existing crpeer database without writing
     anything to it (no table is created): for reading its state only.
@@ -245,6 +255,8 @@ class Store:
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
         self._columns_cache: tuple[int, dict[str, frozenset[str]]] | None = None
+        if not read_only and self.path != ":memory:" and not self.path.startswith("file:"):
+            _create_private_file(self.path)
         try:
             if read_only:
                 target = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
@@ -528,6 +540,33 @@ class Store:
         """The persisted version vector of what this database holds from others."""
         with self._lock:
             return _persisted_cursor(self._conn)
+
+    @_translate_errors
+    def site_owners(self) -> dict[bytes, str]:
+        """Every site id a remote has shown in a session, and the peer id that showed it."""
+        with self._lock:
+            rows = self._conn.execute("SELECT site_id, peer_id FROM crpeer_sites").fetchall()
+        return {bytes(site_id): str(peer_id) for site_id, peer_id in rows}
+
+    @_translate_errors
+    def claim_site(self, site_id: bytes, peer_id: str, *, replacing: str | None = None) -> str:
+        """Bind ``site_id`` to ``peer_id`` if it is free; return its owner afterwards.
+
+        A site id bound to another peer id stays bound to it, unless that peer
+        id is ``replacing`` (the caller frees the sites of peers it no longer
+        trusts). The caller refuses a session whose peer id is not the owner
+        returned.
+        """
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO crpeer_sites (site_id, peer_id) VALUES (?, ?) ON CONFLICT (site_id) "
+                "DO UPDATE SET peer_id = excluded.peer_id WHERE peer_id IS ?",
+                (site_id, peer_id, replacing),
+            )
+            (owner,) = self._conn.execute(
+                "SELECT peer_id FROM crpeer_sites WHERE site_id = ?", (site_id,)
+            ).fetchone()
+        return str(owner)
 
     @_translate_errors
     def own_version(self) -> int:
@@ -1189,6 +1228,24 @@ def file_integrity_problems(path: str | Path, limit: int = 10) -> list[str]:
     finally:
         conn.close()
     return [] if found == ["ok"] else found
+
+
+def _create_private_file(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` empty with mode 0600 if nothing is there yet.
+
+    SQLite creates a database 0644 (less the umask) and gives its ``-wal``,
+    ``-shm`` and ``-journal`` files the mode of the database file; an empty
+    file is an empty database to it. So a database created here, and every
+    file SQLite makes beside it, is readable by its owner only. An existing
+    file keeps its mode. Raises StoreError if the file cannot be created.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot open database {os.fspath(path)}: {exc.strerror or exc}") from exc
+    os.close(descriptor)
 
 
 def _persisted_cursor(conn: Any) -> Cursor:

@@ -3,7 +3,9 @@
 :func:`take_snapshot` copies a live database with ``VACUUM INTO`` (one
 consistent read transaction; writers go on) from a connection that has
 cr-sqlite loaded, and closes it with ``crsql_finalize()``. The snapshot is
-the same site as its source: it must not sync as it is.
+the same site as its source: it must not sync as it is. Snapshots and
+restored databases are created with mode 0600, like every database crpeer
+creates.
 
 :func:`restore_snapshot` makes a new site of it. cr-sqlite keeps its site id
 in ``crsql_site_id``: ordinal 0 is the local site, and every clock row names
@@ -31,7 +33,7 @@ from pathlib import Path
 import pysqlite3.dbapi2 as sqlite3
 
 from peer.errors import ConfigError, StoreError
-from peer.store import SITE_ID_LENGTH, Store
+from peer.store import SITE_ID_LENGTH, Store, _create_private_file
 
 __all__ = ["restore_snapshot", "take_snapshot"]
 
@@ -49,6 +51,7 @@ def take_snapshot(database: Path, out: Path) -> None:
         raise ConfigError(f"{out} exists; choose a new file for the snapshot")
     with Store(database, read_only=True) as store:  # a snapshot never writes to its source
         try:
+            _create_private_file(out)  # VACUUM INTO fills an empty file, keeping its mode
             store.execute("VACUUM INTO ?", (os.fspath(out),))
         except StoreError:
             out.unlink(missing_ok=True)
@@ -69,6 +72,7 @@ def restore_snapshot(snapshot: Path, database: Path) -> bytes:
             raise ConfigError(f"{path} exists; restore to a new path, or move it away first")
     temporary = database.with_name(f".{database.name}.{secrets.token_hex(4)}.restore")
     try:
+        _create_private_file(temporary)  # copyfile keeps the mode of a file it overwrites
         shutil.copyfile(snapshot, temporary)
         new_site = secrets.token_bytes(SITE_ID_LENGTH)
         _resite(temporary, new_site)

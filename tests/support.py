@@ -47,6 +47,7 @@ class Node:
         connect: Sequence[str] = (),
         join_secret: str | None = None,
         transports: Sequence[Transport] | None = None,
+        **options: Any,
     ) -> Peer:
         peer = Peer(
             self.store,
@@ -57,6 +58,7 @@ class Node:
             trust=self.trust,
             join_secret=join_secret,
             backoff=FAST,
+            **options,
         )
         peer.subscribe(self.seen.append)
         return peer

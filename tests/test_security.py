@@ -178,3 +178,36 @@ def new_plain_store() -> Store:
 def test_security_is_the_default(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="encrypts by default"):
         Peer(tmp_path / "x.db", [])
+
+
+async def test_a_host_that_already_trusts_the_joiner_still_proves_second(nodes: Any) -> None:
+    host, joiner = nodes("host"), nodes("joiner")
+    secret = host.trust.rotate_join_secret()
+    host.trust.add(joiner.identity.peer_id)  # by hand; the joiner pairs to learn the host
+    host.store.execute("INSERT INTO notes VALUES (1, 'for members')")
+    async with host.peer() as ph, joiner.peer([address(ph)], join_secret=secret):
+        await wait_for(lambda: joiner.rows() == [(1, "for members")])
+    assert joiner.trust.is_trusted(host.identity.peer_id)
+
+
+async def test_two_hosts_given_each_others_secret_pair_both_ways(nodes: Any) -> None:
+    a, b = nodes("a"), nodes("b")
+    secret_a, secret_b = a.trust.rotate_join_secret(), b.trust.rotate_join_secret()
+    a.store.execute("INSERT INTO notes VALUES (1, 'from a')")
+    async with a.peer(join_secret=secret_b) as pa, b.peer([address(pa)], join_secret=secret_a):
+        await wait_for(lambda: b.rows() == [(1, "from a")])
+    assert a.trust.is_trusted(b.identity.peer_id)
+    assert b.trust.is_trusted(a.identity.peer_id)
+
+
+async def test_a_node_never_joins_with_the_secret_it_hosts_with(nodes: Any) -> None:
+    # Both hold one shared secret as host and as joiner: neither may prove
+    # first with a secret it hosts, so they do not pair (and say why).
+    a, b = nodes("a"), nodes("b")
+    shared = a.trust.rotate_join_secret()
+    b.trust.set_join_secret(shared)
+    async with a.peer(join_secret=shared) as pa, b.peer([address(pa)], join_secret=shared):
+        await wait_for(lambda: len(refusals(a)) >= 1 and len(refusals(b)) >= 1)
+    assert not a.trust.is_trusted(b.identity.peer_id)
+    assert not b.trust.is_trusted(a.identity.peer_id)
+    assert "not trusted" in str(refusals(a)[0].error)
