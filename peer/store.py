@@ -977,6 +977,11 @@ class Store:
                 if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
                     raise InvalidChangeError(f"batch rejected by the database: {exc}") from exc
                 raise StoreError(f"applying a batch failed: {exc}") from exc
+            except UnicodeEncodeError as exc:
+                # A str with lone surrogates: it has no UTF-8 form to bind.
+                if self._sync.in_transaction and not in_page:
+                    self._sync.execute("ROLLBACK")
+                raise InvalidChangeError(f"a text value is not valid Unicode: {exc}") from exc
             except BaseException:
                 if self._sync.in_transaction and not in_page:
                     self._sync.execute("ROLLBACK")
