@@ -101,8 +101,8 @@ def plan_groups(
     mergeable: list[Change] = []
     held: list[Change] = []
     current: tuple[bytes, int] | None = None
-    checked_keys: set[tuple[str, bytes]] = set()
-    last_key: tuple[str, bytes] | None = None
+    last_table: str | None = None
+    last_pk: bytes | None = None
     for index, row in enumerate(changes):
         if not types_checked and not _row_is_valid(row):
             _check_row(index, row)  # raises, naming what is wrong
@@ -124,16 +124,14 @@ def plan_groups(
                 raise InvalidChangeError(f"change {index}: unknown table {table!r} (or not a CRR)")
             raise InvalidChangeError(f"change {index}: unknown column {cid!r} of table {table!r}")
         # A row's cells share its key: most rows repeat the previous row's.
-        if last_key is None or pk != last_key[1] or table != last_key[0]:
-            last_key = (table, pk)
-            if last_key not in checked_keys:
-                try:
-                    check_key(pk, keys.get(table))
-                except PackedKeyError as exc:
-                    raise InvalidChangeError(
-                        f"change {index}: bad primary key for table {table!r}: {exc}"
-                    ) from None
-                checked_keys.add(last_key)
+        if pk != last_pk or table != last_table:
+            try:
+                check_key(pk, keys.get(table))
+            except PackedKeyError as exc:
+                raise InvalidChangeError(
+                    f"change {index}: bad primary key for table {table!r}: {exc}"
+                ) from None
+            last_table, last_pk = table, pk
         if (site_id, version) != current:
             current = (site_id, version)
             mergeable, held = [], []

@@ -31,7 +31,7 @@ import math
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["KeyColumn", "KeyShape", "PackedKeyError", "check_key", "pack", "unpack"]
 
@@ -92,24 +92,17 @@ class KeyColumn(enum.Enum):
 
     def holds(self, value: SqlValue) -> bool:
         """Whether the column stores ``value`` as it is (never NULL)."""
+        rule = _RULES[self]
         kind = type(value)
-        if kind is bytes:
-            return self not in _NOT_BLOB
         if kind is int:
-            return self in _INTEGER_OK
+            return bool(rule & 1 << _INTEGER)
         if kind is float:
-            if self is KeyColumn.NUMERIC:
-                assert isinstance(value, float)
-                return not (value.is_integer() and abs(value) < 2.0**63)
-            if value == 0.0 and math.copysign(1.0, value) < 0:
-                return self is KeyColumn.ANY  # REAL affinity stores -0.0 as 0.0
-            return self in _REAL_OK
+            assert isinstance(value, float)
+            return bool(rule & 1 << _REAL) and _real_fits(rule, value)
         if kind is str:
-            if self is KeyColumn.NUMERIC or self is KeyColumn.REAL:
-                assert isinstance(value, str)
-                return _NUMERIC_TEXT.fullmatch(value) is None
-            return self in _TEXT_OK
-        return False
+            assert isinstance(value, str)
+            return bool(rule & 1 << _TEXT) and _text_fits(rule, value)
+        return kind is bytes and bool(rule & 1 << _BLOB)
 
 
 _STRICT = {
@@ -119,10 +112,41 @@ _STRICT = {
     "TEXT": KeyColumn.TEXT_ONLY,
     "BLOB": KeyColumn.BLOB_ONLY,
 }
-_NOT_BLOB = frozenset({KeyColumn.INTEGER_ONLY, KeyColumn.REAL_ONLY, KeyColumn.TEXT_ONLY})
-_INTEGER_OK = frozenset({KeyColumn.INTEGER_ONLY, KeyColumn.NUMERIC, KeyColumn.ANY})
-_REAL_OK = frozenset({KeyColumn.REAL_ONLY, KeyColumn.REAL, KeyColumn.ANY})
-_TEXT_OK = frozenset({KeyColumn.TEXT_ONLY, KeyColumn.TEXT, KeyColumn.ANY})
+
+# A column's rule: bit k set when it holds values of packed type k, plus the
+# conversions its affinity makes within a type it holds.
+_TEXT_NOT_NUMERIC = 1 << 8
+"""Text that reads as a number is converted (NUMERIC and REAL affinity)."""
+_REAL_NOT_INTEGRAL = 1 << 9
+"""An integral real within 64 bits is stored as an integer (NUMERIC affinity)."""
+_REAL_NOT_NEGATIVE_ZERO = 1 << 10
+"""-0.0 is stored as 0.0 (REAL affinity, STRICT REAL)."""
+_ANY_TYPE = 1 << _INTEGER | 1 << _REAL | 1 << _TEXT | 1 << _BLOB
+_RULES = {
+    KeyColumn.INTEGER_ONLY: 1 << _INTEGER,
+    KeyColumn.REAL_ONLY: 1 << _REAL | _REAL_NOT_NEGATIVE_ZERO,
+    KeyColumn.TEXT_ONLY: 1 << _TEXT,
+    KeyColumn.BLOB_ONLY: 1 << _BLOB,
+    KeyColumn.TEXT: 1 << _TEXT | 1 << _BLOB,
+    KeyColumn.NUMERIC: _ANY_TYPE | _TEXT_NOT_NUMERIC | _REAL_NOT_INTEGRAL,
+    KeyColumn.REAL: (
+        1 << _REAL | 1 << _TEXT | 1 << _BLOB | _TEXT_NOT_NUMERIC | _REAL_NOT_NEGATIVE_ZERO
+    ),
+    KeyColumn.ANY: _ANY_TYPE,
+}
+_INTEGER_ONLY_RULE = _RULES[KeyColumn.INTEGER_ONLY]
+_UNKNOWN_TABLE = _ANY_TYPE
+"""The rule for the key columns of a table this database lacks (held rows)."""
+
+
+def _real_fits(rule: int, value: float) -> bool:
+    if rule & _REAL_NOT_INTEGRAL and value.is_integer() and abs(value) < 2.0**63:
+        return False
+    return not (rule & _REAL_NOT_NEGATIVE_ZERO and value == 0.0 and math.copysign(1.0, value) < 0)
+
+
+def _text_fits(rule: int, value: str) -> bool:
+    return not (rule & _TEXT_NOT_NUMERIC and _NUMERIC_TEXT.fullmatch(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +155,10 @@ class KeyShape:
 
     names: tuple[str, ...]
     columns: tuple[KeyColumn, ...]
+    rules: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(_RULES[column] for column in self.columns))
 
 
 def _width(value: int) -> int:
@@ -179,27 +207,74 @@ def unpack(packed: bytes) -> tuple[SqlValue, ...]:
     NULL), text that is not UTF-8, and bytes after the last column. NULL
     decodes (as None); :func:`check_key` refuses it. Raises PackedKeyError.
     """
-    size = len(packed)
-    if size == 0:
-        raise PackedKeyError("the packed key is empty")
-    count = packed[0]
-    at = 1
     values: list[SqlValue] = []
-    for column in range(count):
+    _scan(packed, None, values)
+    return tuple(values)
+
+
+def check_key(packed: bytes, shape: KeyShape | None) -> None:
+    """Refuse ``packed`` unless it is a well-formed key of a table of ``shape``.
+
+    Well-formed is what :func:`unpack` accepts; it must also have the table's
+    number of key columns, no NULL, and in each column a value the column
+    holds (:meth:`KeyColumn.holds`). With ``shape`` None (a table this
+    database lacks, whose row is held) any number of columns but zero and
+    any type but NULL pass. Raises PackedKeyError saying what is wrong.
+    """
+    if shape is None:
+        if packed[:1] == b"\x00":
+            raise PackedKeyError("the packed key has no columns")
+        _scan(packed, (), None)
+        return
+    # The common key, one integer column, in a few comparisons: count 1, type
+    # integer, a byte count of at most 8 that is all that follows, no leading
+    # zero byte.
+    if (
+        shape.rules[0] == _INTEGER_ONLY_RULE
+        and len(shape.rules) == 1
+        and packed[:1] == b"\x01"
+        and len(packed) > 1
+        and packed[1] & 7 == _INTEGER
+        and len(packed) == 2 + (packed[1] >> 3) <= 10
+        and (len(packed) == 2 or packed[2])
+    ):
+        return
+    if packed and packed[0] != len(shape.rules):
+        raise PackedKeyError(
+            f"the packed key has {packed[0]} columns, the table's key has {len(shape.rules)}"
+        )
+    _scan(packed, shape, None)
+
+
+def _scan(packed: bytes, shape: KeyShape | tuple[()] | None, out: list[SqlValue] | None) -> None:
+    """Walk ``packed`` once, checking every byte; append the values to ``out``
+    if given. ``shape``: check each value against it; ``()``: refuse NULL
+    only; None: no value checks. Runs on every received row, hence the
+    byte-level form (values are built only where a check needs them)."""
+    size = len(packed)
+    if not size:
+        raise PackedKeyError("the packed key is empty")
+    rules = shape.rules if isinstance(shape, KeyShape) else ()
+    at = 1
+    for column in range(packed[0]):
         if at >= size:
             raise PackedKeyError(f"the packed key ends before column {column}")
         head = packed[at]
         at += 1
         kind, n = head & 7, head >> 3
+        rule = rules[column] if rules else _UNKNOWN_TABLE
+        value: SqlValue = None
         if kind == _INTEGER:
             if n > 8:
                 raise PackedKeyError(f"column {column}: an integer of {n} bytes")
             if at + n > size:
                 raise PackedKeyError(f"column {column}: the integer is cut short")
-            value = int.from_bytes(packed[at : at + n], "big", signed=n == 8)
-            if _width(value) != n:
+            # Shortest form: no leading zero byte (8 bytes for every negative).
+            if n and packed[at] == 0:
+                value = int.from_bytes(packed[at : at + n], "big", signed=n == 8)
                 raise PackedKeyError(f"column {column}: integer {value} not in its shortest form")
-            values.append(value)
+            if out is not None:
+                value = int.from_bytes(packed[at : at + n], "big", signed=n == 8)
             at += n
         elif kind in (_TEXT, _BLOB):
             if n > 4:
@@ -207,59 +282,51 @@ def unpack(packed: bytes) -> tuple[SqlValue, ...]:
             length = int.from_bytes(packed[at : at + n], "big")
             if at + n + length > size:
                 raise PackedKeyError(f"column {column}: the value is cut short")
-            if _width(length) != n:
+            if n and packed[at] == 0:
                 raise PackedKeyError(f"column {column}: length {length} not in its shortest form")
             at += n
-            data = packed[at : at + length]
+            if kind == _TEXT:
+                try:
+                    value = packed[at : at + length].decode()
+                except UnicodeDecodeError:
+                    raise PackedKeyError(f"column {column}: text that is not UTF-8") from None
+                if rule & _TEXT_NOT_NUMERIC and not _text_fits(rule, value):
+                    rule = 0
+            elif out is not None:
+                value = packed[at : at + length]
             at += length
-            if kind == _BLOB:
-                values.append(data)
-                continue
-            try:
-                values.append(data.decode())
-            except UnicodeDecodeError:
-                raise PackedKeyError(f"column {column}: text that is not UTF-8") from None
         elif kind == _REAL:
             if n:
                 raise PackedKeyError(f"column {column}: a real with a byte count")
             if at + 8 > size:
                 raise PackedKeyError(f"column {column}: the real is cut short")
-            (real,) = _DOUBLE.unpack_from(packed, at)
-            if math.isnan(real):
+            (value,) = _DOUBLE.unpack_from(packed, at)
+            assert isinstance(value, float)
+            if math.isnan(value):
                 raise PackedKeyError(f"column {column}: a NaN real")
-            values.append(real)
+            if not _real_fits(rule, value):
+                rule = 0
             at += 8
         elif kind == _NULL and not n:
-            values.append(None)
+            if shape is not None:
+                raise PackedKeyError(_misfit(shape, column, "a primary-key value is NULL"))
         else:
             raise PackedKeyError(f"column {column}: unknown type byte {head:#04x}")
+        if shape is not None and not rule >> kind & 1:
+            raise PackedKeyError(_misfit(shape, column, f"cannot hold the {_KIND_NAMES[kind]}"))
+        if out is not None:
+            out.append(value)
     if at != size:
         raise PackedKeyError(f"{size - at} bytes after the last column")
-    return tuple(values)
 
 
-def check_key(packed: bytes, shape: KeyShape | None) -> None:
-    """Refuse ``packed`` unless it is a well-formed key of a table of ``shape``.
+_KIND_NAMES = {_INTEGER: "integer", _REAL: "real", _TEXT: "text", _BLOB: "blob"}
 
-    With ``shape`` None (a table this database lacks, whose row is held)
-    only the encoding and the absence of NULL are checked. Raises
-    PackedKeyError saying what is wrong.
-    """
-    values = unpack(packed)
-    if shape is None:
-        if not values:
-            raise PackedKeyError("the packed key has no columns")
-        if None in values:
-            raise PackedKeyError("a primary-key value is NULL")
-        return
-    if len(values) != len(shape.columns):
-        raise PackedKeyError(
-            f"the packed key has {len(values)} columns, the table's key has {len(shape.columns)}"
-        )
-    for name, column, value in zip(shape.names, shape.columns, values, strict=True):
-        if value is None:
-            raise PackedKeyError(f"key column {name!r} is NULL")
-        if not column.holds(value):
-            raise PackedKeyError(
-                f"key column {name!r} ({column.value}) cannot hold a {type(value).__name__}"
-            )
+
+def _misfit(shape: KeyShape | tuple[()], column: int, what: str) -> str:
+    if not isinstance(shape, KeyShape):
+        return what
+    name, rule = shape.names[column], shape.columns[column]
+    if what.endswith("NULL"):
+        return f"key column {name!r} is NULL"
+    return f"key column {name!r} ({rule.value}) {what}"

@@ -171,14 +171,14 @@ TEXT_KEY = KeyShape(("id",), (KeyColumn.TEXT,))
         (b"\x00", TEXT_KEY, "0 columns, the table's key has 1"),
         (pack(["a", "b"]), TEXT_KEY, "2 columns, the table's key has 1"),
         (pack([None]), TEXT_KEY, "'id' is NULL"),
-        (pack([5]), TEXT_KEY, r"'id' \(text affinity\) cannot hold a int"),
-        (pack([5.5]), TEXT_KEY, "cannot hold a float"),
-        (pack(["x"]), KeyShape(("id",), (KeyColumn.INTEGER_ONLY,)), "cannot hold a str"),
-        (pack(["12"]), KeyShape(("n",), (KeyColumn.NUMERIC,)), "cannot hold a str"),
-        (pack([3.0]), KeyShape(("n",), (KeyColumn.NUMERIC,)), "cannot hold a float"),
-        (pack([3]), KeyShape(("r",), (KeyColumn.REAL,)), "cannot hold a int"),
-        (pack([-0.0]), KeyShape(("r",), (KeyColumn.REAL,)), "cannot hold a float"),
-        (pack([b"x"]), KeyShape(("t",), (KeyColumn.TEXT_ONLY,)), "cannot hold a bytes"),
+        (pack([5]), TEXT_KEY, r"'id' \(text affinity\) cannot hold the integer"),
+        (pack([5.5]), TEXT_KEY, "cannot hold the real"),
+        (pack(["x"]), KeyShape(("id",), (KeyColumn.INTEGER_ONLY,)), "cannot hold the text"),
+        (pack(["12"]), KeyShape(("n",), (KeyColumn.NUMERIC,)), "cannot hold the text"),
+        (pack([3.0]), KeyShape(("n",), (KeyColumn.NUMERIC,)), "cannot hold the real"),
+        (pack([3]), KeyShape(("r",), (KeyColumn.REAL,)), "cannot hold the integer"),
+        (pack([-0.0]), KeyShape(("r",), (KeyColumn.REAL,)), "cannot hold the real"),
+        (pack([b"x"]), KeyShape(("t",), (KeyColumn.TEXT_ONLY,)), "cannot hold the blob"),
         (b"\x00", None, "no columns"),
         (pack([1, None]), None, "NULL"),
     ],
@@ -228,6 +228,85 @@ def test_a_key_column_holds_exactly_what_sqlite_stores_unconverted(
     assert KeyColumn.of(column_type, strict=strict, rowid=False).holds(value) is kept
 
 
+def _reference_check(packed: bytes, shape: KeyShape | None) -> bool:
+    """check_key's contract in terms of values: unpack, then every value held."""
+    try:
+        values = unpack(packed)
+    except PackedKeyError:
+        return False
+    if shape is None:
+        return bool(values) and None not in values
+    return len(values) == len(shape.columns) and all(
+        value is not None and column.holds(value)
+        for column, value in zip(shape.columns, values, strict=True)
+    )
+
+
+COLUMNS = st.sampled_from(list(KeyColumn))
+SHAPES = st.one_of(
+    st.none(),
+    st.lists(COLUMNS, min_size=1, max_size=3).map(
+        lambda cs: KeyShape(tuple(f"c{i}" for i in range(len(cs))), tuple(cs))
+    ),
+)
+PACKABLE = st.one_of(st.none(), INTS, st.floats(), TEXTS, BLOBS, NUMERIC_LOOKING)
+
+
+@st.composite
+def near_keys(draw: st.DrawFn) -> bytes:
+    good = pack(draw(st.lists(PACKABLE, max_size=3)))
+    if draw(st.booleans()):
+        return good
+    at = draw(st.integers(0, len(good)))
+    return good[:at] + draw(st.binary(max_size=3)) + good[at + draw(st.integers(0, 2)) :]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(packed=st.one_of(near_keys(), st.binary(max_size=24)), shape=SHAPES)
+def test_check_key_reads_the_bytes_as_unpack_and_holds_read_the_values(
+    packed: bytes, shape: KeyShape | None
+) -> None:
+    # check_key works on the bytes (it runs on every row); it must accept
+    # exactly the keys whose decoded values the columns hold.
+    try:
+        check_key(packed, shape)
+        accepted = True
+    except PackedKeyError:
+        accepted = False
+    assert accepted is _reference_check(packed, shape)
+
+
+ROWID_KEY = KeyShape(("id",), (KeyColumn.INTEGER_ONLY,))
+
+
+@pytest.mark.parametrize(
+    ("packed", "accepted"),
+    [
+        (b"\x01\x01", True),
+        (b"\x01\x09\x80", True),
+        (b"\x01\x41\x01" + b"\x00" * 7, True),
+        (b"\x01\x41" + b"\xff" * 8, True),
+        (b"\x01\x09\x00", False),
+        (b"\x01\x41\x00" + b"\xff" * 7, False),
+        (b"\x01\x49" + b"\x01" * 9, False),
+        (b"\x01\x09\x05\x00", False),
+        (b"\x01\x11\x05", False),
+        (b"\x01\x0b\x01a", False),
+        (b"\x01\x05", False),
+        (b"\x02\x09\x01\x09\x02", False),
+        (b"\x01", False),
+        (b"", False),
+    ],
+)
+def test_the_one_integer_key_is_checked_like_any_other(packed: bytes, accepted: bool) -> None:
+    assert _reference_check(packed, ROWID_KEY) is accepted
+    if accepted:
+        check_key(packed, ROWID_KEY)
+    else:
+        with pytest.raises(PackedKeyError):
+            check_key(packed, ROWID_KEY)
+
+
 def test_the_rowid_key_holds_integers_only() -> None:
     rowid = KeyColumn.of("integer", strict=False, rowid=True)
     assert rowid.holds(5)
@@ -265,7 +344,7 @@ def _row(**fields: Any) -> tuple[Any, ...]:
     ("fields", "reason"),
     [
         ({"pk": b"\x00"}, "bad primary key for table 'notes': the packed key has 0 columns"),
-        ({"pk": b"\x01\x19abc"}, "key column 'id' .* cannot hold a int"),
+        ({"pk": b"\x01\x19abc"}, "key column 'id' .* cannot hold the integer"),
         ({"pk": b"\x01\x0bk"}, "value is cut short"),
         ({"pk": pack(["k"]) + b"\x00"}, "1 bytes after the last column"),
         ({"cid": "id"}, "column 'id' is part of the primary key of 'notes'"),
