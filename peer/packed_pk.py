@@ -230,8 +230,8 @@ def check_key(packed: bytes, shape: KeyShape | None) -> None:
     # integer, a byte count of at most 8 that is all that follows, no leading
     # zero byte.
     if (
-        shape.rules[0] == _INTEGER_ONLY_RULE
-        and len(shape.rules) == 1
+        len(shape.rules) == 1
+        and shape.rules[0] == _INTEGER_ONLY_RULE
         and packed[:1] == b"\x01"
         and len(packed) > 1
         and packed[1] & 7 == _INTEGER

@@ -926,7 +926,10 @@ class Store:
 
         Inside :meth:`begin_page` the rows join that page's transaction (and
         an error leaves it to the caller to end the page without committing).
-        Every row is validated before the database is touched. Rows for a
+        Every row is validated before the database is touched, including
+        its packed primary key against the table's key (see
+        :func:`peer.changes.plan_groups`): cr-sqlite aborts the process on
+        some malformed rows, so none reaches it unchecked. Rows for a
         table or column this database lacks raise InvalidChangeError, unless
         ``hold_unknown`` (the sender's schema is newer), in which case they
         are held. ``types_checked`` is for rows :func:`peer.messages.decode`
