@@ -274,7 +274,7 @@ def _batches(rows: list[list[Any]]) -> list[list[list[Any]]]:
 _SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=_SUPPRESSED)
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=_SUPPRESSED)
 @given(data=st.data())
 def test_hostile_rows_never_kill_the_process(worker: Worker, data: st.DataObject) -> None:
     # Small examples Hypothesis can shrink to the one row that kills.
