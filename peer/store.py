@@ -429,11 +429,9 @@ class Store:
                 }
                 columns: dict[str, frozenset[str]] = {}
                 keys: dict[str, KeyShape] = {}
-                for table in listed:
-                    if not table.endswith("__crsql_clock"):
-                        continue
-                    table = table[: -len("__crsql_clock")]
-                    if table not in listed:
+                for name in listed:
+                    table = name.removesuffix("__crsql_clock")
+                    if table == name or table not in listed:
                         continue
                     info = self._conn.execute(
                         f"PRAGMA table_info({_quote_identifier(table)})"
