@@ -4,6 +4,11 @@ A change row is ``(table, pk, cid, val, col_version, version, site_id, cl,
 seq)`` (see :mod:`peer.store`). :func:`plan_groups` checks every row of a
 batch and splits it into ``(site_id, version)`` groups, each of which the store
 merges whole.
+
+The checks are the cr-sqlite extension's preconditions: it trusts every field
+of a row it merges, and some malformed rows abort the whole process inside it
+(see :mod:`peer.packed_pk`) or leave the database unable to take local writes
+(a counter at the 64-bit limit). Nothing reaches it unchecked.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from peer.errors import InvalidChangeError
+from peer.packed_pk import KeyShape, PackedKeyError, check_key
 
 __all__ = [
+    "MAX_COUNTER",
     "SENTINEL_CID",
     "SITE_ID_LENGTH",
     "Change",
@@ -35,6 +42,12 @@ SENTINEL_CID = "-1"
 """The cid cr-sqlite uses for a row's existence (create/delete) record."""
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+MAX_COUNTER = 2**62
+"""The highest col_version, version, cl and seq a row may carry. cr-sqlite
+adds one to them on local writes (and takes the highest version it merged
+as its own clock) with no overflow check: at 2**63 - 1 a merged row makes
+the next local write fail or wrap to a negative version. 2**62 leaves that
+many writes of headroom, far beyond any real count."""
 _VALUE_TYPES = (type(None), int, float, str, bytes)
 
 
@@ -65,16 +78,19 @@ Group = tuple[bytes, int, list[Change], list[Change]]
 def plan_groups(
     changes: Sequence[Any],
     columns: Mapping[str, frozenset[str]],
+    keys: Mapping[str, KeyShape],
     own_site: bytes,
     hold_unknown: bool,
     types_checked: bool = False,
 ) -> list[Group]:
     """Validate every row and split the batch into (origin, version) groups.
 
-    ``types_checked`` skips the per-field type and range checks, for rows that
-    :func:`peer.messages.decode` already checked the same way; tables and
-    columns are always checked. Raises InvalidChangeError naming the first bad
-    row; nothing is touched.
+    ``columns`` maps each CRR table to its column names, ``keys`` to its
+    primary key. ``types_checked`` skips the per-field type and range checks,
+    for rows that :func:`peer.messages.decode` already checked the same way;
+    tables, columns and packed primary keys are always checked (a held row's
+    key only for its encoding, its table being unknown). Raises
+    InvalidChangeError naming the first bad row; nothing is touched.
     """
     if not isinstance(changes, Sequence) or isinstance(changes, str | bytes):
         raise InvalidChangeError(
@@ -85,21 +101,37 @@ def plan_groups(
     mergeable: list[Change] = []
     held: list[Change] = []
     current: tuple[bytes, int] | None = None
+    last_table: str | None = None
+    last_pk: bytes | None = None
     for index, row in enumerate(changes):
         if not types_checked and not _row_is_valid(row):
             _check_row(index, row)  # raises, naming what is wrong
-        table, _, cid, _, _, version, site_id, _, _ = row
+        table, pk, cid, _, _, version, site_id, _, _ = row
         if site_id == own_site:
             continue
         known = known_cells.get((table, cid))
         if known is None:
             if table.startswith(_RESERVED_PREFIXES):
                 raise InvalidChangeError(f"change {index}: table {table!r} is not syncable")
+            shape = keys.get(table)
+            if shape is not None and cid in shape.names:
+                raise InvalidChangeError(
+                    f"change {index}: column {cid!r} is part of the primary key of {table!r}"
+                )
             known = known_cells[(table, cid)] = fits(table, cid, columns)
         if not known and not hold_unknown:
             if table not in columns:
                 raise InvalidChangeError(f"change {index}: unknown table {table!r} (or not a CRR)")
             raise InvalidChangeError(f"change {index}: unknown column {cid!r} of table {table!r}")
+        # A row's cells share its key: most rows repeat the previous row's.
+        if pk != last_pk or table != last_table:
+            try:
+                check_key(pk, keys.get(table))
+            except PackedKeyError as exc:
+                raise InvalidChangeError(
+                    f"change {index}: bad primary key for table {table!r}: {exc}"
+                ) from None
+            last_table, last_pk = table, pk
         if (site_id, version) != current:
             current = (site_id, version)
             mergeable, held = [], []
@@ -124,15 +156,15 @@ def _row_is_valid(row: Any) -> bool:
         and type(row[3]) in _VALUE_TYPE_SET
         and (type(row[3]) is not int or _INT64_MIN <= row[3] <= _INT64_MAX)
         and type(row[4]) is int
-        and 0 <= row[4] <= _INT64_MAX
+        and 0 <= row[4] <= MAX_COUNTER
         and type(row[5]) is int
-        and 1 <= row[5] <= _INT64_MAX
+        and 1 <= row[5] <= MAX_COUNTER
         and type(row[6]) is bytes
         and len(row[6]) == SITE_ID_LENGTH
         and type(row[7]) is int
-        and 0 <= row[7] <= _INT64_MAX
+        and 0 <= row[7] <= MAX_COUNTER
         and type(row[8]) is int
-        and 0 <= row[8] <= _INT64_MAX
+        and 0 <= row[8] <= MAX_COUNTER
     )
 
 
@@ -168,5 +200,9 @@ def _check_row(index: int, row: Any) -> None:
         raise InvalidChangeError(f"change {index}: version must be >= 1, got {row[5]}")
     if row[4] < 0 or row[7] < 0 or row[8] < 0:
         raise InvalidChangeError(f"change {index}: col_version, cl and seq must be >= 0")
+    for name, field_index in (("col_version", 4), ("version", 5), ("cl", 7), ("seq", 8)):
+        value = row[field_index]
+        if value > MAX_COUNTER:
+            raise InvalidChangeError(f"change {index}: {name} {value} is above 2**62")
     if not row[0] or row[0].startswith(("crsql_", "crpeer_", "sqlite_")):
         raise InvalidChangeError(f"change {index}: table {row[0]!r} is not syncable")

@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 import msgpack
 
-from peer.changes import SITE_ID_LENGTH, Change, Cursor
+from peer.changes import MAX_COUNTER, SITE_ID_LENGTH, Change, Cursor
 from peer.errors import ErrorCode, RemoteProtocolError
 
 __all__ = [
@@ -347,7 +347,7 @@ def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
         group = _list(group, "group")
         _arity([None, None, *group], 5, "group")
         site_id = _bytes(group[0], "site_id", SITE_ID_LENGTH)
-        version = _int(group[1], "version", 1)
+        version = _int(group[1], "version", 1, MAX_COUNTER)
         rows = _list(group[2], "rows", max_batch_rows - len(changes))
         if not rows:
             raise _fail(ErrorCode.MALFORMED_FRAME, "a group must have rows")
@@ -365,11 +365,11 @@ def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
                 and type(val) in _VALUE_TYPE_SET
                 and (type(val) is not int or _INT64_MIN <= val <= _INT64_MAX)
                 and type(col_version) is int
-                and 0 <= col_version <= _INT64_MAX
+                and 0 <= col_version <= MAX_COUNTER
                 and type(cl) is int
-                and 0 <= cl <= _INT64_MAX
+                and 0 <= cl <= MAX_COUNTER
                 and type(seq) is int
-                and 0 <= seq <= _INT64_MAX
+                and 0 <= seq <= MAX_COUNTER
             ):
                 raise _fail(ErrorCode.MALFORMED_FRAME, "a change row has a bad field")
             changes.append((tables[t], pk, cid, val, col_version, version, site_id, cl, seq))

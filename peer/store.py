@@ -70,6 +70,7 @@ from peer.changes import (
     plan_groups,
 )
 from peer.errors import InvalidChangeError, SchemaError, StoreError
+from peer.packed_pk import KeyColumn, KeyShape, PackedKeyError, check_key
 
 __all__ = [
     "SENTINEL_CID",
@@ -254,7 +255,9 @@ class Store:
         self.read_only = read_only
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
-        self._columns_cache: tuple[int, dict[str, frozenset[str]]] | None = None
+        self._columns_cache: tuple[int, dict[str, frozenset[str]], dict[str, KeyShape]] | None = (
+            None
+        )
         if not read_only and self.path != ":memory:" and not self.path.startswith("file:"):
             _create_private_file(self.path)
         try:
@@ -501,27 +504,36 @@ class Store:
 
     def crr_columns(self) -> dict[str, frozenset[str]]:
         """Each CRR table and its column names (cached until the schema changes)."""
+        return dict(self._crr_schema()[0])
+
+    def crr_keys(self) -> dict[str, KeyShape]:
+        """Each CRR table's primary key: its columns in key order and which
+        values each holds (cached until the schema changes)."""
+        return dict(self._crr_schema()[1])
+
+    def _crr_schema(self) -> tuple[dict[str, frozenset[str]], dict[str, KeyShape]]:
         with self._lock:
             (schema_cookie,) = self._conn.execute("PRAGMA schema_version").fetchone()
             if self._columns_cache is None or self._columns_cache[0] != schema_cookie:
-                tables = [
-                    name[: -len("__crsql_clock")]
-                    for (name,) in self._conn.execute(
-                        "SELECT name FROM sqlite_master WHERE type = 'table' "
-                        "AND name LIKE '%\\_\\_crsql\\_clock' ESCAPE '\\'"
+                listed = {
+                    name: (bool(without_rowid), bool(strict))
+                    for _, name, _, _, without_rowid, strict in self._conn.execute(
+                        "PRAGMA main.table_list"
                     )
-                ]
-                columns = {
-                    table: frozenset(
-                        row[1]
-                        for row in self._conn.execute(
-                            f"PRAGMA table_info({_quote_identifier(table)})"
-                        )
-                    )
-                    for table in tables
                 }
-                self._columns_cache = (schema_cookie, columns)
-            return dict(self._columns_cache[1])
+                columns: dict[str, frozenset[str]] = {}
+                keys: dict[str, KeyShape] = {}
+                for name in listed:
+                    table = name.removesuffix("__crsql_clock")
+                    if table == name or table not in listed:
+                        continue
+                    info = self._conn.execute(
+                        f"PRAGMA table_info({_quote_identifier(table)})"
+                    ).fetchall()
+                    columns[table] = frozenset(row[1] for row in info)
+                    keys[table] = _key_shape(info, *listed[table])
+                self._columns_cache = (schema_cookie, columns, keys)
+            return self._columns_cache[1], self._columns_cache[2]
 
     @_translate_errors
     def schema_fingerprint(self) -> bytes:
@@ -1033,7 +1045,10 @@ class Store:
 
         Inside :meth:`begin_page` the rows join that page's transaction (and
         an error leaves it to the caller to end the page without committing).
-        Every row is validated before the database is touched. Rows for a
+        Every row is validated before the database is touched, including
+        its packed primary key against the table's key (see
+        :func:`peer.changes.plan_groups`): cr-sqlite aborts the process on
+        some malformed rows, so none reaches it unchecked. Rows for a
         table or column this database lacks raise InvalidChangeError, unless
         ``hold_unknown`` (the sender's schema is newer), in which case they
         are held. ``types_checked`` is for rows :func:`peer.messages.decode`
@@ -1049,8 +1064,8 @@ class Store:
         Raises InvalidChangeError for a malformed row, StoreError if SQLite
         fails.
         """
-        columns = self.crr_columns()
-        groups = plan_groups(changes, columns, self.site_id, hold_unknown, types_checked)
+        columns, keys = self._crr_schema()
+        groups = plan_groups(changes, columns, keys, self.site_id, hold_unknown, types_checked)
         with self._sync_lock:
             result_cursor: Cursor = {}
             tables: set[str] = set()
@@ -1084,6 +1099,11 @@ class Store:
                 if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
                     raise InvalidChangeError(f"batch rejected by the database: {exc}") from exc
                 raise StoreError(f"applying a batch failed: {exc}") from exc
+            except UnicodeEncodeError as exc:
+                # A str with lone surrogates: it has no UTF-8 form to bind.
+                if self._sync.in_transaction and not in_page:
+                    self._sync.execute("ROLLBACK")
+                raise InvalidChangeError(f"a text value is not valid Unicode: {exc}") from exc
             except BaseException:
                 if self._sync.in_transaction and not in_page:
                     self._sync.execute("ROLLBACK")
@@ -1137,15 +1157,23 @@ class Store:
         """Merge held rows whose table and column now exist; return how many.
 
         Held rows stay recorded (and are still served to others at their
-        original place in the order); the merge itself is not re-served.
+        original place in the order); the merge itself is not re-served. A
+        held row whose primary key does not fit its table now that it exists
+        is never merged (it stays held).
         """
-        columns = self.crr_columns()
+        columns, keys = self._crr_schema()
         with self._sync_lock:
             pending = self._sync.execute(
                 "SELECT rowid, tbl, pk, cid, val, col_version, version, origin, cl, seq "
                 "FROM crpeer_held WHERE applied = 0 ORDER BY origin, version, seq"
             ).fetchall()
-            ready = [r for r in pending if fits(r[1], r[3], columns)]
+            ready = [
+                r
+                for r in pending
+                if fits(r[1], r[3], columns)
+                and r[3] not in keys[r[1]].names
+                and _key_fits(bytes(r[2]), keys[r[1]])
+            ]
             if not ready:
                 return 0
             try:
@@ -1255,6 +1283,24 @@ def _persisted_cursor(conn: Any) -> Cursor:
         "SELECT json_group_array(json_array(hex(origin), version)) FROM crpeer_cursor"
     ).fetchone()
     return {bytes.fromhex(origin): version for origin, version in json.loads(text)}
+
+
+def _key_fits(packed: bytes, shape: KeyShape) -> bool:
+    try:
+        check_key(packed, shape)
+    except PackedKeyError:
+        return False
+    return True
+
+
+def _key_shape(info: Sequence[tuple[Any, ...]], without_rowid: bool, strict: bool) -> KeyShape:
+    """A table's primary key from its ``PRAGMA table_info`` rows."""
+    key = sorted((row for row in info if row[5] > 0), key=lambda row: row[5])
+    rowid = not without_rowid and len(key) == 1 and str(key[0][2]).upper() == "INTEGER"
+    return KeyShape(
+        tuple(row[1] for row in key),
+        tuple(KeyColumn.of(str(row[2]), strict=strict, rowid=rowid) for row in key),
+    )
 
 
 def _quote_identifier(name: str) -> str:

@@ -521,6 +521,16 @@ def hello_frame(site: bytes) -> bytes:
             ],
             ErrorCode.INVALID_CHANGE,
         ),
+        (
+            # A packed key with no columns: cr-sqlite would take the value as the key.
+            "keyless",
+            [
+                hello_frame(b"H" * 16),
+                encode(CursorMessage({}), 1),
+                encode(Changes([("notes", b"\x00", "body", 7, 1, 1, b"H" * 16, 1, 0)], True), 2),
+            ],
+            ErrorCode.INVALID_CHANGE,
+        ),
     ],
 )
 async def test_hostile_frames_get_a_specific_error_and_the_peer_keeps_serving(

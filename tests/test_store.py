@@ -521,10 +521,14 @@ def test_a_large_group_failing_in_its_last_statement_leaves_nothing_behind(
 ) -> None:
     a, b, _ = stores
     batch = _one_large_group(a)
-    # The last row's packed primary key is garbage: cr-sqlite fails on it
-    # after the statements before it merged 5,999 rows.
-    batch[-1] = (*batch[-1][:1], b"\xff\xff\xff", *batch[-1][2:])
-    with pytest.raises(StoreError):
+    # The last row passes every check but the database refuses it (a trigger
+    # of b's), after the statements before it merged 5,999 rows.
+    batch[-1] = (*batch[-1][:3], "refused", *batch[-1][4:])
+    b.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF score ON items WHEN NEW.score = 'refused' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(StoreError, match="rejected by the database"):
         b.apply(batch)
     assert contents(b) == ([], [])
     assert b.cursor() == {}
