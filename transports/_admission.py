@@ -4,17 +4,26 @@ A listener asks :meth:`Admission.admit` for each connection it accepts and
 closes the connection at once when it gets None. The :class:`Ticket` it gets
 otherwise is released when the connection's owner authenticates the remote
 or the connection ends, whichever comes first.
+
+Every listener also calls :func:`note_accepted` for each connection it
+accepts, before anything else: see :class:`Reclaimer` for why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
+import gc
 import ipaddress
 import logging
+import weakref
 from collections import Counter
+from collections.abc import Callable
 
 from transports.base import PreAuthLimits
 
-__all__ = ["Admission", "Ticket", "remote_host"]
+__all__ = ["Admission", "Reclaimer", "Ticket", "note_accepted", "reclaimer", "remote_host"]
 
 
 class Ticket:
@@ -92,3 +101,72 @@ def remote_host(peername: object) -> str:
             return str(address.ipv4_mapped)
         return str(address)
     return str(peername)
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``: give the heap's free pages back to the
+    system (a no-op where the C library has none)."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is None:
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+
+    def run() -> None:
+        trim(0)
+
+    return run
+
+
+class Reclaimer:
+    """Gives back the memory of a burst of short-lived connections soon after it.
+
+    A connection asyncio closes leaves reference cycles behind (its TLS
+    protocol, transports and their 256 KiB read buffer among them) that only
+    Python's full collection frees, and a node's heap is large and stable, so
+    that collection comes late: after a flood of junk connections the process
+    kept hundreds of them and grew round after round. So once ``burst``
+    connections were accepted since the last time, a full collection runs
+    ``delay`` seconds later (at most one per ``delay``), then the C heap's
+    free pages are returned to the system.
+    """
+
+    def __init__(self, *, burst: int = 16, delay: float = 1.0) -> None:
+        self.burst = burst
+        self.delay = delay
+        self.collections = 0
+        self._accepted = 0
+        self._pending: asyncio.TimerHandle | None = None
+        self._trim = _malloc_trim()
+
+    def note_accepted(self) -> None:
+        """One more connection was accepted (call from the event loop)."""
+        self._accepted += 1
+        if self._accepted >= self.burst and self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(self.delay, self._collect)
+
+    def _collect(self) -> None:
+        self._pending = None
+        self._accepted = 0
+        gc.collect()
+        self._trim()
+        self.collections += 1
+
+
+_reclaimers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Reclaimer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def reclaimer() -> Reclaimer:
+    """The running event loop's :class:`Reclaimer` (one per loop: collections are process-wide)."""
+    loop = asyncio.get_running_loop()
+    found = _reclaimers.get(loop)
+    if found is None:
+        found = _reclaimers[loop] = Reclaimer()
+    return found
+
+
+def note_accepted() -> None:
+    """Tell the running loop's :class:`Reclaimer` that a listener accepted a connection."""
+    reclaimer().note_accepted()

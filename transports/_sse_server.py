@@ -26,7 +26,7 @@ from aiohttp import web
 
 from peer.errors import ChannelClosed, FrameTooLarge, TransportError
 from transports._addresses import socket_address
-from transports._admission import Admission, Ticket, remote_host
+from transports._admission import Admission, Ticket, note_accepted, remote_host
 from transports._channel import peer_certificate
 from transports._queues import FrameQueue, Signal
 from transports._sse_wire import ACK, CLOSE_EVENT, HEARTBEAT, SEQ, encode_event, encode_offer
@@ -420,6 +420,7 @@ class _Admitted(asyncio.Protocol):
     a connection over the limits is aborted before aiohttp sees it."""
 
     def __init__(self, inner: asyncio.Protocol, server: SseServer) -> None:
+        note_accepted()  # made when the connection is accepted, before TLS
         self._inner: asyncio.Protocol | None = inner
         self._server = server
         self._transport: asyncio.BaseTransport | None = None

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, TransportError
 from transports._addresses import parse_address, socket_address
-from transports._admission import Admission, Ticket, remote_host
+from transports._admission import Admission, Ticket, note_accepted, remote_host
 from transports._channel import ChannelBase, peer_certificate
 from transports._handlers import HandlerTasks
 from transports.base import (
@@ -244,6 +244,7 @@ class TcpTransport(Transport):
         return channel
 
     def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        note_accepted()
         ticket = (
             None
             if self._stopped

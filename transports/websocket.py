@@ -38,7 +38,7 @@ from websockets.http11 import Request, Response
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
 from transports._addresses import parse_address, socket_address
-from transports._admission import Admission, Ticket, remote_host
+from transports._admission import Admission, Ticket, note_accepted, remote_host
 from transports._channel import ChannelBase, peer_certificate
 from transports._handlers import HandlerTasks
 from transports.base import (
@@ -62,6 +62,7 @@ class _AdmittedConnection(ServerConnection):
 
     def __init__(self, *args: Any, admission: Admission, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        note_accepted()  # made when the connection is accepted, before TLS
         self.admission = admission
         self.ticket: Ticket | None = None
 
