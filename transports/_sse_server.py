@@ -244,6 +244,7 @@ class SseServer:
             access_log=None,
             shutdown_timeout=self._close_timeout,
             keepalive_timeout=self._deadline,
+            lingering_time=0,  # a refused body is not read on, to keep the connection
         )
         await self._runner.setup()
         try:
