@@ -234,7 +234,9 @@ async def closed_within(reader: asyncio.StreamReader, within: float) -> bool:
 
 
 def abort(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection without a goodbye."""
     writer.transport.abort()
+    writer.close()
 
 
 def http_request(method: str, path: str, host: str, body_length: int = 0) -> bytes:
@@ -300,17 +302,20 @@ async def send_until_closed(
 async def opened(
     target: Target, scheme: str, tls: ssl.SSLContext | None, source: str = LOCAL
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to ``scheme``'s listener that has reached the first frame:
-    TCP after TLS, WebSocket after the upgrade, HTTP/SSE with a session open
-    (the session id is in the writer's ``crpeer_session`` extra... kept by the caller)."""
+    """A connection to ``scheme``'s listener, ready for a first frame: TCP after
+    TLS, WebSocket after the upgrade, HTTP/SSE after TLS. On failure nothing
+    is left open."""
     host, port = target.host_port(scheme)
     reader, writer = await open_stream(host, port, tls=tls, source=source)
     if scheme == "wss":
-        writer.write(websocket_upgrade(host, "/crpeer"))
-        head = await read_http_head(reader)
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        try:
+            writer.write(websocket_upgrade(host, "/crpeer"))
+            head = await read_http_head(reader)
+            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                raise Failed(f"the WebSocket upgrade was answered {head[:40]!r}")
+        except BaseException:
             abort(writer)
-            raise Failed(f"the WebSocket upgrade was answered {head[:40]!r}")
+            raise
     return reader, writer
 
 
@@ -343,25 +348,28 @@ async def junk_connection(target: Target, scheme: str, tls: ssl.SSLContext, kind
     try:
         if kind == 0:
             reader, writer = await open_stream(host, port, tls=None)
-            writer.write(os.urandom(4096))
         else:
             reader, writer = await opened(target, scheme, tls)
-            if kind == 1:
-                if scheme == "tcp":
-                    writer.write(struct.pack(">I", BIG_FRAME) + bytes(256 * 1024))
-                elif scheme == "wss":
-                    writer.write(websocket_frame_header(BIG_FRAME) + bytes(256 * 1024))
-                else:
-                    head = f"POST /crpeer/sessions HTTP/1.1\r\nHost: {host}\r\n"
-                    head += f"Content-Length: {BIG_FRAME}\r\n\r\n"
-                    writer.write(head.encode() + bytes(256 * 1024))
-        with contextlib.suppress(OSError, ssl.SSLError):
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, Failed):
+        return
+    try:
+        if kind == 0:
+            writer.write(os.urandom(4096))
+        elif kind == 1:
+            if scheme == "tcp":
+                writer.write(struct.pack(">I", BIG_FRAME) + bytes(256 * 1024))
+            elif scheme == "wss":
+                writer.write(websocket_frame_header(BIG_FRAME) + bytes(256 * 1024))
+            else:
+                head = f"POST /crpeer/sessions HTTP/1.1\r\nHost: {host}\r\n"
+                head += f"Content-Length: {BIG_FRAME}\r\n\r\n"
+                writer.write(head.encode() + bytes(256 * 1024))
+        with contextlib.suppress(OSError, ssl.SSLError):  # TimeoutError included
             async with asyncio.timeout(0.5):
                 await writer.drain()
                 await reader.read(1)
+    finally:
         abort(writer)
-    except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, Failed):
-        pass
 
 
 async def flood(target: Target, tls: ssl.SSLContext, connections: int, parallel: int = 100) -> None:

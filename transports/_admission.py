@@ -126,9 +126,10 @@ class Reclaimer:
     Python's full collection frees, and a node's heap is large and stable, so
     that collection comes late: after a flood of junk connections the process
     kept hundreds of them and grew round after round. So once ``burst``
-    connections were accepted since the last time, a full collection runs
-    ``delay`` seconds later (at most one per ``delay``), then the C heap's
-    free pages are returned to the system.
+    connections were accepted, a full collection runs ``delay`` seconds later
+    and again every ``delay`` seconds while connections keep coming (one
+    more after the last), each followed by giving the C heap's free pages
+    back to the system.
     """
 
     def __init__(self, *, burst: int = 16, delay: float = 1.0) -> None:
@@ -143,14 +144,19 @@ class Reclaimer:
         """One more connection was accepted (call from the event loop)."""
         self._accepted += 1
         if self._accepted >= self.burst and self._pending is None:
-            self._pending = asyncio.get_running_loop().call_later(self.delay, self._collect)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._accepted = 0
+        self._pending = asyncio.get_running_loop().call_later(self.delay, self._collect)
 
     def _collect(self) -> None:
         self._pending = None
-        self._accepted = 0
         gc.collect()
         self._trim()
         self.collections += 1
+        if self._accepted:  # the burst went on: collect once more after it
+            self._schedule()
 
 
 _reclaimers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Reclaimer] = (
