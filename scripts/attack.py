@@ -151,12 +151,17 @@ def make_database(path: Path) -> None:
         store.close()
 
 
-def start_target(folder: Path, *, within: float = 30.0, extra: Sequence[str] = ()) -> Target:
-    """Start ``crpeer serve`` on loopback in ``folder``; raises Failed if it does not listen."""
+def start_target(
+    folder: Path, *, trusted: Sequence[str] = (), within: float = 30.0, extra: Sequence[str] = ()
+) -> Target:
+    """Start ``crpeer serve`` on loopback in ``folder``, trusting the peer ids
+    ``trusted``; raises Failed if it does not listen."""
     database = folder / "target.db"
     make_database(database)
     identity = Identity.load_or_create(default_key_path(database))
-    TrustStore.load(default_trust_path(database))
+    trust = TrustStore.load(default_trust_path(database))
+    for peer_id in trusted:
+        trust.add(peer_id, label="attack.py")
     out, err = folder / "target.out", folder / "target.err"
     command = [sys.executable, "-m", "peer.cli", "serve", str(database), "--json", "--no-lan"]
     command += ["--tcp", f"{LOCAL}:0", "--ws", f"{LOCAL}:0", "--http", f"{LOCAL}:0", *extra]
@@ -484,7 +489,8 @@ def trusted_node(folder: Path, name: str, target: Target, database: Path | None 
 @contextlib.asynccontextmanager
 async def arena(folder: Path) -> AsyncIterator[Arena]:
     """Start the target and a trusted peer syncing with it; stop both at the end."""
-    target = await asyncio.to_thread(start_target, folder)
+    trusted_id = Identity.load_or_create(folder / "trusted.key").peer_id
+    target = await asyncio.to_thread(start_target, folder, trusted=[trusted_id])
     try:
         spare = folder / "trusted-copy.db"  # the same site id, for the impostor
         make_database(folder / "trusted.db")
