@@ -5,6 +5,9 @@ is a :class:`Channel` that moves whole frames. A frame is an opaque ``bytes``
 message (the peer puts one msgpack-encoded protocol message in each); the
 transport preserves frame boundaries and order, and enforces ``max_frame``.
 
+Before authentication a transport bounds what a connection may cost
+(:class:`PreAuthLimits`, :data:`HANDSHAKE_TIMEOUT`); see SECURITY.md.
+
 Errors: transports raise only crpeer errors (``peer.errors``):
 :class:`~peer.errors.ConnectError` from ``dial`` when the address is
 unreachable or refuses, :class:`~peer.errors.ChannelClosed` from ``send`` or
@@ -81,8 +84,10 @@ class RemoteInfo:
 class Channel(abc.ABC):
     """One bidirectional, ordered, frame-preserving connection.
 
-    The owner calls ``recv()`` in a loop and ``send()`` as needed, then
-    ``close()`` exactly once (closing twice is harmless).
+    The owner calls ``recv()`` in a loop and ``send()`` as needed, calls
+    ``authenticated()`` once it has authenticated the remote (until then
+    received frames are capped at the pre-auth limit), then ``close()``
+    exactly once (closing twice is harmless).
     """
 
     @property
