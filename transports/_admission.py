@@ -45,13 +45,14 @@ class Admission:
     """Unauthenticated connections of one listener, in total and per remote host.
 
     ``log`` gets one warning when refusals start and one line when they stop,
-    not one per refused connection (a flood must not flood the log).
+    not one per refused connection (a flood must not flood the log); lines
+    name the listener by :attr:`listener` (its address, once it listens).
     """
 
     def __init__(self, limits: PreAuthLimits, log: logging.Logger, listener: str) -> None:
         self.limits = limits
+        self.listener = listener
         self._log = log
-        self._listener = listener
         self._by_host: Counter[str] = Counter()
         self._total = 0
         self._refused = 0
@@ -68,7 +69,7 @@ class Admission:
             if self._refused == 0:
                 self._log.warning(
                     "%s: refusing unauthenticated connections (%d open, %d from %s)",
-                    self._listener,
+                    self.listener,
                     self._total,
                     self._by_host[host],
                     host,
@@ -76,7 +77,7 @@ class Admission:
             self._refused += 1
             return None
         if self._refused:
-            self._log.info("%s: admitting again after %d refused", self._listener, self._refused)
+            self._log.info("%s: admitting again after %d refused", self.listener, self._refused)
             self._refused = 0
         self._by_host[host] += 1
         self._total += 1

@@ -259,6 +259,7 @@ class SseServer:
             await self._runner.cleanup()
             self._runner = None
             raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
+        self._admission.listener = ", ".join(self.addresses)
         self._reaper = asyncio.create_task(self._reap(), name="crpeer-sse-reaper")
 
     def _protocol(self) -> asyncio.Protocol:

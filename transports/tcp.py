@@ -184,6 +184,7 @@ class TcpTransport(Transport):
             self._server = await asyncio.start_server(self._accepted, self._host, self._port)
         except OSError as exc:
             raise TransportError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc
+        self._admission.listener = ", ".join(self.listen_addresses)
 
     async def stop(self) -> None:
         if self._stopped:

@@ -231,6 +231,7 @@ class WebSocketTransport(Transport):
             )
         except OSError as exc:
             raise TransportError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc
+        self._admission.listener = ", ".join(self.listen_addresses)
 
     async def stop(self) -> None:
         if self._stopped:
