@@ -361,3 +361,21 @@ async def test_a_client_trickling_its_opening_is_closed_within_the_deadline(
         finally:
             closed.cancel()
             drop(writer)
+
+
+async def test_an_http_connection_still_counts_after_its_unauthenticated_session_ends() -> None:
+    async with listening("http", preauth=PreAuthLimits(total=8, per_address=2)) as listener:
+        reader, writer = await connect(listener.address, source="127.0.0.2")
+        held = [writer]
+        try:
+            writer.write(b"POST /crpeer/sessions HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            session = (await reader.readexactly(length)).split(b'"session": "')[1].split(b'"')[0]
+            writer.write(b"DELETE /crpeer/sessions/%s HTTP/1.1\r\nHost: x\r\n\r\n" % session)
+            assert b" 204 " in await reader.readuntil(b"\r\n\r\n")
+            held += await hold_open(listener.address, "127.0.0.2", 1)
+            assert await refused_at_once(listener.address, "127.0.0.2")
+        finally:
+            for each in held:
+                drop(each)

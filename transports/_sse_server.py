@@ -46,9 +46,10 @@ class ServerSession(Channel):
 
     Until :meth:`authenticated`, frames from the client are capped at
     ``preauth_max_frame`` and the inbox holds one; ``ticket`` is the
-    session's place among the unauthenticated ones and ``connections`` the
-    places of the connections that carried its requests, all released then
-    (or when the session ends).
+    session's place among the unauthenticated ones (released then, or when
+    the session ends) and ``connections`` the places of the connections that
+    carried its requests (released then; if the session ends first, they
+    count until they close).
     """
 
     def __init__(
@@ -108,20 +109,20 @@ class ServerSession(Channel):
             self.is_authenticated = True
             self.recv_limit = self._max_frame
             self.inbox.set_limit(self._window)
-            self._release()
-
-    def _release(self) -> None:
-        self._ticket.release()
-        for ticket in self.connections:
-            ticket.release()
-        self.connections.clear()
+            self._ticket.release()
+            for ticket in self.connections:
+                ticket.release()
+            self.connections.clear()
 
     def end(self, error: TransportError, *, discard: bool = False) -> None:
         """End the session; frames already sent still go out on the stream."""
         self.inbox.close(error, discard=discard)
         if not self.closed:
             self.closed = True
-            self._release()
+            self._ticket.release()
+            # Its connections still count until they close or carry an
+            # authenticated session's request.
+            self.connections.clear()
             self._forget(self.id)
             self._changed.fire()
 
