@@ -114,6 +114,7 @@ class Target:
         raise Failed("the target has no VmRSS (did it exit?)")
 
     def open_files(self) -> int:
+        """How many file descriptors the target holds now."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def alive(self) -> bool:
@@ -751,10 +752,12 @@ async def case_flood_rss(place: Arena) -> None:
 
 async def flood_rss(place: Arena, rounds: int = 3, connections: int = 300) -> list[int]:
     """Flood rounds; returns the RSS (KiB) at the baseline and after each round.
-    Raises Failed if the last is over 32 MiB above the baseline, or each round
-    grew it by more than 2 MiB."""
+    Raises Failed if the last is over 32 MiB above the baseline, each round
+    grew it by more than 2 MiB, or the target holds more open files after the
+    floods than before."""
     settle = 3.0
     figures = [await settle_rss(place.target, settle)]
+    files = place.target.open_files()
     for _ in range(rounds):
         await flood(place.target, place.tls(), connections)
         figures.append(await settle_rss(place.target, settle))
@@ -762,6 +765,8 @@ async def flood_rss(place: Arena, rounds: int = 3, connections: int = 300) -> li
     steps = [b - a for a, b in itertools.pairwise(figures[1:])]
     if grown > 32 or (steps and all(step > 2048 for step in steps)):
         raise Failed(f"RSS went {' -> '.join(str(f // 1024) for f in figures)} MiB")
+    if place.target.open_files() > files:
+        raise Failed(f"open files went {files} -> {place.target.open_files()}")
     await place.still_syncs()
     return figures
 
