@@ -28,6 +28,7 @@ from peer.messages import MAX_NAME_LENGTH, PROTOCOL_MIN, PROTOCOL_VERSION, Hello
 from peer.peer import Peer
 from tests.support import Node, wait_for
 from tests.transport_support import Loopback, make_transport, tls_contexts
+from transports._admission import Reclaimer
 from transports.base import PREAUTH_MAX_FRAME, Channel, PreAuthLimits, Transport
 from transports.http_sse import HttpSseTransport
 from transports.tcp import TcpTransport
@@ -379,3 +380,18 @@ async def test_an_http_connection_still_counts_after_its_unauthenticated_session
         finally:
             for each in held:
                 drop(each)
+
+
+async def test_the_reclaimer_collects_after_a_burst_and_once_more_after_it_ends() -> None:
+    reclaimer = Reclaimer(burst=3, delay=0.05)
+    for _ in range(2):
+        reclaimer.note_accepted()
+    await asyncio.sleep(0.15)
+    assert reclaimer.collections == 0  # no burst yet
+    for _ in range(3):
+        reclaimer.note_accepted()
+    await asyncio.sleep(0.02)
+    reclaimer.note_accepted()  # the burst goes on while a collection is pending
+    await wait_for(lambda: reclaimer.collections == 2, 5.0)
+    await asyncio.sleep(0.15)
+    assert reclaimer.collections == 2  # and stops with it
