@@ -531,6 +531,7 @@ class Peer:
         if self._stopping:
             await channel.close()
             return None
+        channel.authenticated()
         session = SyncSession(self._local, self.limits, self._random.getrandbits(63))
         driver = SessionDriver(
             channel,

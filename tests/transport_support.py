@@ -64,8 +64,10 @@ class Loopback:
     """A listening transport and a dialing transport of the same kind (on one
     memory network for ``memory``).
 
-    ``pair()`` dials and returns ``(dialed, accepted)``. On exit every handler
-    is released, both transports stop, and no task they created may remain.
+    ``pair()`` dials and returns ``(dialed, accepted)``, both marked
+    authenticated (as a Peer does after authentication) unless told not to.
+    On exit every handler is released, both transports stop, and no task
+    they created may remain.
     """
 
     def __init__(
@@ -99,9 +101,12 @@ class Loopback:
     def address(self) -> str:
         return self.server.listen_addresses[0]
 
-    async def pair(self) -> tuple[Channel, Channel]:
+    async def pair(self, *, authenticated: bool = True) -> tuple[Channel, Channel]:
         dialed = await asyncio.wait_for(self.client.dial(self.address), WAIT)
         accepted = await asyncio.wait_for(self.accepted.get(), WAIT)
+        if authenticated:
+            dialed.authenticated()
+            accepted.channel.authenticated()
         return dialed, accepted.channel
 
     def release(self) -> None:

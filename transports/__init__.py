@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from transports.base import (
     DEFAULT_MAX_FRAME,
+    HANDSHAKE_TIMEOUT,
+    PREAUTH_MAX_FRAME,
     Channel,
     ChannelHandler,
     DiscoveryHandler,
+    PreAuthLimits,
     RemoteInfo,
     SupportsDiscovery,
     Transport,
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "HANDSHAKE_TIMEOUT",
+    "PREAUTH_MAX_FRAME",
     "Channel",
     "ChannelHandler",
     "DiscoveryHandler",
@@ -42,6 +47,7 @@ __all__ = [
     "LinkStats",
     "MemoryNetwork",
     "MemoryTransport",
+    "PreAuthLimits",
     "RemoteInfo",
     "StreamChannel",
     "SupportsDiscovery",

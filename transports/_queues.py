@@ -62,6 +62,11 @@ class FrameQueue:
         error, self._error = self._error, None
         raise error or ChannelClosed("channel is closed")
 
+    def set_limit(self, limit: int) -> None:
+        """Queue up to ``limit`` bytes from now on."""
+        self._limit = limit
+        self._changed.fire()
+
     def close(self, error: TransportError, *, discard: bool = False) -> None:
         if not self.closed:
             self.closed, self._error = True, error

@@ -35,6 +35,7 @@ async def open_session(
     client_ssl: ssl.SSLContext | None,
     proxy: str | None,
     max_frame: int,
+    preauth_max_frame: int,
     handshake_timeout: float,
     close_timeout: float,
     on_close: Callable[[ClientChannel], None],
@@ -43,10 +44,13 @@ async def open_session(
 
     ``scheme`` is the address's (``http`` or ``https``). Raises ConnectError
     if the server is unreachable, refuses (403, 404...) or does not answer
-    within ``handshake_timeout``.
+    within ``handshake_timeout``. Idle connections are let go after half of
+    ``handshake_timeout``, before a server with the same deadline closes them.
     """
     http = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=client_ssl or True),
+        connector=aiohttp.TCPConnector(
+            ssl=client_ssl or True, keepalive_timeout=handshake_timeout / 2
+        ),
         timeout=aiohttp.ClientTimeout(sock_connect=handshake_timeout),
     )
     url = address.rstrip("/") + "/sessions"
@@ -76,6 +80,7 @@ async def open_session(
         window,
         timeout,
         max_frame=max_frame,
+        preauth_max_frame=preauth_max_frame,
         proxy=proxy,
         close_timeout=close_timeout,
         on_close=on_close,
@@ -96,11 +101,15 @@ class ClientChannel(ChannelBase):
         timeout: aiohttp.ClientTimeout,
         *,
         max_frame: int,
+        preauth_max_frame: int,
         proxy: str | None,
         close_timeout: float,
         on_close: Callable[[ClientChannel], None],
     ) -> None:
-        super().__init__(remote, max_frame=max_frame, on_close=on_close)
+        super().__init__(
+            remote, max_frame=max_frame, preauth_max_frame=preauth_max_frame, on_close=on_close
+        )
+        self._parser: EventParser | None = None
         self._http = http
         self._url = url
         self._proxy = proxy
@@ -126,6 +135,10 @@ class ClientChannel(ChannelBase):
         if self._acker is None or self._acker.done():
             self._acker = asyncio.create_task(self._acknowledge(), name="crpeer-sse-ack")
         return frame
+
+    def _lift_limit(self) -> None:
+        if self._parser is not None:
+            self._parser.set_limit(self._recv_limit)
 
     async def _release(self) -> None:
         error = ChannelClosed(f"channel to {self._remote.address} is closed")
@@ -216,7 +229,7 @@ class ClientChannel(ChannelBase):
             connection = response.connection
             if peer_certificate(connection and connection.transport) != self._remote.certificate:
                 raise ChannelClosed(f"{self._remote.address} changed its certificate")
-            parser = EventParser(self._max_frame)
+            parser = self._parser = EventParser(self._recv_limit)
             async for chunk in response.content.iter_any():
                 for number, frame in parser.feed(chunk):
                     if number < 0:

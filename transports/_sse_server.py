@@ -3,46 +3,75 @@
 See ``transports.http_sse`` for the exchange. :class:`SseServer` routes the
 requests under one path to the :class:`ServerSession` they name and ends idle
 sessions; each session is the server's :class:`~transports.base.Channel`.
+
+Before authentication (:meth:`ServerSession.authenticated`) a session and
+every connection that carried one of its requests count among the listener's
+unauthenticated ones (:class:`~transports.base.PreAuthLimits`); a connection
+counts from the moment it is handed over after the TLS handshake until it
+carries a request of an authenticated session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
 from peer.errors import ChannelClosed, FrameTooLarge, TransportError
 from transports._addresses import socket_address
+from transports._admission import Admission, Ticket, note_accepted, remote_host
 from transports._channel import peer_certificate
 from transports._queues import FrameQueue, Signal
 from transports._sse_wire import ACK, CLOSE_EVENT, HEARTBEAT, SEQ, encode_event, encode_offer
-from transports.base import Channel, RemoteInfo
+from transports.base import Channel, PreAuthLimits, RemoteInfo
 
 __all__ = ["Authorize", "ServerSession", "SseServer"]
 
 Authorize = Callable[[RemoteInfo], Awaitable[bool]]
 """Decides whether a client may open a session (the security layer's hook)."""
 
+log = logging.getLogger("transports.http_sse")
+
 
 class ServerSession(Channel):
     """The server's side of one session: an inbox fed by POSTs, and a replay
-    buffer of numbered frames streamed to (and acknowledged by) the client."""
+    buffer of numbered frames streamed to (and acknowledged by) the client.
+
+    Until :meth:`authenticated`, frames from the client are capped at
+    ``preauth_max_frame`` and the inbox holds one; ``ticket`` is the
+    session's place among the unauthenticated ones (released then, or when
+    the session ends) and ``connections`` the places of the connections that
+    carried its requests (released then; if the session ends first, they
+    count until they close).
+    """
 
     def __init__(
-        self, remote: RemoteInfo, window: int, max_frame: int, forget: Callable[[str], Any]
+        self,
+        remote: RemoteInfo,
+        window: int,
+        max_frame: int,
+        forget: Callable[[str], Any],
+        *,
+        preauth_max_frame: int,
+        ticket: Ticket,
     ) -> None:
         self.id = secrets.token_urlsafe(16)
         self._remote = remote
         self._window = window
         self._max_frame = max_frame
+        self.recv_limit = min(max_frame, preauth_max_frame)
+        self.is_authenticated = False
+        self._ticket = ticket
+        self.connections: list[Ticket] = []
         self._forget = forget
-        self.inbox = FrameQueue(window)
+        self.inbox = FrameQueue(self.recv_limit)
         self.received = 0  # Crpeer-Seq of the last frame accepted from the client
         self._outbox: deque[tuple[int, bytes]] = deque()  # sent, not yet acknowledged
         self._unacked = 0
@@ -75,11 +104,25 @@ class ServerSession(Channel):
     async def close(self) -> None:
         self.end(ChannelClosed(f"channel to {self._remote.address} is closed"), discard=True)
 
+    def authenticated(self) -> None:
+        if not self.is_authenticated:
+            self.is_authenticated = True
+            self.recv_limit = self._max_frame
+            self.inbox.set_limit(self._window)
+            self._ticket.release()
+            for ticket in self.connections:
+                ticket.release()
+            self.connections.clear()
+
     def end(self, error: TransportError, *, discard: bool = False) -> None:
         """End the session; frames already sent still go out on the stream."""
         self.inbox.close(error, discard=discard)
         if not self.closed:
             self.closed = True
+            self._ticket.release()
+            # Its connections still count until they close or carry an
+            # authenticated session's request.
+            self.connections.clear()
             self._forget(self.id)
             self._changed.fire()
 
@@ -133,8 +176,12 @@ class SseServer:
     ``accept`` gets each new session (its channel) and must start its handler
     without waiting. ``authorize`` may refuse a session before it is created;
     a session with no request and no stream activity for ``idle`` seconds
-    ends. Lifecycle: ``await start(...)``, then :meth:`close` (ends every
-    session, refuses new ones) and ``await wait_closed()``.
+    ends. ``deadline`` bounds the TLS handshake, the wait for a request's
+    headers on an open connection, and (before authentication) the wait for
+    a frame's body. ``preauth`` bounds unauthenticated sessions and
+    connections and their frames. Lifecycle: ``await start(...)``, then
+    :meth:`close` (ends every session, refuses new ones) and ``await
+    wait_closed()``.
     """
 
     def __init__(
@@ -148,6 +195,8 @@ class SseServer:
         window: int,
         idle: float,
         close_timeout: float,
+        deadline: float,
+        preauth: PreAuthLimits,
     ) -> None:
         self._scheme = scheme
         self._path = path
@@ -157,6 +206,11 @@ class SseServer:
         self._window = window
         self._idle = idle
         self._close_timeout = close_timeout
+        self._deadline = deadline
+        self._preauth = preauth
+        self._admission = Admission(preauth, log, f"{scheme} {path}")
+        self._tickets: dict[asyncio.BaseTransport, Ticket] = {}
+        self._listener: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._sessions: dict[str, ServerSession] = {}
@@ -165,12 +219,20 @@ class SseServer:
     @property
     def addresses(self) -> list[str]:
         """The base URLs it serves (after start)."""
-        if self._runner is None:
+        if self._listener is None:
             return []
-        return [socket_address(self._scheme, name, self._path) for name in self._runner.addresses]
+        return [
+            socket_address(self._scheme, sock.getsockname(), self._path)
+            for sock in self._listener.sockets
+        ]
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-        """Listen on ``host:port``; raises TransportError if it cannot be bound."""
+        """Listen on ``host:port``; raises TransportError if it cannot be bound.
+
+        The listener is asyncio's, serving aiohttp's protocol behind
+        :class:`_Admitted`; aiohttp's own keep-alive timer, set to the
+        deadline, closes a connection that has not sent a whole request's
+        headers within it (from its start, or from the last answer)."""
         app = web.Application(client_max_size=self._max_frame)
         sessions = f"{self._path}/sessions"
         app.router.add_post(sessions, self._open)
@@ -178,20 +240,55 @@ class SseServer:
         app.router.add_post(sessions + "/{id}/frames", self._frames)
         app.router.add_post(sessions + "/{id}/ack", self._ack)
         app.router.add_delete(sessions + "/{id}", self._delete)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._close_timeout)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=self._close_timeout,
+            keepalive_timeout=self._deadline,
+            lingering_time=0,  # a refused body is not read on, to keep the connection
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._protocol,
+                host,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=self._deadline if ssl_context else None,
+            )
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
             raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
+        self._admission.listener = ", ".join(self.addresses)
         self._reaper = asyncio.create_task(self._reap(), name="crpeer-sse-reaper")
+
+    def _protocol(self) -> asyncio.Protocol:
+        assert self._runner is not None
+        assert self._runner.server is not None
+        return _Admitted(cast(asyncio.Protocol, self._runner.server()), self)
+
+    def admit_connection(self, transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection; False if it must be closed now."""
+        ticket = (
+            None
+            if self._closing
+            else self._admission.admit(remote_host(transport.get_extra_info("peername")))
+        )
+        if ticket is not None:
+            self._tickets[transport] = ticket
+        return ticket is not None
+
+    def forget_connection(self, transport: asyncio.BaseTransport) -> None:
+        ticket = self._tickets.pop(transport, None)
+        if ticket is not None:
+            ticket.release()
 
     def close(self) -> None:
         """End every session and refuse new ones; needs no await."""
         self._closing = True
+        if self._listener is not None:
+            self._listener.close()
         if self._reaper is not None:
             self._reaper.cancel()
         for session in list(self._sessions.values()):
@@ -204,6 +301,8 @@ class SseServer:
             await asyncio.gather(self._reaper, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.wait_closed()
 
     async def _open(self, request: web.Request) -> web.Response:
         transport = request.transport
@@ -216,7 +315,18 @@ class SseServer:
             raise web.HTTPForbidden()
         if self._closing:
             raise web.HTTPServiceUnavailable()
-        session = ServerSession(remote, self._window, self._max_frame, self._forget)
+        ticket = self._admission.admit(remote_host(peer))
+        if ticket is None:
+            raise web.HTTPServiceUnavailable(headers={"Connection": "close"})
+        session = ServerSession(
+            remote,
+            self._window,
+            self._max_frame,
+            self._forget,
+            preauth_max_frame=self._preauth.max_frame,
+            ticket=ticket,
+        )
+        self._note_connection(session, request)
         self._sessions[session.id] = session
         self._accept(session)
         offer = encode_offer(session.id, self._window, self._idle / 3)
@@ -229,7 +339,19 @@ class SseServer:
         if peer_certificate(request.transport) != session.remote.certificate:
             raise web.HTTPForbidden()
         session.last_seen = asyncio.get_running_loop().time()
+        self._note_connection(session, request)
         return session
+
+    def _note_connection(self, session: ServerSession, request: web.Request) -> None:
+        """The request's connection counts as long as ``session`` is not authenticated."""
+        transport = request.transport
+        ticket = self._tickets.get(transport) if transport is not None else None
+        if ticket is None:
+            return
+        if session.is_authenticated:
+            ticket.release()
+        elif ticket not in session.connections:
+            session.connections.append(ticket)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         session = self._session(request)
@@ -247,13 +369,23 @@ class SseServer:
     async def _frames(self, request: web.Request) -> web.Response:
         session = self._session(request)
         seq = _number(request, SEQ)
+        length = request.content_length
+        if length is None:
+            raise web.HTTPLengthRequired(headers={"Connection": "close"})
+        if length > session.recv_limit:
+            when = "" if session.is_authenticated else " before authentication"
+            session.end(
+                FrameTooLarge(f"{session.remote.address} sent a frame of {length} bytes{when}")
+            )
+            raise web.HTTPRequestEntityTooLarge(
+                session.recv_limit, length, headers={"Connection": "close"}
+            )
         try:
-            if (request.content_length or 0) > self._max_frame:
-                raise web.HTTPRequestEntityTooLarge(self._max_frame, request.content_length or 0)
-            frame = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            session.end(FrameTooLarge(f"{session.remote.address} sent a frame over the limit"))
-            raise
+            async with asyncio.timeout(None if session.is_authenticated else self._deadline):
+                frame = await request.read()
+        except TimeoutError:
+            session.end(ChannelClosed(f"{session.remote.address} sent a frame too slowly"))
+            raise web.HTTPRequestTimeout(headers={"Connection": "close"}) from None
         if seq == session.received + 1:
             session.received = seq
             try:
@@ -284,6 +416,47 @@ class SseServer:
             for session in list(self._sessions.values()):
                 if loop.time() - session.last_seen > self._idle:
                     session.end(ChannelClosed(f"{session.remote.address} idle too long"))
+
+
+class _Admitted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the listener's admission:
+    a connection over the limits is aborted before aiohttp sees it."""
+
+    def __init__(self, inner: asyncio.Protocol, server: SseServer) -> None:
+        note_accepted()  # made when the connection is accepted, before TLS
+        self._inner: asyncio.Protocol | None = inner
+        self._server = server
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._server.admit_connection(transport):
+            self._inner = None
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._transport = transport
+        assert self._inner is not None
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._server.forget_connection(self._transport)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
 
 def _number(request: web.Request, name: str, default: int | None = None) -> int:

@@ -69,11 +69,15 @@ class EventParser:
     malformed event ChannelClosed."""
 
     def __init__(self, max_frame: int) -> None:
-        self._max_frame = max_frame
-        self._max_line = len(b"data: ") + 4 * -(-max_frame // 3)
+        self.set_limit(max_frame)
         self._buffer = bytearray()
         self._scanned = 0  # no newline in _buffer[:_scanned]
         self._fields: dict[bytes, bytes] = {}
+
+    def set_limit(self, max_frame: int) -> None:
+        """Accept events of up to ``max_frame`` bytes (decoded) from now on."""
+        self._max_frame = max_frame
+        self._max_line = len(b"data: ") + 4 * -(-max_frame // 3)
 
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
         """The events completed by ``chunk``, in order."""

@@ -5,6 +5,9 @@ is a :class:`Channel` that moves whole frames. A frame is an opaque ``bytes``
 message (the peer puts one msgpack-encoded protocol message in each); the
 transport preserves frame boundaries and order, and enforces ``max_frame``.
 
+Before authentication a transport bounds what a connection may cost
+(:class:`PreAuthLimits`, :data:`HANDSHAKE_TIMEOUT`); see SECURITY.md.
+
 Errors: transports raise only crpeer errors (``peer.errors``):
 :class:`~peer.errors.ConnectError` from ``dial`` when the address is
 unreachable or refuses, :class:`~peer.errors.ChannelClosed` from ``send`` or
@@ -22,9 +25,12 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "HANDSHAKE_TIMEOUT",
+    "PREAUTH_MAX_FRAME",
     "Channel",
     "ChannelHandler",
     "DiscoveryHandler",
+    "PreAuthLimits",
     "RemoteInfo",
     "SupportsDiscovery",
     "Transport",
@@ -32,6 +38,32 @@ __all__ = [
 
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 """Largest frame a transport accepts unless told otherwise (8 MiB)."""
+
+PREAUTH_MAX_FRAME = 16 * 1024
+"""Largest frame a channel accepts before its owner calls :meth:`Channel.authenticated`
+(16 KiB). It must hold the sync protocol's HELLO: a remote that has finished
+authenticating may send it before this side has."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds an inbound connection has to finish its opening on every transport:
+the TLS handshake, and the HTTP request headers (WebSocket upgrade, HTTP/SSE
+requests and their bodies). Every transport's ``handshake_timeout`` defaults to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreAuthLimits:
+    """What unauthenticated connections may cost a listener.
+
+    A connection counts from the moment it is accepted until its owner calls
+    :meth:`Channel.authenticated` or it closes. Past ``total`` such
+    connections, or ``per_address`` from one remote IP address, a new one is
+    closed at once. ``max_frame`` caps every frame received before
+    :meth:`Channel.authenticated` (dialed channels included).
+    """
+
+    max_frame: int = PREAUTH_MAX_FRAME
+    total: int = 256
+    per_address: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +84,10 @@ class RemoteInfo:
 class Channel(abc.ABC):
     """One bidirectional, ordered, frame-preserving connection.
 
-    The owner calls ``recv()`` in a loop and ``send()`` as needed, then
-    ``close()`` exactly once (closing twice is harmless).
+    The owner calls ``recv()`` in a loop and ``send()`` as needed, calls
+    ``authenticated()`` once it has authenticated the remote (until then
+    received frames are capped at the pre-auth limit), then ``close()``
+    exactly once (closing twice is harmless).
     """
 
     @property
@@ -82,6 +116,13 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the channel and release its resources. Idempotent."""
+
+    @abc.abstractmethod
+    def authenticated(self) -> None:
+        """The owner has authenticated the remote: frames up to the transport's
+        ``max_frame`` are accepted from now on (before, up to its pre-auth cap,
+        :data:`PREAUTH_MAX_FRAME` by default), and the connection no longer
+        counts against the listener's :class:`PreAuthLimits`. Idempotent."""
 
 
 ChannelHandler = Callable[[Channel], Awaitable[None]]

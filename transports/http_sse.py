@@ -38,7 +38,14 @@ from transports._addresses import parse_address
 from transports._handlers import HandlerTasks
 from transports._sse_client import ClientChannel, open_session
 from transports._sse_server import Authorize, ServerSession, SseServer
-from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, Transport
+from transports.base import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_TIMEOUT,
+    Channel,
+    ChannelHandler,
+    PreAuthLimits,
+    Transport,
+)
 
 __all__ = ["Authorize", "HttpSseTransport"]
 
@@ -54,9 +61,12 @@ class HttpSseTransport(Transport):
     ``proxy`` (``http://HOST:PORT``) is used for every client request.
     ``authorize`` may refuse a session before it is created. ``send_buffer``
     bounds each session's unacknowledged server-to-client bytes (and the
-    queue of received frames). ``handshake_timeout`` bounds a dial;
-    ``close_timeout`` bounds closing and how long :meth:`stop` waits for
-    handlers and requests before cancelling them.
+    queue of received frames). ``handshake_timeout`` bounds a dial and, on
+    the listener, the TLS handshake, the wait for each request's headers and
+    (before authentication) for a frame's body; ``close_timeout`` bounds
+    closing and how long :meth:`stop` waits for handlers and requests before
+    cancelling them. ``preauth`` bounds unauthenticated sessions and
+    connections and their frames (:class:`~transports.base.PreAuthLimits`).
     """
 
     def __init__(
@@ -73,8 +83,9 @@ class HttpSseTransport(Transport):
         proxy: str | None = None,
         authorize: Authorize | None = None,
         send_buffer: int = 1024 * 1024,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         close_timeout: float = 5.0,
+        preauth: PreAuthLimits | None = None,
     ) -> None:
         self.scheme = "https" if server_ssl is not None else "http"
         self._host = host
@@ -86,6 +97,7 @@ class HttpSseTransport(Transport):
         self._proxy = proxy
         self._handshake_timeout = handshake_timeout
         self._close_timeout = close_timeout
+        self._preauth = preauth or PreAuthLimits()
         self._handlers = HandlerTasks("HttpSseTransport", log, grace=close_timeout)
         self._server = SseServer(
             self.scheme,
@@ -96,6 +108,8 @@ class HttpSseTransport(Transport):
             window=send_buffer,
             idle=session_idle_timeout,
             close_timeout=close_timeout,
+            deadline=handshake_timeout,
+            preauth=self._preauth,
         )
         self._clients: set[ClientChannel] = set()
         self._stopped = False
@@ -133,6 +147,7 @@ class HttpSseTransport(Transport):
             client_ssl=self._client_ssl,
             proxy=self._proxy,
             max_frame=self._max_frame,
+            preauth_max_frame=self._preauth.max_frame,
             handshake_timeout=self._handshake_timeout,
             close_timeout=self._close_timeout,
             on_close=self._clients.discard,

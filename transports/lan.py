@@ -29,9 +29,11 @@ from peer.errors import ConfigError
 from transports._addresses import format_address
 from transports.base import (
     DEFAULT_MAX_FRAME,
+    HANDSHAKE_TIMEOUT,
     Channel,
     ChannelHandler,
     DiscoveryHandler,
+    PreAuthLimits,
     Transport,
 )
 from transports.mdns import (
@@ -111,7 +113,7 @@ class LanTransport(Transport):
     is then advertised); a specific ``host`` is also the only address
     advertised, a wildcard host advertises this machine's addresses on
     ``interfaces`` (see :class:`~transports.mdns.MdnsDiscovery`). ``max_frame``,
-    ``server_ssl``, ``client_ssl`` and ``handshake_timeout`` go to
+    ``server_ssl``, ``client_ssl``, ``handshake_timeout`` and ``preauth`` go to
     :class:`~transports.tcp.TcpTransport` unchanged. Raises ConfigError when
     ``host`` is neither a wildcard nor an IP address.
 
@@ -131,7 +133,8 @@ class LanTransport(Transport):
         max_frame: int = DEFAULT_MAX_FRAME,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        preauth: PreAuthLimits | None = None,
         service_type: str = DEFAULT_SERVICE_TYPE,
         protocol_version: int = 1,
         ip_version: IPVersion = IPVersion.V4Only,
@@ -154,6 +157,7 @@ class LanTransport(Transport):
             server_ssl=server_ssl,
             client_ssl=client_ssl,
             handshake_timeout=handshake_timeout,
+            preauth=preauth,
         )
         self._discovery: MdnsDiscovery | None = None
         self._on_discovered: DiscoveryHandler | None = None

@@ -1,8 +1,12 @@
 """TCP transport: length-prefixed frames over asyncio streams, optionally TLS.
 
 Wire format: every frame is a 4-byte big-endian length followed by that many
-bytes. A length over ``max_frame`` closes the connection before the payload
+bytes. A length over the channel's limit (``max_frame``; before
+authentication the pre-auth cap) closes the connection before the payload
 is read (:class:`~peer.errors.FrameTooLarge`).
+
+The listener counts unauthenticated connections from the moment it accepts
+them, before the TLS handshake (:class:`~transports.base.PreAuthLimits`).
 
 Addresses are ``tcp://HOST:PORT`` (IPv6: ``tcp://[::1]:PORT``).
 
@@ -19,11 +23,21 @@ import ssl
 import struct
 from collections.abc import Callable
 
-from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
+from peer.errors import ChannelClosed, ConfigError, ConnectError, TransportError
 from transports._addresses import parse_address, socket_address
+from transports._admission import Admission, Ticket, note_accepted, remote_host
 from transports._channel import ChannelBase, peer_certificate
 from transports._handlers import HandlerTasks
-from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, RemoteInfo, Transport
+from transports.base import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_TIMEOUT,
+    PREAUTH_MAX_FRAME,
+    Channel,
+    ChannelHandler,
+    PreAuthLimits,
+    RemoteInfo,
+    Transport,
+)
 
 __all__ = ["StreamChannel", "TcpTransport"]
 
@@ -40,7 +54,8 @@ class StreamChannel(ChannelBase):
     :meth:`close`. ``remote`` is reported as-is. ``close_timeout`` bounds the
     clean shutdown (TLS close_notify) before the connection is aborted.
     ``on_close`` is called once, after the connection is closed; transports use
-    it to forget the channel.
+    it to forget the channel. ``preauth_max_frame`` and ``ticket``: see
+    :class:`~transports._channel.ChannelBase`.
 
     One task may call :meth:`recv` at a time; :meth:`send` may be called from
     several tasks (each frame is written whole).
@@ -53,10 +68,18 @@ class StreamChannel(ChannelBase):
         remote: RemoteInfo,
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
+        preauth_max_frame: int = PREAUTH_MAX_FRAME,
+        ticket: Ticket | None = None,
         close_timeout: float = 5.0,
         on_close: Callable[[StreamChannel], None] | None = None,
     ) -> None:
-        super().__init__(remote, max_frame=max_frame, on_close=on_close)
+        super().__init__(
+            remote,
+            max_frame=max_frame,
+            preauth_max_frame=preauth_max_frame,
+            ticket=ticket,
+            on_close=on_close,
+        )
         self._reader = reader
         self._writer = writer
         self._close_timeout = close_timeout
@@ -75,12 +98,11 @@ class StreamChannel(ChannelBase):
         self._check_open()
         try:
             (length,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
-            if length > self._max_frame:
+            if length > self._recv_limit:
+                error = self._too_large(length)
+                self._writer.transport.abort()  # no goodbye: the rest is not read
                 await self.close()
-                raise FrameTooLarge(
-                    f"{self._remote.address} sent a frame of {length} bytes"
-                    f" (limit {self._max_frame})"
-                )
+                raise error
             return await self._reader.readexactly(length)
         except (asyncio.IncompleteReadError, OSError) as exc:
             await self.close()
@@ -107,8 +129,10 @@ class TcpTransport(Transport):
 
     ``server_ssl`` wraps accepted connections (the TLS handshake must finish
     within ``handshake_timeout`` or the connection is dropped); ``client_ssl``
-    wraps dialed ones. With TLS, :attr:`RemoteInfo.certificate` is the remote's
-    certificate (DER) when it presented one. ``close_timeout`` bounds each
+    wraps dialed ones. With TLS, :attr:`RemoteInfo.certificate` is the
+    remote's certificate (DER) when it presented one. ``preauth`` bounds
+    unauthenticated connections and their frames
+    (:class:`~transports.base.PreAuthLimits`). ``close_timeout`` bounds each
     channel's clean close and how long :meth:`stop` waits for handlers to
     return before cancelling them.
     """
@@ -124,8 +148,9 @@ class TcpTransport(Transport):
         max_frame: int = DEFAULT_MAX_FRAME,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         close_timeout: float = 5.0,
+        preauth: PreAuthLimits | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -135,6 +160,8 @@ class TcpTransport(Transport):
         self._client_ssl = client_ssl
         self._handshake_timeout = handshake_timeout
         self._close_timeout = close_timeout
+        self._preauth = preauth or PreAuthLimits()
+        self._admission = Admission(self._preauth, log, f"tcp {host}:{port}")
         self._handlers = HandlerTasks("TcpTransport", log, grace=close_timeout)
         self._server: asyncio.Server | None = None
         self._channels: set[StreamChannel] = set()
@@ -157,6 +184,7 @@ class TcpTransport(Transport):
             self._server = await asyncio.start_server(self._accepted, self._host, self._port)
         except OSError as exc:
             raise TransportError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc
+        self._admission.listener = ", ".join(self.listen_addresses)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -200,6 +228,7 @@ class TcpTransport(Transport):
         address: str,
         *,
         inbound: bool,
+        ticket: Ticket | None = None,
     ) -> StreamChannel:
         certificate = peer_certificate(writer.transport)
         channel = StreamChannel(
@@ -207,6 +236,8 @@ class TcpTransport(Transport):
             writer,
             RemoteInfo(self.scheme, address, inbound, certificate),
             max_frame=self._max_frame,
+            preauth_max_frame=self._preauth.max_frame,
+            ticket=ticket,
             close_timeout=self._close_timeout,
             on_close=self._channels.discard,
         )
@@ -214,27 +245,39 @@ class TcpTransport(Transport):
         return channel
 
     def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._stopped:
+        note_accepted()
+        ticket = (
+            None
+            if self._stopped
+            else self._admission.admit(remote_host(writer.get_extra_info("peername")))
+        )
+        if ticket is None:
             writer.transport.abort()
             return
-        task = asyncio.create_task(self._serve(reader, writer), name="crpeer-tcp-accept")
+        task = asyncio.create_task(self._serve(reader, writer, ticket), name="crpeer-tcp-accept")
         self._handshakes[task] = writer
         task.add_done_callback(lambda done: self._handshakes.pop(done, None))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
+    ) -> None:
         address = socket_address(self.scheme, writer.get_extra_info("peername"))
         if self._server_ssl is not None:
             try:
                 await writer.start_tls(
                     self._server_ssl, ssl_handshake_timeout=self._handshake_timeout
                 )
-            except (OSError, TimeoutError) as exc:
-                log.debug("TLS handshake with %s failed: %r", address, exc)
+            except BaseException as exc:
+                ticket.release()
                 writer.transport.abort()
-                return
+                if isinstance(exc, OSError | TimeoutError):
+                    log.debug("TLS handshake with %s failed: %r", address, exc)
+                    return
+                raise
         # From here on the handler owns the connection: move this task from
         # the handshake set (cancelled at once on stop) to the handler tasks.
         task = asyncio.current_task()
         assert task is not None
         del self._handshakes[task]
-        await self._handlers.serve(self._channel(reader, writer, address, inbound=True))
+        channel = self._channel(reader, writer, address, inbound=True, ticket=ticket)
+        await self._handlers.serve(channel)

@@ -8,18 +8,25 @@ crpeer errors.
 Addresses are ``ws://HOST:PORT/PATH`` or, with TLS, ``wss://HOST:PORT/PATH``.
 A text message from the remote is a protocol violation: the connection is
 closed with code 1008 and the owner gets :class:`~peer.errors.ChannelClosed`.
-An incoming message over ``max_frame`` closes the connection with code 1009
-and the owner gets :class:`~peer.errors.FrameTooLarge`.
+An incoming message over ``max_frame`` (before authentication: over the
+pre-auth cap) closes the connection with code 1009 and the owner gets
+:class:`~peer.errors.FrameTooLarge`; the library checks a frame's length from
+its header, before reading its payload.
+
+The listener counts unauthenticated connections from the moment the library
+hands them over, after the TLS handshake (bounded by ``handshake_timeout``)
+and before the HTTP upgrade (:class:`~transports.base.PreAuthLimits`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
@@ -31,13 +38,52 @@ from websockets.http11 import Request, Response
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
 from transports._addresses import parse_address, socket_address
+from transports._admission import Admission, Ticket, note_accepted, remote_host
 from transports._channel import ChannelBase, peer_certificate
 from transports._handlers import HandlerTasks
-from transports.base import DEFAULT_MAX_FRAME, Channel, ChannelHandler, RemoteInfo, Transport
+from transports.base import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_TIMEOUT,
+    Channel,
+    ChannelHandler,
+    PreAuthLimits,
+    RemoteInfo,
+    Transport,
+)
 
 __all__ = ["WebSocketTransport"]
 
 log = logging.getLogger(__name__)
+
+
+class _AdmittedConnection(ServerConnection):
+    """A server connection that takes a place among the listener's
+    unauthenticated ones when the library hands it over, or is aborted."""
+
+    def __init__(self, *args: Any, admission: Admission, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        note_accepted()  # made when the connection is accepted, before TLS
+        self.admission = admission
+        self.ticket: Ticket | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.ticket = self.admission.admit(remote_host(transport.get_extra_info("peername")))
+        if self.ticket is None:
+            cast(asyncio.Transport, transport).abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ticket is not None:
+            self.ticket.release()
+        super().connection_lost(exc)
+
+
+def _set_max_size(connection: Connection, limit: int) -> None:
+    """Change the largest message ``connection`` accepts from now on."""
+    protocol: Any = connection.protocol
+    # websockets >= 15 names it max_message_size; before, max_size.
+    name = "max_message_size" if hasattr(protocol, "max_message_size") else "max_size"
+    setattr(protocol, name, limit)
 
 
 class _WebSocketChannel(ChannelBase):
@@ -48,10 +94,21 @@ class _WebSocketChannel(ChannelBase):
         connection: Connection,
         remote: RemoteInfo,
         max_frame: int,
+        preauth_max_frame: int,
         on_close: Callable[[_WebSocketChannel], None],
     ) -> None:
-        super().__init__(remote, max_frame=max_frame, on_close=on_close)
+        ticket = connection.ticket if isinstance(connection, _AdmittedConnection) else None
+        super().__init__(
+            remote,
+            max_frame=max_frame,
+            preauth_max_frame=preauth_max_frame,
+            ticket=ticket,
+            on_close=on_close,
+        )
         self._connection = connection
+
+    def _lift_limit(self) -> None:
+        _set_max_size(self._connection, self._recv_limit)
 
     async def send(self, frame: bytes) -> None:
         self._check_send(frame)
@@ -80,7 +137,7 @@ class _WebSocketChannel(ChannelBase):
 
     def _translate(self, exc: ConnectionClosed) -> ChannelClosed | FrameTooLarge:
         if exc.sent and exc.sent.code == CloseCode.MESSAGE_TOO_BIG and not exc.rcvd_then_sent:
-            return FrameTooLarge(f"{self._remote.address} sent a message over {self._max_frame}")
+            return FrameTooLarge(f"{self._remote.address} sent a message over {self._recv_limit}")
         return ChannelClosed(f"connection to {self._remote.address} closed: {exc}")
 
 
@@ -92,9 +149,12 @@ class WebSocketTransport(Transport):
     TLS, :attr:`RemoteInfo.certificate` is the remote's certificate (DER) when
     it presented one. ``ping_interval``/``ping_timeout`` drive the library's
     keepalive: a remote that stops answering pings is disconnected.
-    ``handshake_timeout`` bounds the TLS and WebSocket opening handshakes (both
-    when dialing and accepting); ``close_timeout`` bounds the closing handshake
-    and how long :meth:`stop` waits for handlers before cancelling them.
+    ``handshake_timeout`` bounds the TLS handshake and, again, the WebSocket
+    upgrade (its request headers included), both when dialing and accepting;
+    ``close_timeout`` bounds the closing handshake and how long :meth:`stop`
+    waits for handlers before cancelling them. ``preauth`` bounds
+    unauthenticated connections and their frames
+    (:class:`~transports.base.PreAuthLimits`).
     Connections go direct: proxies from the environment are ignored.
     """
 
@@ -110,8 +170,9 @@ class WebSocketTransport(Transport):
         client_ssl: ssl.SSLContext | None = None,
         ping_interval: float = 20.0,
         ping_timeout: float = 20.0,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         close_timeout: float = 5.0,
+        preauth: PreAuthLimits | None = None,
     ) -> None:
         self.scheme = "wss" if server_ssl is not None else "ws"
         self._host = host
@@ -122,8 +183,11 @@ class WebSocketTransport(Transport):
         self._client_ssl = client_ssl
         self._handshake_timeout = handshake_timeout
         self._close_timeout = close_timeout
+        self._preauth = preauth or PreAuthLimits()
+        self._admission = Admission(self._preauth, log, f"{self.scheme} {host}:{port}")
         self._options: dict[str, Any] = {
-            "max_size": max_frame,
+            # Raised per connection once it is authenticated (_lift_limit).
+            "max_size": min(max_frame, self._preauth.max_frame),
             "ping_interval": ping_interval,
             "ping_timeout": ping_timeout,
             "open_timeout": handshake_timeout,
@@ -159,10 +223,15 @@ class WebSocketTransport(Transport):
                 ssl=self._server_ssl,
                 process_request=self._check_path,
                 server_header=None,
+                create_connection=cast(
+                    type[ServerConnection],
+                    functools.partial(_AdmittedConnection, admission=self._admission),
+                ),
                 **self._options,
             )
         except OSError as exc:
             raise TransportError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc
+        self._admission.listener = ", ".join(self.listen_addresses)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -202,6 +271,7 @@ class WebSocketTransport(Transport):
             connection,
             RemoteInfo(scheme, address, inbound, certificate),
             self._max_frame,
+            self._preauth.max_frame,
             self._channels.discard,
         )
         self._channels.add(channel)

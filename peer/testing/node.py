@@ -123,6 +123,9 @@ class _RuledChannel(Channel):
         await self._check()
         return frame
 
+    def authenticated(self) -> None:
+        self._inner.authenticated()
+
     async def close(self) -> None:
         await self._inner.close()
 
