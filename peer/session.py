@@ -51,15 +51,22 @@ class SessionHost(Protocol):
         self, cursor: Cursor, limit: int, exclude: bytes
     ) -> list[Change] | LargeGroup: ...
     def read_group(self, group: LargeGroup, chunk: int) -> AsyncIterator[list[Change]]: ...
-    async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
-        """Apply one whole page (its own transaction)."""
+    async def apply(self, changes: list[Change], hold_for: int) -> ApplyResult:
+        """Apply one whole page (its own transaction). Rows for a table or
+        column this side lacks are held as needing schema ``hold_for``, or
+        rejected (InvalidChangeError) when it is 0."""
         ...
 
     async def begin_page(self) -> None:
         """Open a transaction for a page that spans frames (blocks other applies)."""
         ...
 
-    async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult: ...
+    async def apply_in_page(self, changes: list[Change], hold_for: int) -> ApplyResult: ...
+
+    @property
+    def held_schema(self) -> int:
+        """The newest schema version a row the store holds (and serves on) needs."""
+        ...
 
     @property
     def can_stream_pages(self) -> bool:
@@ -305,7 +312,7 @@ class SessionDriver:
             self._handling = True
             match event:
                 case ChangesReceived():
-                    await self._on_changes(event.changes, event.final)
+                    await self._on_changes(event.changes, event.final, event.schema)
                 case BacklogReceived():
                     self._backlog = (
                         event.rows,
@@ -357,10 +364,12 @@ class SessionDriver:
         self.session.send_cursor(await self.host.local_cursor())
         await self._flush()
 
-    async def _on_changes(self, changes: list[Change], final: bool) -> None:
+    async def _on_changes(self, changes: list[Change], final: bool, schema: int) -> None:
         assert self.remote is not None
         assert self.session.remote is not None
-        newer = self.session.remote.schema_version > self.session.local.schema_version
+        # Rows a newer schema needs (the remote's, or one its frame says it
+        # serves on) are held; from an equal or older schema they are invalid.
+        newer = schema if schema > self.session.local.schema_version else 0
         if not self.host.can_stream_pages:
             # An in-memory store cannot keep a page open: gather it, apply it whole.
             if not final:
@@ -399,7 +408,7 @@ class SessionDriver:
                 events.Outdated(
                     self.remote,
                     self.session.local.schema_version,
-                    self.session.remote.schema_version,
+                    max(schema, self.session.remote.schema_version),
                     result.held,
                 )
             )
@@ -480,7 +489,7 @@ class SessionDriver:
 
     async def _send_frame(self, changes: list[Change], *, final: bool) -> None:
         await self._wait_credit()
-        self.session.send_changes(changes, final=final)
+        self.session.send_changes(changes, final=final, schema=self.host.held_schema)
         await self._flush()
         self.stats.rows_sent += len(changes)
 
