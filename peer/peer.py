@@ -285,12 +285,15 @@ class Peer:
         self._schema_cookie = cookie
         before = self._local
         self._local = LocalInfo(store.site_id, self.name, version, fingerprint)
-        if before is None or (before.schema_version, before.schema_fingerprint) == (
+        if before is not None and (before.schema_version, before.schema_fingerprint) == (
             version,
             fingerprint,
         ):
             return
+        # Also at start: the database may have been migrated while stopped.
         merged = await self._in_store_thread(store.apply_held)
+        if before is None:
+            return
         self.log.info(
             "schema is now version %d (%d held rows merged): reconnecting %d sessions",
             version,
@@ -379,8 +382,8 @@ class Peer:
         return await self._in_store_thread(self._merge, changes, hold_for)
 
     @property
-    def held_schema(self) -> int:
-        return self.store.held_schema
+    def served_schema(self) -> int:
+        return self.store.served_schema
 
     def _merge(self, changes: list[Change], hold_for: int) -> ApplyResult:
         """Apply a session's decoded rows (store thread): their types are

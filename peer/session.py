@@ -64,8 +64,9 @@ class SessionHost(Protocol):
     async def apply_in_page(self, changes: list[Change], hold_for: int) -> ApplyResult: ...
 
     @property
-    def held_schema(self) -> int:
-        """The newest schema version a row the store holds (and serves on) needs."""
+    def served_schema(self) -> int:
+        """The newest schema version a row the store serves may need (its own
+        as of its latest read, or a held row's)."""
         ...
 
     @property
@@ -489,7 +490,7 @@ class SessionDriver:
 
     async def _send_frame(self, changes: list[Change], *, final: bool) -> None:
         await self._wait_credit()
-        self.session.send_changes(changes, final=final, schema=self.host.held_schema)
+        self.session.send_changes(changes, final=final, schema=self.host.served_schema)
         await self._flush()
         self.stats.rows_sent += len(changes)
 

@@ -264,6 +264,7 @@ class Store:
         self._page_impacted = 0
         self._page_known: Cursor = {}
         self._held_schema = store_schema.held_schema(self._conn)
+        self._read_schema = store_schema.user_version(self._conn)
         # File stores read changes through a second connection: it sees only
         # committed data (WAL), so reads never wait on an apply in progress.
         # Merges (apply) run on a sync connection of their own, so a page
@@ -504,6 +505,14 @@ class Store:
         """
         return self._held_schema
 
+    @property
+    def served_schema(self) -> int:
+        """The newest schema version a row this store serves may need: its own
+        schema version as of its latest read of changes (a page read after a
+        migration may carry the new columns before anyone announced them), or
+        that of a held row it serves on (see :attr:`held_schema`)."""
+        return max(self._read_schema, self._held_schema)
+
     @_translate_errors
     def held_count(self) -> int:
         """How many held rows still wait for a schema migration."""
@@ -522,6 +531,7 @@ class Store:
         if self._reader is self._conn:
             with self._lock:
                 self._guard_main()
+                self._read_schema = store_schema.user_version(self._conn)
             yield
             return
         self._reader.execute("BEGIN")
@@ -531,6 +541,8 @@ class Store:
             self._reader = self._reopen(self._reader)
             self._reader.execute("BEGIN")
             self._reader_cookie = store_schema.cookie(self._reader)
+        # Versions only rise: the newest one read covers every page read so far.
+        self._read_schema = max(self._read_schema, store_schema.user_version(self._reader))
         try:
             yield
         finally:

@@ -27,7 +27,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["HELD_SCHEMA_COLUMN", "add_held_schema_column", "cookie", "held_schema", "refresh"]
+__all__ = [
+    "HELD_SCHEMA_COLUMN",
+    "add_held_schema_column",
+    "cookie",
+    "held_schema",
+    "refresh",
+    "user_version",
+]
 
 HELD_SCHEMA_COLUMN = "schema_version"
 """The column of ``crpeer_held`` that says which schema version a held row needs."""
@@ -37,6 +44,11 @@ def cookie(conn: Any) -> int:
     """The database's schema cookie (``PRAGMA schema_version``), read from the
     file header: it moves on every schema change, by any connection."""
     return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def user_version(conn: Any) -> int:
+    """The app's schema version (``PRAGMA user_version``)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def refresh(conn: Any) -> None:

@@ -22,8 +22,9 @@ from typing import Any, Literal, TypeVar
 
 from peer.errors import ConfigError, CrpeerError
 from peer.store import ApplyResult, Change, Cursor, Store
-from peer.testing.database import open_prepared, table_digests
+from peer.testing.database import migrate_store, open_prepared, table_digests
 from peer.testing.driver import ClusterDriver, HarnessError
+from peer.testing.migrations import Migrate
 from peer.testing.plan import MARK_SQL, FaultStep, Plan, WriteStep, make_plan
 from peer.testing.report import Report, lag_of, union_of
 from peer.testing.scenario import ClockSkew, Crash, LinkFault, Partition, Scenario, Schema
@@ -117,7 +118,11 @@ class _Oracle:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self, schema: Schema) -> None:
+        """The oracle has every migration of ``schema`` from the start: it
+        merges what every peer writes, at any version."""
         self._store = await self._call(open_prepared, ":memory:", schema)
+        newest = max((change.version for change in schema.migrations), default=0)
+        await self._call(migrate_store, self._store, schema, newest)
 
     def apply(self, changes: list[Change]) -> None:
         """Queue a merge; :meth:`settle` reports a failed one."""
@@ -171,6 +176,8 @@ class _Run:
         self.sites: dict[int, bytes] = {}
         self.cursors: dict[int, Cursor] = {}
         self.marks: dict[bytes, int] = {}
+        self.versions = [0] * scenario.cluster.peers
+        """Each peer's schema version (migrations done so far)."""
         self.partitions: dict[int, Partition] = {}
         self.link_faults: dict[int, LinkFault] = {}
         self.phase, self.phase_total = "start", 0.0
@@ -243,7 +250,7 @@ class _Run:
 
     async def _write(self, step: WriteStep, oracle: _Oracle) -> None:
         schema = self.scenario.cluster.schema
-        sql = MARK_SQL if step.op == "mark" else schema.statement(step.op)
+        sql = MARK_SQL if step.op == "mark" else schema.statement(step.op, self.versions[step.peer])
         entry = [step.peer, step.op, [list(p) for p in step.params]]
         self.write_log.update(json.dumps(entry).encode() + b"\n")
         try:
@@ -271,6 +278,10 @@ class _Run:
                 await self.driver.kill(fault.peer)
             else:
                 await self.driver.restart(fault.peer)
+        elif isinstance(fault, Migrate):
+            if step.start and fault.version > self.versions[fault.peer]:
+                await self.driver.migrate(fault.peer, fault.version, fault.own_connection)
+                self.versions[fault.peer] = fault.version
         elif isinstance(fault, ClockSkew):
             await self.driver.set_clock_rate(fault.peer, fault.rate if step.start else 1.0)
         elif isinstance(fault, Partition):
