@@ -338,7 +338,11 @@ class SessionDriver:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        if not isinstance(exc, ChannelClosed):
+        if isinstance(exc, LocalProtocolError) and self.session.state is SessionState.CLOSED:
+            # The session closed (a stop, the remote's close or error) while
+            # a page was on its way: nothing failed, the sender just ends.
+            self._log.debug("session %s: sender stopped after close", self.address)
+        elif not isinstance(exc, ChannelClosed):
             self._log.warning("session %s: sender stopped: %r", self.address, exc)
             if isinstance(exc, CrpeerError) and self.error is None:
                 self.error = exc
@@ -516,9 +520,16 @@ async def _put(queue: asyncio.Queue[object], handler: asyncio.Task[None], item: 
         queue.put_nowait(item)
         return
     put = asyncio.ensure_future(queue.put(item))
-    await asyncio.wait({put, handler}, return_when=asyncio.FIRST_COMPLETED)
-    if not put.done():
-        put.cancel()
+    queued = False
+    try:
+        await asyncio.wait({put, handler}, return_when=asyncio.FIRST_COMPLETED)
+        queued = put.done()
+    finally:
+        # Also when this task is cancelled (the peer stops): a put left
+        # pending would outlive the session and its event loop.
+        if not put.done():
+            put.cancel()
+    if not queued:
         await handler  # raises its error, or returns: the remote closed
 
 
