@@ -25,8 +25,16 @@ Held changes
 ------------
 A change for a table or column this database does not have yet (the sender's
 schema is newer) is *held* when ``apply(..., hold_unknown=True)``: kept in
-``crpeer_held``, counted in the cursor, served to others in order, and merged
-by :meth:`apply_held` once a migration adds what it needs.
+``crpeer_held`` with the schema version it needs, counted in the cursor,
+served to others in order (:attr:`served_schema` says which schema such pages
+may need), and merged by :meth:`apply_held` once a migration adds what it
+needs.
+
+Schema changes
+--------------
+Every connection the store holds notices a schema change made through any
+connection before it next reads or merges changes (see
+:mod:`peer.store_schema`).
 
 Threads
 -------
@@ -1002,8 +1010,9 @@ class Store:
         table or column this database lacks raise InvalidChangeError, unless
         ``hold_unknown`` (the sender's schema is newer), in which case they
         are held, recorded as needing schema version ``held_schema`` (the
-        sender's, or the one its frame says its rows need), which is what
-        :attr:`held_schema` reports and frames serving them on announce.
+        sender's, or the one its frame says its rows need; by default the
+        next one after this database's), which is what :attr:`held_schema`
+        reports and frames serving them on announce.
         ``types_checked`` is for rows :func:`peer.messages.decode`
         produced, whose field types and ranges it already checked. Rows that
         originated here are skipped, and with ``skip_known`` so are groups
@@ -1037,6 +1046,9 @@ class Store:
                     result_cursor[origin] = max(version, result_cursor.get(origin, 0))
                     merged += len(rows)
                     held += len(held_rows)
+                if held and held_schema < 1:
+                    # Needs a newer schema than this one, whichever it is.
+                    held_schema = store_schema.user_version(self._sync) + 1
                 if held or merged > _STAGED_GROUP_ROWS * len(fresh):
                     impacted = self._merge_group_by_group(fresh, impacted, held_schema)
                 else:

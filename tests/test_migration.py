@@ -145,7 +145,7 @@ def test_a_held_schema_column_is_added_to_an_older_database(tmp_path: Path) -> N
 class Line:
     """Peers on file stores over one MemoryNetwork, each dialing the one before."""
 
-    def __init__(self, directory: Path, count: int) -> None:
+    def __init__(self, directory: Path, count: int, poll_interval: float = 0.02) -> None:
         self.directory = directory
         self.network = MemoryNetwork(seed=1)
         self.stores = [new_store(directory / f"n{i}.db") for i in range(count)]
@@ -157,7 +157,7 @@ class Line:
                 name=f"n{i}",
                 connect=[f"memory://n{i - 1}"] if i else [],
                 backoff=FAST,
-                poll_interval=0.02,
+                poll_interval=poll_interval,
                 seed=i,
                 insecure=True,
             )
@@ -238,6 +238,22 @@ async def test_a_migration_on_the_apps_own_connection_is_noticed(tmp_path: Path)
         assert line.stores[1].held_count() == 0
 
 
+async def test_frames_carry_a_migration_before_the_sessions_reconnect(tmp_path: Path) -> None:
+    """The peer has not noticed the migration yet (a long poll interval), its
+    session still announces version 0: its frames say what their rows need."""
+    async with Line(tmp_path, 2, poll_interval=30.0) as line:
+        a, _ = line.peers
+        await a.execute("INSERT INTO sch VALUES (1, 'one')")
+        await wait_for(lambda: rows(line.stores[1]) == [(1, "one")])
+        migrate_on_own_connection(tmp_path / "n0.db", 1, ADD_C)
+        await a.execute("INSERT INTO sch VALUES (2, 'two', 'c2')")
+        await wait_for(lambda: rows(line.stores[1]) == [(1, "one"), (2, "two")])
+        await wait_for(lambda: line.stores[1].held_count() == 1)
+        assert [s.session.local.schema_version for s in a.sessions] == [0]
+        assert not line.failures(0)
+        assert not line.failures(1)
+
+
 async def test_held_rows_travel_with_their_schema_along_a_line(tmp_path: Path) -> None:
     """n0 — n1 — n2: n0 migrated, n1 and n2 not. n2 holds n0's rows for the
     new column (served on by n1) instead of failing, and gets all else."""
@@ -264,3 +280,12 @@ async def test_held_rows_travel_with_their_schema_along_a_line(tmp_path: Path) -
         assert rows(line.stores[0])[20] == (100, "from n1", "n2")
         assert all(store.held_count() == 0 for store in line.stores)
         assert not line.store_errors()
+
+
+def test_rows_held_without_a_stated_schema_need_the_next_version(tmp_path: Path) -> None:
+    with new_store(tmp_path / "new.db") as new, new_store(tmp_path / "old.db") as old:
+        old.execute("PRAGMA user_version = 4")
+        new.migrate(5, ADD_C, alter=["sch"])
+        new.execute("INSERT INTO sch VALUES (1, 'b', 'c')")
+        old.apply(new.changes_since({}, 100), hold_unknown=True)
+        assert old.held_schema == old.served_schema == 5
