@@ -292,15 +292,16 @@ class Peer:
             return
         # Also at start: the database may have been migrated while stopped.
         merged = await self._in_store_thread(store.apply_held)
+        stale = [d for d in self._drivers if d.session.local != self._local]
         if before is None:
             return
         self.log.info(
             "schema is now version %d (%d held rows merged): reconnecting %d sessions",
             version,
             merged,
-            len(self._drivers),
+            len(stale),
         )
-        for driver in list(self._drivers):
+        for driver in stale:
             self._spawn(driver.close(), "crpeer-schema-changed")
 
     async def status(self) -> PeerStatus:
