@@ -117,12 +117,11 @@ class _Oracle:
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def open(self, schema: Schema) -> None:
-        """The oracle has every migration of ``schema`` from the start: it
-        merges what every peer writes, at any version."""
+    async def open(self, schema: Schema, version: int) -> None:
+        """The oracle is at ``version`` (the one every peer ends at) from the
+        start: it merges what every peer writes, at any version."""
         self._store = await self._call(open_prepared, ":memory:", schema)
-        newest = max((change.version for change in schema.migrations), default=0)
-        await self._call(migrate_store, self._store, schema, newest)
+        await self._call(migrate_store, self._store, schema, version)
 
     def apply(self, changes: list[Change]) -> None:
         """Queue a merge; :meth:`settle` reports a failed one."""
@@ -207,7 +206,10 @@ class _Run:
         oracle = _Oracle()
         sampler: asyncio.Task[None] | None = None
         try:
-            await oracle.open(self.scenario.cluster.schema)
+            final = max(
+                (f.version for f in self.scenario.faults if isinstance(f, Migrate)), default=0
+            )
+            await oracle.open(self.scenario.cluster.schema, final)
             self._enter("start", 0.0)
             await self.driver.start(self.plan)
             self.t0 = self._now()
