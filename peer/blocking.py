@@ -387,8 +387,14 @@ class BlockingPeer:
 
         self.call(dial)
 
+    def migrate(
+        self, version: int, sql: str, *, alter: Sequence[str] = (), new_crrs: Sequence[str] = ()
+    ) -> int:
+        """Migrate the schema and announce it (see :meth:`Peer.migrate`)."""
+        return self.call(lambda peer: peer.migrate(version, sql, alter=alter, new_crrs=new_crrs))
+
     def refresh_schema(self) -> None:
-        """Re-read the schema after a migration (sessions from now on announce it)."""
+        """Re-read the schema after a migration (see :meth:`Peer.refresh_schema`)."""
         self.call(lambda peer: peer.refresh_schema())
 
     def status(self) -> PeerStatus:

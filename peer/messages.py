@@ -8,8 +8,11 @@ validates everything (types, lengths, ranges, limits) and raises
 Change rows travel grouped by ``(site_id, version)`` so neither is repeated per
 row, with table names interned per frame::
 
-    [3, n, final, [table, ...], [[site_id, version, rows], ...]]
+    [3, n, final, [table, ...], [[site_id, version, rows], ...], schema?]
     rows = [[table_index, pk, cid, val, col_version, cl, seq], ...]
+
+``schema`` (protocol 3) is present when some rows may need a newer schema than
+the sender's own: rows it holds for a newer schema and serves on.
 """
 
 from __future__ import annotations
@@ -44,12 +47,15 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION = 2
-"""The newest protocol version this code speaks (2 adds HAVE)."""
+PROTOCOL_VERSION = 3
+"""The newest protocol version this code speaks (2 adds HAVE, 3 the schema a
+CHANGES frame's rows need)."""
 PROTOCOL_MIN = 1
 """The oldest one it still speaks."""
 HAVE_SINCE = 2
 """The first protocol version with HAVE."""
+SCHEMA_NEEDS_SINCE = 3
+"""The first protocol version whose CHANGES may say which schema their rows need."""
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_NAME_LENGTH = 256
 MAX_REASON_LENGTH = 256
@@ -102,6 +108,9 @@ class Changes:
 
     changes: list[Change]
     final: bool
+    schema: int | None = None
+    """The schema version the rows may need, when newer than the sender's own
+    (it serves on rows it holds for a newer schema); None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,8 @@ def encode(message: Message, number: int) -> bytes:
         case Changes():
             tables, groups = _group_rows(message.changes)
             body = [MessageType.CHANGES, number, message.final, tables, groups]
+            if message.schema is not None:
+                body.append(message.schema)
         case Eose():
             body = [MessageType.EOSE, number]
         case Credit():
@@ -337,6 +348,9 @@ _VALUE_TYPE_SET = frozenset((type(None), int, float, str, bytes))
 
 
 def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
+    schema = None
+    if len(body) == 6:
+        schema = _int(body.pop(), "changes.schema", 0, 2**31 - 1)
     _arity(body, 5, "changes")
     final = body[2]
     if not isinstance(final, bool):
@@ -373,7 +387,7 @@ def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
             ):
                 raise _fail(ErrorCode.MALFORMED_FRAME, "a change row has a bad field")
             changes.append((tables[t], pk, cid, val, col_version, version, site_id, cl, seq))
-    return Changes(changes, final)
+    return Changes(changes, final, schema)
 
 
 def _decode_nothing(kind: type[Eose] | type[Close]) -> Any:

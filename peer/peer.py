@@ -159,6 +159,8 @@ class Peer:
         self._subscribers: list[EventCallback] = []
         self._queues: list[asyncio.Queue[ev.Event]] = []
         self._local: LocalInfo | None = None
+        self._schema_cookie: int | None = None
+        """The schema cookie the announced schema was read at."""
         self._started = False
         self._stopping = False
         self._unsubscribe_trust: Callable[[], None] | None = None
@@ -270,16 +272,58 @@ class Peer:
         """Run ``fn`` on the store thread (the one thread that uses the Store)."""
         return await self._in_store_thread(fn, *args, **kwargs)
 
+    async def migrate(
+        self, version: int, sql: str, *, alter: Sequence[str] = (), new_crrs: Sequence[str] = ()
+    ) -> int:
+        """Migrate the schema (see :meth:`Store.migrate`) and announce it.
+
+        Runs the migration on the store thread, then :meth:`refresh_schema`.
+        Returns how many held rows it merged. Raises SchemaError (and changes
+        nothing) if the migration fails.
+        """
+        merged = await self._in_store_thread(
+            self.store.migrate, version, sql, alter=alter, new_crrs=new_crrs
+        )
+        await self.refresh_schema()
+        return merged
+
     async def refresh_schema(self) -> None:
         """Re-read the schema version and fingerprint (after a migration).
 
-        Sessions opened from now on announce the new schema.
+        The peer calls it itself when it notices a schema change made through
+        any connection (within ``poll_interval``); call it after a migration
+        to announce it at once. If the schema changed, held rows that now fit
+        are merged and every live session is closed cleanly, so that it
+        reconnects announcing the new schema (peers hold rows for a schema
+        newer than theirs only when the sender announces it).
         """
         store = self.store
-        version, fingerprint = await self._in_store_thread(
-            lambda: (store.schema_version(), store.schema_fingerprint())
-        )
+
+        def read() -> tuple[int, bytes, int]:
+            return store.schema_version(), store.schema_fingerprint(), store.schema_cookie()
+
+        version, fingerprint, cookie = await self._in_store_thread(read)
+        self._schema_cookie = cookie
+        before = self._local
         self._local = LocalInfo(store.site_id, self.name, version, fingerprint)
+        if before is not None and (before.schema_version, before.schema_fingerprint) == (
+            version,
+            fingerprint,
+        ):
+            return
+        # Also at start: the database may have been migrated while stopped.
+        merged = await self._in_store_thread(store.apply_held)
+        stale = [d for d in self._drivers if d.session.local != self._local]
+        if before is None:
+            return
+        self.log.info(
+            "schema is now version %d (%d held rows merged): reconnecting %d sessions",
+            version,
+            merged,
+            len(stale),
+        )
+        for driver in stale:
+            self._spawn(driver.close(), "crpeer-schema-changed")
 
     async def status(self) -> PeerStatus:
         """Cursors, lag and counters of this peer and each live session."""
@@ -340,9 +384,9 @@ class Peer:
         finally:
             await self._in_read_thread(chunks.close)
 
-    async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
+    async def apply(self, changes: list[Change], hold_for: int) -> ApplyResult:
         async with self._apply_lock:
-            return await self._in_store_thread(self._merge, changes, hold_unknown)
+            return await self._in_store_thread(self._merge, changes, hold_for)
 
     @property
     def can_stream_pages(self) -> bool:
@@ -358,14 +402,22 @@ class Peer:
             self._apply_lock.release()
             raise
 
-    async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
-        return await self._in_store_thread(self._merge, changes, hold_unknown)
+    async def apply_in_page(self, changes: list[Change], hold_for: int) -> ApplyResult:
+        return await self._in_store_thread(self._merge, changes, hold_for)
 
-    def _merge(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
+    @property
+    def served_schema(self) -> int:
+        return self.store.served_schema
+
+    def _merge(self, changes: list[Change], hold_for: int) -> ApplyResult:
         """Apply a session's decoded rows (store thread): their types are
         checked, and copies of groups already held are skipped."""
         return self.store.apply(
-            changes, hold_unknown=hold_unknown, types_checked=True, skip_known=True
+            changes,
+            hold_unknown=hold_for > 0,
+            types_checked=True,
+            skip_known=True,
+            held_schema=hold_for,
         )
 
     async def end_page(self, commit: bool) -> None:
@@ -700,13 +752,15 @@ class Peer:
         """
         store = self.store
         marker: tuple[int, int] | None = None
+        cookie: int | None = None
 
         def poll() -> int | None:
-            nonlocal marker
+            nonlocal marker, cookie
             now = store.change_marker()
             if now == marker:
                 return None
             marker = now
+            cookie = store.schema_cookie()
             return store.local_high_water()
 
         first = await self._in_store_thread(poll)
@@ -715,6 +769,9 @@ class Peer:
         while True:
             await asyncio.sleep(self._poll_interval)
             high_water = await self._in_store_thread(poll)
+            if cookie != self._schema_cookie:
+                # A migration, through the store or the app's own connection.
+                await self.refresh_schema()
             if high_water is not None and high_water > self._woken_through:
                 self._woken_through = high_water
                 self.notify_local_change()

@@ -38,6 +38,7 @@ from peer.messages import (
     HAVE_SINCE,
     PROTOCOL_MIN,
     PROTOCOL_VERSION,
+    SCHEMA_NEEDS_SINCE,
     Backlog,
     Changes,
     Close,
@@ -157,6 +158,10 @@ class ChangesReceived:
 
     changes: list[Change]
     final: bool
+    schema: int = 0
+    """The schema version these rows may need: the remote's announced one, or
+    the newer one its frame carries. Rows for a table or column this side
+    lacks are held when it is above the local schema version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +295,13 @@ class SyncSession:
             raise LocalProtocolError("no remote hello yet")
         return min(self.remote.max_batch_rows, self.limits.max_batch_rows)
 
-    def send_changes(self, changes: Sequence[Change], *, final: bool) -> None:
+    def send_changes(self, changes: Sequence[Change], *, final: bool, schema: int = 0) -> None:
         """One CHANGES frame; ``final`` closes a page (whole groups only).
+
+        ``schema`` is the newest schema version the rows may need (the store
+        serves on rows it holds for a newer schema than its own); the frame
+        carries it when it is above the announced one, so the receiver holds
+        such rows instead of rejecting them.
 
         Uses one credit. Raises LocalProtocolError without credit, outside
         SYNCING, or with more rows than :attr:`max_send_rows`.
@@ -305,7 +315,10 @@ class SyncSession:
         self.credit -= 1
         _advance(self.remote_cursor, changes)
         _advance(self.announced, changes)
-        self._queue(Changes(list(changes), final))
+        needs = schema if schema > self.local.schema_version else None
+        if self.version < SCHEMA_NEEDS_SINCE:
+            needs = None
+        self._queue(Changes(list(changes), final, needs))
 
     def send_backlog(self, rows: int) -> None:
         """Tell the remote about how many rows the catch-up holds. In SYNCING."""
@@ -442,7 +455,9 @@ class SyncSession:
         self._remote_credit -= 1
         _advance(self.remote_cursor, message.changes)
         _advance(self.announced, message.changes)
-        return [ChangesReceived(message.changes, message.final)]
+        assert self.remote is not None
+        schema = max(self.remote.schema_version, message.schema or 0)
+        return [ChangesReceived(message.changes, message.final, schema)]
 
 
 _TYPE_OF: dict[type, MessageType] = {

@@ -64,15 +64,23 @@ class SessionHost(Protocol):
         self, cursor: Cursor, limit: int, exclude: bytes
     ) -> list[Change] | LargeGroup: ...
     def read_group(self, group: LargeGroup, chunk: int) -> AsyncIterator[list[Change]]: ...
-    async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
-        """Apply one whole page (its own transaction)."""
+    async def apply(self, changes: list[Change], hold_for: int) -> ApplyResult:
+        """Apply one whole page (its own transaction). Rows for a table or
+        column this side lacks are held as needing schema ``hold_for``, or
+        rejected (InvalidChangeError) when it is 0."""
         ...
 
     async def begin_page(self) -> None:
         """Open a transaction for a page that spans frames (blocks other applies)."""
         ...
 
-    async def apply_in_page(self, changes: list[Change], hold_unknown: bool) -> ApplyResult: ...
+    async def apply_in_page(self, changes: list[Change], hold_for: int) -> ApplyResult: ...
+
+    @property
+    def served_schema(self) -> int:
+        """The newest schema version a row the store serves may need (its own
+        as of its latest read, or a held row's)."""
+        ...
 
     @property
     def can_stream_pages(self) -> bool:
@@ -328,7 +336,7 @@ class SessionDriver:
             self._handling = True
             match event:
                 case ChangesReceived():
-                    await self._on_changes(event.changes, event.final)
+                    await self._on_changes(event.changes, event.final, event.schema)
                 case BacklogReceived():
                     self._backlog = (
                         event.rows,
@@ -355,7 +363,11 @@ class SessionDriver:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        if not isinstance(exc, ChannelClosed):
+        if isinstance(exc, LocalProtocolError) and self.session.state is SessionState.CLOSED:
+            # The session closed (a stop, the remote's close or error) while
+            # a page was on its way: nothing failed, the sender just ends.
+            self._log.debug("session %s: sender stopped after close", self.address)
+        elif not isinstance(exc, ChannelClosed):
             self._log.warning("session %s: sender stopped: %r", self.address, exc)
             if isinstance(exc, CrpeerError) and self.error is None:
                 self.error = exc
@@ -384,10 +396,12 @@ class SessionDriver:
         self.session.send_cursor(await self.host.local_cursor())
         await self._flush()
 
-    async def _on_changes(self, changes: list[Change], final: bool) -> None:
+    async def _on_changes(self, changes: list[Change], final: bool, schema: int) -> None:
         assert self.remote is not None
         assert self.session.remote is not None
-        newer = self.session.remote.schema_version > self.session.local.schema_version
+        # Rows a newer schema needs (the remote's, or one its frame says it
+        # serves on) are held; from an equal or older schema they are invalid.
+        newer = schema if schema > self.session.local.schema_version else 0
         table_rows = len({(change[0], change[1]) for change in changes})
         self.stats.table_rows_received += table_rows
         self._page_table_rows += table_rows
@@ -432,7 +446,7 @@ class SessionDriver:
                 events.Outdated(
                     self.remote,
                     self.session.local.schema_version,
-                    self.session.remote.schema_version,
+                    max(schema, self.session.remote.schema_version),
                     result.held,
                 )
             )
@@ -514,7 +528,7 @@ class SessionDriver:
 
     async def _send_frame(self, changes: list[Change], *, final: bool) -> None:
         await self._wait_credit()
-        self.session.send_changes(changes, final=final)
+        self.session.send_changes(changes, final=final, schema=self.host.served_schema)
         await self._flush()
         self.stats.rows_sent += len(changes)
 
@@ -540,9 +554,16 @@ async def _put(queue: asyncio.Queue[object], handler: asyncio.Task[None], item: 
         queue.put_nowait(item)
         return
     put = asyncio.ensure_future(queue.put(item))
-    await asyncio.wait({put, handler}, return_when=asyncio.FIRST_COMPLETED)
-    if not put.done():
-        put.cancel()
+    queued = False
+    try:
+        await asyncio.wait({put, handler}, return_when=asyncio.FIRST_COMPLETED)
+        queued = put.done()
+    finally:
+        # Also when this task is cancelled (the peer stops): a put left
+        # pending would outlive the session and its event loop.
+        if not put.done():
+            put.cancel()
+    if not queued:
         await handler  # raises its error, or returns: the remote closed
 
 

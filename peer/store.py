@@ -30,8 +30,16 @@ Held changes
 ------------
 A change for a table or column this database does not have yet (the sender's
 schema is newer) is *held* when ``apply(..., hold_unknown=True)``: kept in
-``crpeer_held``, counted in the cursor, served to others in order, and merged
-by :meth:`apply_held` once a migration adds what it needs.
+``crpeer_held`` with the schema version it needs, counted in the cursor,
+served to others in order (:attr:`served_schema` says which schema such pages
+may need), and merged by :meth:`apply_held` once a migration adds what it
+needs.
+
+Schema changes
+--------------
+Every connection the store holds notices a schema change made through any
+connection before it next reads or merges changes (see
+:mod:`peer.store_schema`).
 
 Threads
 -------
@@ -57,7 +65,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pysqlite3.dbapi2 as sqlite3
 
-from peer import crsqlite
+from peer import crsqlite, store_schema
 from peer.changes import (
     SENTINEL_CID,
     SITE_ID_LENGTH,
@@ -179,8 +187,8 @@ recorded anyway (``crsql_next_db_version`` reserves a new version when
 nothing merged, so it is only asked for then)."""
 _INSERT_HELD = (
     "INSERT OR IGNORE INTO crpeer_held "
-    "(origin, local_version, version, seq, tbl, pk, cid, val, col_version, cl) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "(origin, local_version, version, seq, tbl, pk, cid, val, col_version, cl, schema_version) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _MAX_COMBINED_ORIGINS = 500
@@ -286,6 +294,7 @@ class Store:
                     self._conn.execute("PRAGMA journal_mode = WAL")
                     self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._conn.executescript(_BOOKKEEPING)
+                store_schema.add_held_schema_column(self._conn)
                 self._index_clocks()
             self._columns_cache = None
             (site_id,) = self._conn.execute("SELECT crsql_site_id()").fetchone()
@@ -300,6 +309,8 @@ class Store:
         self._page_open = False
         self._page_impacted = 0
         self._page_known: Cursor = {}
+        self._held_schema = store_schema.held_schema(self._conn)
+        self._read_schema = store_schema.user_version(self._conn)
         # File stores read changes through a second connection: it sees only
         # committed data (WAL), so reads never wait on an apply in progress.
         # Merges (apply) run on a sync connection of their own, so a page
@@ -314,6 +325,10 @@ class Store:
             self._sync = self._open_connection()
             self._sync_lock = threading.RLock()
         self._sync.executescript(_MERGE_STAGE)
+        # The schema cookie each connection last saw (see peer.store_schema).
+        self._main_cookie = self._reader_cookie = self._sync_cookie = store_schema.cookie(
+            self._conn
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -349,6 +364,7 @@ class Store:
     ) -> list[tuple[Any, ...]]:
         """Run one statement (autocommit) and return all its rows."""
         with self._lock:
+            self._guard_main()
             rows: list[tuple[Any, ...]] = self._conn.execute(sql, params).fetchall()
             return rows
 
@@ -356,6 +372,7 @@ class Store:
     def executescript(self, script: str) -> None:
         """Run several statements; wrap them in BEGIN/COMMIT to make them atomic."""
         with self._lock:
+            self._guard_main()
             try:
                 self._conn.executescript(script)
             except sqlite3.Error:
@@ -469,6 +486,7 @@ class Store:
         script += "".join(f"SELECT crsql_as_crr({_quote_literal(t)});\n" for t in new_crrs)
         script += f"PRAGMA user_version = {int(version)};\nCOMMIT;"
         with self._lock:
+            self._guard_main()
             try:
                 self._conn.executescript(script)
             except sqlite3.Error as exc:
@@ -491,10 +509,19 @@ class Store:
         """``(data_version, db_version)`` in one statement: it moves on every
         commit, through this connection or another."""
         with self._lock:
+            self._guard_main()
             data, db = self._conn.execute(
                 "SELECT data_version, crsql_db_version() FROM pragma_data_version"
             ).fetchone()
             return int(data), int(db)
+
+    @_translate_errors
+    def schema_cookie(self) -> int:
+        """SQLite's schema cookie (``PRAGMA schema_version``): it moves on every
+        schema change, made through any connection."""
+        with self._lock:
+            self._guard_main()
+            return store_schema.cookie(self._conn)
 
     @_translate_errors
     def schema_version(self) -> int:
@@ -584,6 +611,7 @@ class Store:
     def own_version(self) -> int:
         """The highest origin version of this site's own changes."""
         with self._lock:
+            self._guard_main()
             row = self._conn.execute(
                 "SELECT max(db_version) FROM crsql_changes WHERE site_id = ?", (self.site_id,)
             ).fetchone()
@@ -608,6 +636,24 @@ class Store:
             (high,) = self._conn.execute(f"SELECT coalesce(max(high), 0) FROM ({highs})").fetchone()
             return int(high)
 
+    @property
+    def held_schema(self) -> int:
+        """The newest schema version a held row needs (0 if none is held).
+
+        Pages this store serves may carry held rows; a session announces this
+        version in its frames so a receiver with the same schema holds them
+        too (PROTOCOL.md, CHANGES).
+        """
+        return self._held_schema
+
+    @property
+    def served_schema(self) -> int:
+        """The newest schema version a row this store serves may need: its own
+        schema version as of its latest read of changes (a page read after a
+        migration may carry the new columns before anyone announced them), or
+        that of a held row it serves on (see :attr:`held_schema`)."""
+        return max(self._read_schema, self._held_schema)
+
     @_translate_errors
     def held_count(self) -> int:
         """How many held rows still wait for a schema migration."""
@@ -624,13 +670,26 @@ class Store:
     def _read_snapshot(self) -> Iterator[None]:
         """One read transaction, so several queries see one committed state."""
         if self._reader is self._conn:
+            with self._lock:
+                self._guard_main()
+                self._read_schema = store_schema.user_version(self._conn)
             yield
             return
         self._reader.execute("BEGIN")
+        now = store_schema.cookie(self._reader)  # starts the snapshot
+        if now != self._reader_cookie:
+            self._reader.execute("ROLLBACK")
+            self._reader = self._reopen(self._reader)
+            self._reader.execute("BEGIN")
+            self._reader_cookie = store_schema.cookie(self._reader)
+        # Versions only rise: the newest one read covers every page read so far.
+        self._read_schema = max(self._read_schema, store_schema.user_version(self._reader))
         try:
             yield
         finally:
-            self._reader.execute("COMMIT")
+            # ROLLBACK, not COMMIT: ending a read-only transaction so runs
+            # cr-sqlite's rollback hook, which lets it see a schema change.
+            self._reader.execute("ROLLBACK")
 
     @_translate_errors
     def next_page(
@@ -848,6 +907,40 @@ class Store:
         crsqlite.load(conn)
         return conn
 
+    def _reopen(self, conn: Any) -> Any:
+        """A fresh connection in place of ``conn`` (a private one, after a
+        schema change: nothing it cached survives)."""
+        try:
+            conn.execute("SELECT crsql_finalize()")
+        finally:
+            conn.close()
+        return self._open_connection()
+
+    def _guard_main(self) -> None:
+        """Bring the main connection up to date if the schema changed since it
+        last looked (another connection migrated); caller holds ``_lock``."""
+        now = store_schema.cookie(self._conn)
+        if now != self._main_cookie:
+            store_schema.refresh(self._conn)
+            self._main_cookie = now
+
+    def _begin_sync(self) -> None:
+        """``BEGIN IMMEDIATE`` on the sync connection, reopened first if the
+        schema changed since it last looked (caller holds ``_sync_lock``)."""
+        if self._sync is self._conn:
+            with self._lock:
+                self._guard_main()
+            self._sync.execute("BEGIN IMMEDIATE")
+            return
+        self._sync.execute("BEGIN IMMEDIATE")
+        now = store_schema.cookie(self._sync)
+        if now != self._sync_cookie:
+            self._sync.execute("ROLLBACK")
+            self._sync = self._reopen(self._sync)
+            self._sync.executescript(_MERGE_STAGE)
+            self._sync.execute("BEGIN IMMEDIATE")
+            self._sync_cookie = store_schema.cookie(self._sync)
+
     def _own_changes(self, after: int, limit: int) -> list[Change] | LargeGroup:
         sql = (
             f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version > ? "
@@ -1009,7 +1102,7 @@ class Store:
         try:
             if self._page_open:
                 raise StoreError("a page is already open")
-            self._sync.execute("BEGIN IMMEDIATE")
+            self._begin_sync()
             self._page_known = _persisted_cursor(self._sync)
         except BaseException:
             if self._sync.in_transaction:
@@ -1040,6 +1133,7 @@ class Store:
         hold_unknown: bool = False,
         types_checked: bool = False,
         skip_known: bool = False,
+        held_schema: int = 0,
     ) -> ApplyResult:
         """Merge ``changes`` and advance the persisted cursor, in one transaction.
 
@@ -1051,7 +1145,11 @@ class Store:
         some malformed rows, so none reaches it unchecked. Rows for a
         table or column this database lacks raise InvalidChangeError, unless
         ``hold_unknown`` (the sender's schema is newer), in which case they
-        are held. ``types_checked`` is for rows :func:`peer.messages.decode`
+        are held, recorded as needing schema version ``held_schema`` (the
+        sender's, or the one its frame says its rows need; by default the
+        next one after this database's), which is what :attr:`held_schema`
+        reports and frames serving them on announce.
+        ``types_checked`` is for rows :func:`peer.messages.decode`
         produced, whose field types and ranges it already checked. Rows that
         originated here are skipped, and with ``skip_known`` so are groups
         whose version the persisted cursor already covers (as it stood when
@@ -1073,7 +1171,7 @@ class Store:
             in_page = self._page_open
             try:
                 if not in_page:
-                    self._sync.execute("BEGIN IMMEDIATE")
+                    self._begin_sync()
                 impacted = self._page_impacted if in_page else 0
                 known: Cursor = {}
                 if skip_known:
@@ -1084,8 +1182,11 @@ class Store:
                     result_cursor[origin] = max(version, result_cursor.get(origin, 0))
                     merged += len(rows)
                     held += len(held_rows)
+                if held and held_schema < 1:
+                    # Needs a newer schema than this one, whichever it is.
+                    held_schema = store_schema.user_version(self._sync) + 1
                 if held or merged > _STAGED_GROUP_ROWS * len(fresh):
-                    impacted = self._merge_group_by_group(fresh, impacted)
+                    impacted = self._merge_group_by_group(fresh, impacted, held_schema)
                 else:
                     impacted = self._merge_staged(fresh, impacted, in_page)
                 _insert(self._sync, _CURSOR_INTO, list(result_cursor.items()), _CURSOR_UPSERT)
@@ -1108,6 +1209,8 @@ class Store:
                 if self._sync.in_transaction and not in_page:
                     self._sync.execute("ROLLBACK")
                 raise
+            if held:
+                self._held_schema = max(self._held_schema, held_schema)
             skipped = len(changes) - merged - held
             return ApplyResult(merged, held, skipped, frozenset(tables), result_cursor)
 
@@ -1127,7 +1230,9 @@ class Store:
         (impacted,) = self._sync.execute("SELECT impacted FROM temp.crpeer_merge_state").fetchone()
         return int(impacted)
 
-    def _merge_group_by_group(self, groups: Sequence[Group], impacted: int) -> int:
+    def _merge_group_by_group(
+        self, groups: Sequence[Group], impacted: int, held_schema: int = 0
+    ) -> int:
         """Merge groups some of which hold rows back: each group's rows, then
         the local version it landed at (reserved for a group only held)."""
         versions: list[tuple[bytes, int, int, int]] = []
@@ -1145,7 +1250,19 @@ class Store:
                 self._sync.executemany(
                     _INSERT_HELD,
                     [
-                        (origin, local, version, r[8], r[0], r[1], r[2], r[3], r[4], r[7])
+                        (
+                            origin,
+                            local,
+                            version,
+                            r[8],
+                            r[0],
+                            r[1],
+                            r[2],
+                            r[3],
+                            r[4],
+                            r[7],
+                            held_schema,
+                        )
                         for r in held_rows
                     ],
                 )
@@ -1177,7 +1294,7 @@ class Store:
             if not ready:
                 return 0
             try:
-                self._sync.execute("BEGIN IMMEDIATE")
+                self._begin_sync()
                 for (origin, version), group in by_group(ready, lambda r: (bytes(r[7]), r[6])):
                     _insert(
                         self._sync,

@@ -28,6 +28,7 @@ from rich.table import Table
 from peer.errors import ConfigError
 from peer.testing import (
     FAULT_PRESETS,
+    MIGRATION_PRESETS,
     TOPOLOGIES,
     ClusterSpec,
     HarnessError,
@@ -37,6 +38,7 @@ from peer.testing import (
     Workload,
     fault_preset,
     make_plan,
+    migration_preset,
     run_async,
 )
 from peer.testing import Progress as RunProgress
@@ -51,7 +53,8 @@ def _scenario(options: dict[str, Any]) -> Scenario:
     return Scenario(
         ClusterSpec(peers=peers, topology=options["topology"], degree=options["degree"]),
         Workload(rate=options["rate"], writes=options["writes"], keys=options["keys"]),
-        faults=fault_preset(options["faults"], peers=peers, duration=duration, seed=seed),
+        faults=fault_preset(options["faults"], peers=peers, duration=duration, seed=seed)
+        + migration_preset(options["migrations"], peers=peers, duration=duration, seed=seed),
         seed=seed,
         duration=duration,
         converge_timeout=options["converge_timeout"],
@@ -161,6 +164,13 @@ def _plot(report: Report, path: Path) -> None:
     default="none",
     show_default=True,
     help="fault preset (see peer.testing.fault_preset)",
+)
+@click.option(
+    "--migrations",
+    type=click.Choice(MIGRATION_PRESETS),
+    default="none",
+    show_default=True,
+    help="live schema migrations (see peer.testing.migration_preset)",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="drives topology, writes and faults"

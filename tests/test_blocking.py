@@ -229,6 +229,17 @@ def test_a_slow_call_times_out_as_a_crpeer_error(tmp_path: Path) -> None:
         assert peer.execute("SELECT 1") == [(1,)]  # the store thread is free again later
 
 
+def test_a_migration_from_a_plain_thread(tmp_path: Path) -> None:
+    with BlockingPeer(database(tmp_path / "a.db"), insecure=True) as peer:
+        merged = in_thread(
+            lambda: peer.migrate(1, "ALTER TABLE notes ADD COLUMN c TEXT", alter=["notes"])
+        )
+        assert merged == 0
+        peer.execute("INSERT INTO notes VALUES (1, 'b', 'c')")
+        assert peer.run_in_store(peer.peer.store.schema_version) == 1
+        assert peer.execute("SELECT * FROM notes") == [(1, "b", "c")]
+
+
 def test_a_blocking_call_on_the_loop_thread_is_refused(tmp_path: Path) -> None:
     with BlockingPeer(database(tmp_path / "a.db"), insecure=True) as peer:
 

@@ -21,6 +21,7 @@ from peer.testing import (
     Crash,
     LinkFault,
     LinkFaults,
+    Migrate,
     Partition,
     Report,
     Scenario,
@@ -28,6 +29,7 @@ from peer.testing import (
     Workload,
     fault_preset,
     make_plan,
+    migration_preset,
     run,
     run_async,
     topology_edges,
@@ -71,13 +73,14 @@ def scenario(
     duration: float = 3.0,
     rate: float = 25.0,
     keys: int = 40,
+    migrations: str = "none",
 ) -> Scenario:
     names = (faults,) if isinstance(faults, str) else faults
     chosen = tuple(
         fault
         for name in names
         for fault in fault_preset(name, peers=peers, duration=duration, seed=seed)
-    )
+    ) + migration_preset(migrations, peers=peers, duration=duration, seed=seed)
     return Scenario(
         ClusterSpec(peers=peers, topology=topology, degree=2),  # type: ignore[arg-type]
         Workload(rate=rate, keys=keys),
@@ -163,6 +166,8 @@ def test_every_topology_is_connected(topology: str, count: int) -> None:
         {"faults": (Partition(at=0.0, duration=1.0, groups=((0, 1), (1, 2))),)},
         {"faults": (LinkFault(at=0.0, duration=1.0, faults=LinkFaults(), links=((0, 0),)),)},
         {"duration": 0.0},
+        {"faults": (Migrate(at=1.0, peer=0, version=9),)},  # the schema has no version 9
+        {"faults": (Migrate(at=1.0, peer=0, version=1),)},  # the others stay at 0
     ],
 )
 def test_bad_scenarios_are_refused_with_config_error(bad: dict[str, object]) -> None:
@@ -219,6 +224,42 @@ async def test_small_clusters_converge_through_faults(
         assert report.sessions["failed"] > 0
 
 
+def test_migration_plans_replay_and_migrate_every_peer_one_at_a_time() -> None:
+    first = make_plan(scenario(5, "random", "all", seed=21, migrations="rolling"))
+    again = make_plan(scenario(5, "random", "all", seed=21, migrations="rolling"))
+    other = make_plan(scenario(5, "random", "all", seed=22, migrations="rolling"))
+    assert first.digest() == again.digest() != other.digest()
+    steps = [s.to_dict() for s in first.steps]
+    migrations = [s for s in steps if s.get("kind") == "migrate" and s["fault"] == "start"]
+    # Two versions, each peer once per version, never two at one instant.
+    assert sorted((m["peer"], m["version"]) for m in migrations) == [
+        (p, v) for p in range(5) for v in (1, 2)
+    ]
+    assert len({m["at"] for m in migrations}) == len(migrations)
+    assert {m["own_connection"] for m in migrations} == {True, False}
+    line = migration_preset("line", peers=4, duration=3.0, seed=1)
+    assert line[0].peer == 0
+    assert all(m.at >= 0.6 * 3.0 for m in line[1:])
+
+
+@pytest.mark.parametrize(
+    ("peers", "topology", "faults", "migrations", "seed"),
+    [
+        (4, "random", "all", "rolling", 21),
+        (4, "line", "all", "line", 22),
+        (3, "line", "crashes", "line", 23),
+    ],
+)
+async def test_clusters_converge_through_live_migrations(
+    peers: int, topology: str, faults: str, migrations: str, seed: int
+) -> None:
+    report = await run_async(scenario(peers, topology, faults, seed, migrations=migrations))
+    assert_converged(report)
+    preset = migration_preset(migrations, peers=peers, duration=3.0, seed=seed)
+    assert report.faults_by_kind["migrate"] == len(preset)
+    assert not [p for p in report.problems if "write" in p]
+
+
 async def test_ten_peers_converge_through_partitions_and_crashes() -> None:
     """The issue's bar: 10 in-process peers, partitions and kill/restart."""
     report = await run_async(
@@ -254,6 +295,14 @@ async def test_three_processes_over_tcp_converge_after_a_sigkill_and_restart(
     assert report.traffic["restarts"] == 1
     assert report.bytes_sent > 0
     assert (tmp_path / "p1.log").exists()
+
+
+async def test_processes_in_a_line_converge_through_live_migrations(tmp_path: Path) -> None:
+    report = await run_async(
+        scenario(3, "line", "none", 24, migrations="line"), mode="process", directory=tmp_path
+    )
+    assert_converged(report)
+    assert report.faults_by_kind["migrate"] == 3
 
 
 # -- the CLI --------------------------------------------------------------------------

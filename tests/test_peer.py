@@ -297,10 +297,10 @@ async def test_an_app_write_during_an_open_page_waits_for_its_commit(tmp_path: P
     order: list[str] = []
     apply_in_page, end_page = receiver.apply_in_page, receiver.end_page
 
-    async def slow_apply_in_page(changes: Any, hold_unknown: bool) -> Any:
+    async def slow_apply_in_page(changes: Any, hold_for: int) -> Any:
         order.append("frame")
         await asyncio.sleep(0.05)
-        return await apply_in_page(changes, hold_unknown)
+        return await apply_in_page(changes, hold_for)
 
     async def recorded_end_page(commit: bool) -> None:
         await end_page(commit)
@@ -376,12 +376,12 @@ async def test_a_slow_receiver_slows_the_sender() -> None:
     original = receiver.apply
     in_flight: list[int] = []
 
-    async def slow_apply(changes: Any, hold_unknown: bool) -> Any:
+    async def slow_apply(changes: Any, hold_for: int) -> Any:
         session = sender.sessions[0]
         # Frames the sender sent that the receiver has not credited back yet.
         in_flight.append(window - session.session.credit)
         await asyncio.sleep(0.01)
-        return await original(changes, hold_unknown)
+        return await original(changes, hold_for)
 
     receiver.apply = slow_apply  # type: ignore[method-assign]
     async with cluster:
@@ -398,10 +398,10 @@ async def test_small_live_writes_wait_for_the_page_in_flight_and_go_out_together
     original = receiver.apply
     in_flight: list[int] = []
 
-    async def slow_apply(changes: Any, hold_unknown: bool) -> Any:
+    async def slow_apply(changes: Any, hold_for: int) -> Any:
         in_flight.append(4 - sender.sessions[0].session.credit)
         await asyncio.sleep(0.05)
-        return await original(changes, hold_unknown)
+        return await original(changes, hold_for)
 
     receiver.apply = slow_apply  # type: ignore[method-assign]
     async with cluster:
@@ -430,11 +430,11 @@ async def test_a_catch_up_of_transactions_that_leave_frames_part_full_still_pipe
     in_flight: list[int] = []
     sizes: list[int] = []
 
-    async def slow_apply(changes: Any, hold_unknown: bool) -> Any:
+    async def slow_apply(changes: Any, hold_for: int) -> Any:
         in_flight.append(4 - sender.sessions[0].session.credit)
         sizes.append(len(changes))
         await asyncio.sleep(0.02)
-        return await original(changes, hold_unknown)
+        return await original(changes, hold_for)
 
     receiver.apply = slow_apply  # type: ignore[method-assign]
     async with cluster:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peer.messages import (
+    PROTOCOL_VERSION,
     Backlog,
     Changes,
     Close,
@@ -177,7 +178,7 @@ def test_frames_out_of_sequence_fail_the_session() -> None:
 
 def test_version_mismatch_and_self_connection_are_refused() -> None:
     a = session(A_SITE)
-    newer = Hello(3, 4, B_SITE, "b", 0, FINGERPRINT, 10, 4, 1)
+    newer = Hello(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2, B_SITE, "b", 0, FINGERPRINT, 10, 4, 1)
     with pytest.raises(RemoteProtocolError) as caught:
         a.receive(encode(newer, 0))
     assert caught.value.code is ErrorCode.VERSION_MISMATCH
@@ -190,7 +191,7 @@ def test_version_mismatch_and_self_connection_are_refused() -> None:
 def test_have_raises_what_the_remote_is_known_to_hold() -> None:
     pair = ProtocolPair()
     a, b = pair.a, pair.b
-    assert a.version == b.version == 2
+    assert a.version == b.version == PROTOCOL_VERSION
     # b got C's versions up to 6 from a third peer: it tells a, once.
     b.send_have({C_SITE: 6, A_SITE: 3})
     b.send_have({C_SITE: 6})
@@ -395,3 +396,32 @@ def test_a_change_value_sqlite_cannot_hold_is_refused(val: Any) -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         decode(msgpack.packb(body), max_frame_bytes=1 << 20, max_batch_rows=10)
     assert caught.value.code is ErrorCode.MALFORMED_FRAME
+
+
+def test_a_frame_says_which_schema_its_rows_need() -> None:
+    pair = ProtocolPair()
+    # Rows held for schema 2 and served on by a schema-0 sender: the frame says 2.
+    pair.a.send_changes([change(1)], final=True, schema=2)
+    (frame,) = pair.a.data_to_send()
+    assert decode(frame, max_frame_bytes=1 << 20, max_batch_rows=100).message == Changes(
+        [change(1)], True, 2
+    )
+    assert pair.b.receive(frame) == [ChangesReceived([change(1)], True, 2)]
+    # Nothing newer than the announced schema: the frame has no schema field.
+    pair.a.send_changes([change(2)], final=True, schema=0)
+    (frame,) = pair.a.data_to_send()
+    assert len(msgpack.unpackb(frame)) == 5
+    assert pair.b.receive(frame) == [ChangesReceived([change(2)], True, 0)]
+
+
+def test_a_protocol_2_peer_gets_no_schema_field() -> None:
+    a, b = session(A_SITE), session(B_SITE)
+    a.hello()
+    deliver(a, b)
+    old = Hello(1, 2, B_SITE, "b", 0, FINGERPRINT, 10, 4, 1)
+    a.receive(encode(old, 0))
+    a.send_cursor({})
+    a.receive(encode(CursorMessage({}), 1))
+    a.send_changes([change(1)], final=True, schema=5)
+    *_, frame = a.data_to_send()
+    assert len(msgpack.unpackb(frame)) == 5

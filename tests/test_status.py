@@ -157,9 +157,9 @@ async def pair() -> AsyncIterator[Pair]:
     release = asyncio.Event()
     original = b.apply
 
-    async def gated_apply(changes: list[Change], hold_unknown: bool) -> ApplyResult:
+    async def gated_apply(changes: list[Change], hold_for: int) -> ApplyResult:
         await release.wait()  # hold b's first page until the test has looked
-        return await original(changes, hold_unknown)
+        return await original(changes, hold_for)
 
     b.apply = gated_apply  # type: ignore[method-assign]
     yield Pair(a, b, stores[0], stores[1], history, release)

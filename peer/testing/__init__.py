@@ -58,6 +58,13 @@ must still converge byte for byte to the oracle) and its reconnect timing
 """
 
 from peer.testing.driver import ClusterDriver, HarnessError, SessionCounts
+from peer.testing.migrations import (
+    MIGRATION_PRESETS,
+    NOTES_MIGRATIONS,
+    Migrate,
+    SchemaChange,
+    migration_preset,
+)
 from peer.testing.plan import FaultStep, Plan, Step, WriteStep, make_plan
 from peer.testing.report import Report
 from peer.testing.runner import Mode, Progress, ProgressCallback, run, run_async
@@ -82,6 +89,8 @@ from transports.memory import LinkFaults
 
 __all__ = [
     "FAULT_PRESETS",
+    "MIGRATION_PRESETS",
+    "NOTES_MIGRATIONS",
     "NOTES_SCHEMA",
     "TOPOLOGIES",
     "ClockSkew",
@@ -93,6 +102,7 @@ __all__ = [
     "HarnessError",
     "LinkFault",
     "LinkFaults",
+    "Migrate",
     "Mode",
     "Partition",
     "Plan",
@@ -101,6 +111,7 @@ __all__ = [
     "Report",
     "Scenario",
     "Schema",
+    "SchemaChange",
     "SessionCounts",
     "Step",
     "Topology",
@@ -108,6 +119,7 @@ __all__ = [
     "WriteStep",
     "fault_preset",
     "make_plan",
+    "migration_preset",
     "run",
     "run_async",
     "topology_edges",

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pysqlite3.dbapi2 as sqlite3
 
+from peer import crsqlite
 from peer.store import Change, Cursor, SqlValue, Store
+from peer.testing.migrations import SchemaChange
 from peer.testing.plan import MARK_DDL, MARK_TABLE
 from peer.testing.scenario import Schema
 
@@ -22,6 +25,9 @@ __all__ = [
     "capture_write",
     "decode_changes",
     "encode_changes",
+    "migrate_on_own_connection",
+    "migrate_store",
+    "migrations_to",
     "open_prepared",
     "prepare_database",
     "table_digests",
@@ -42,6 +48,41 @@ def open_prepared(path: str | Path, schema: Schema) -> Store:
         store.close()
         raise
     return store
+
+
+def migrations_to(schema: Schema, current: int, version: int) -> list[SchemaChange]:
+    """The schema's changes above ``current`` up to ``version``, in order."""
+    return [c for c in schema.migrations if current < c.version <= version]
+
+
+def migrate_store(store: Store, schema: Schema, version: int) -> None:
+    """Migrate ``store`` to ``version`` through :meth:`Store.migrate` (on the
+    thread that owns it), one schema change at a time."""
+    for change in migrations_to(schema, store.schema_version(), version):
+        store.migrate(change.version, change.sql, alter=change.alter)
+
+
+def migrate_on_own_connection(path: str | Path, changes: Sequence[SchemaChange]) -> None:
+    """Run the ``changes`` above the database's version on the file at
+    ``path`` the way an app without crpeer's API does: on a connection of its
+    own, each change between ``crsql_begin_alter`` and ``crsql_commit_alter``,
+    with ``PRAGMA user_version``, in one transaction per change."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+    try:
+        crsqlite.load(conn)
+        (current,) = conn.execute("PRAGMA user_version").fetchone()
+        for change in changes:
+            if change.version <= int(current):
+                continue
+            begin = "".join(f"SELECT crsql_begin_alter('{t}');" for t in change.alter)
+            commit = "".join(f"SELECT crsql_commit_alter('{t}');" for t in change.alter)
+            conn.executescript(
+                f"BEGIN IMMEDIATE;{begin}{change.sql.strip().rstrip(';')};{commit}"
+                f"PRAGMA user_version = {int(change.version)};COMMIT;"
+            )
+        conn.execute("SELECT crsql_finalize()")
+    finally:
+        conn.close()
 
 
 def prepare_database(path: str | Path, schema: Schema) -> None:

@@ -54,6 +54,12 @@ class ClusterDriver(abc.ABC):
         (see :func:`peer.testing.database.capture_write`)."""
 
     @abc.abstractmethod
+    async def migrate(self, peer: int, version: int, own_connection: bool) -> None:
+        """Migrate ``peer`` to schema ``version`` (see
+        :class:`~peer.testing.migrations.Migrate`); a peer that is down is
+        migrated on its database file. Never raises for a down peer."""
+
+    @abc.abstractmethod
     async def kill(self, peer: int) -> None:
         """Make ``peer`` die without a goodbye to anyone."""
 

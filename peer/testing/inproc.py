@@ -17,7 +17,9 @@ that.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +27,14 @@ from peer import events
 from peer.peer import Peer
 from peer.retry import Backoff
 from peer.store import Change, Cursor, SqlValue
-from peer.testing.database import capture_write, prepare_database, table_digests, vector
+from peer.testing.database import (
+    capture_write,
+    migrate_on_own_connection,
+    migrations_to,
+    prepare_database,
+    table_digests,
+    vector,
+)
 from peer.testing.driver import ClusterDriver, HarnessError, SessionCounts
 from peer.testing.plan import Plan
 from peer.testing.scenario import Scenario
@@ -71,6 +80,23 @@ class InProcessDriver(ClusterDriver):
         changes = await node.run_in_store(capture_write, node.store, sql, params)
         node.notify_local_change()
         return changes
+
+    async def migrate(self, peer: int, version: int, own_connection: bool) -> None:
+        node, schema = self._peers[peer], self.spec.schema
+        if node is None or own_connection:
+            # On a thread: the file's write lock may be held by a page that
+            # this event loop must finish.
+            with ThreadPoolExecutor(1, thread_name_prefix="harness-migrate") as pool:
+                await asyncio.get_running_loop().run_in_executor(
+                    pool,
+                    migrate_on_own_connection,
+                    self._path(peer),
+                    migrations_to(schema, 0, version),
+                )
+            return
+        current = await node.run_in_store(node.store.schema_version)
+        for change in migrations_to(schema, current, version):
+            await node.migrate(change.version, change.sql, alter=change.alter)
 
     async def kill(self, peer: int) -> None:
         node = self._alive(peer)

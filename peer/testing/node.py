@@ -47,8 +47,15 @@ from peer import events
 from peer.errors import ChannelClosed, ConnectError, CrpeerError
 from peer.peer import Peer
 from peer.retry import Backoff
-from peer.testing.database import capture_write, encode_changes, table_digests, vector
+from peer.testing.database import (
+    capture_write,
+    encode_changes,
+    migrate_on_own_connection,
+    table_digests,
+    vector,
+)
 from peer.testing.driver import SessionCounts
+from peer.testing.migrations import SchemaChange
 from transports.base import Channel, ChannelHandler, RemoteInfo, Transport
 from transports.memory import LinkFaults
 from transports.tcp import TcpTransport
@@ -250,6 +257,19 @@ class _Node:
             rate = float(command["rate"])
             base = self.base_backoff
             peer.backoff = replace(base, initial=base.initial / rate, maximum=base.maximum / rate)
+            return {}
+        if op == "migrate":
+            migrations = [
+                SchemaChange(int(c["version"]), str(c["sql"]), tuple(c["alter"]))
+                for c in command["changes"]
+            ]
+            if command["own_connection"]:
+                await asyncio.to_thread(migrate_on_own_connection, self.args.db, migrations)
+                return {}
+            current = await peer.run_in_store(store.schema_version)
+            for change in migrations:
+                if change.version > current:
+                    await peer.migrate(change.version, change.sql, alter=change.alter)
             return {}
         if op == "stats":
             return {"bytes_sent": self.rules.bytes_sent, "sessions": self.counts.to_dict()}

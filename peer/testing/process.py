@@ -23,11 +23,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from peer.store import Change, Cursor, SqlValue
-from peer.testing.database import decode_changes, prepare_database
+from peer.testing.database import (
+    decode_changes,
+    migrate_on_own_connection,
+    migrations_to,
+    prepare_database,
+)
 from peer.testing.driver import ClusterDriver, HarnessError, SessionCounts
 from peer.testing.plan import Plan
 from peer.testing.scenario import Scenario
@@ -184,6 +190,21 @@ class ProcessDriver(ClusterDriver):
     async def write(self, peer: int, sql: str, params: Mapping[str, SqlValue]) -> list[Change]:
         answer = await self._alive(peer).request("write", sql=sql, params=dict(params))
         return decode_changes(answer["changes"])
+
+    async def migrate(self, peer: int, version: int, own_connection: bool) -> None:
+        changes = migrations_to(self.spec.schema, 0, version)
+        node = self._nodes[peer]
+        if node is None:  # down: its file is free
+            with ThreadPoolExecutor(1, thread_name_prefix="harness-migrate") as pool:
+                await asyncio.get_running_loop().run_in_executor(
+                    pool, migrate_on_own_connection, self._path(peer), changes
+                )
+            return
+        await node.request(
+            "migrate",
+            own_connection=own_connection,
+            changes=[{"version": c.version, "sql": c.sql, "alter": list(c.alter)} for c in changes],
+        )
 
     async def kill(self, peer: int) -> None:
         node = self._alive(peer)

@@ -22,8 +22,9 @@ from typing import Any, Literal, TypeVar
 
 from peer.errors import ConfigError, CrpeerError
 from peer.store import ApplyResult, Change, Cursor, Store
-from peer.testing.database import open_prepared, table_digests
+from peer.testing.database import migrate_store, open_prepared, table_digests
 from peer.testing.driver import ClusterDriver, HarnessError
+from peer.testing.migrations import Migrate
 from peer.testing.plan import MARK_SQL, FaultStep, Plan, WriteStep, make_plan
 from peer.testing.report import Report, lag_of, union_of
 from peer.testing.scenario import ClockSkew, Crash, LinkFault, Partition, Scenario, Schema
@@ -116,8 +117,11 @@ class _Oracle:
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def open(self, schema: Schema) -> None:
+    async def open(self, schema: Schema, version: int) -> None:
+        """The oracle is at ``version`` (the one every peer ends at) from the
+        start: it merges what every peer writes, at any version."""
         self._store = await self._call(open_prepared, ":memory:", schema)
+        await self._call(migrate_store, self._store, schema, version)
 
     def apply(self, changes: list[Change]) -> None:
         """Queue a merge; :meth:`settle` reports a failed one."""
@@ -171,6 +175,8 @@ class _Run:
         self.sites: dict[int, bytes] = {}
         self.cursors: dict[int, Cursor] = {}
         self.marks: dict[bytes, int] = {}
+        self.versions = [0] * scenario.cluster.peers
+        """Each peer's schema version (migrations done so far)."""
         self.partitions: dict[int, Partition] = {}
         self.link_faults: dict[int, LinkFault] = {}
         self.phase, self.phase_total = "start", 0.0
@@ -200,7 +206,10 @@ class _Run:
         oracle = _Oracle()
         sampler: asyncio.Task[None] | None = None
         try:
-            await oracle.open(self.scenario.cluster.schema)
+            final = max(
+                (f.version for f in self.scenario.faults if isinstance(f, Migrate)), default=0
+            )
+            await oracle.open(self.scenario.cluster.schema, final)
             self._enter("start", 0.0)
             await self.driver.start(self.plan)
             self.t0 = self._now()
@@ -243,7 +252,7 @@ class _Run:
 
     async def _write(self, step: WriteStep, oracle: _Oracle) -> None:
         schema = self.scenario.cluster.schema
-        sql = MARK_SQL if step.op == "mark" else schema.statement(step.op)
+        sql = MARK_SQL if step.op == "mark" else schema.statement(step.op, self.versions[step.peer])
         entry = [step.peer, step.op, [list(p) for p in step.params]]
         self.write_log.update(json.dumps(entry).encode() + b"\n")
         try:
@@ -271,6 +280,10 @@ class _Run:
                 await self.driver.kill(fault.peer)
             else:
                 await self.driver.restart(fault.peer)
+        elif isinstance(fault, Migrate):
+            if step.start and fault.version > self.versions[fault.peer]:
+                await self.driver.migrate(fault.peer, fault.version, fault.own_connection)
+                self.versions[fault.peer] = fault.version
         elif isinstance(fault, ClockSkew):
             await self.driver.set_clock_rate(fault.peer, fault.rate if step.start else 1.0)
         elif isinstance(fault, Partition):

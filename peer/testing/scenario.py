@@ -20,6 +20,7 @@ from typing import Literal, TypeAlias
 from peer.errors import ConfigError
 from peer.protocol import Limits
 from peer.retry import Backoff
+from peer.testing.migrations import NOTES_MIGRATIONS, Migrate, SchemaChange
 from transports.memory import LinkFaults
 
 __all__ = [
@@ -59,6 +60,8 @@ class Schema:
     milliseconds, see :class:`ClockSkew`); unused ones are ignored. Every
     statement must succeed whatever rows exist (use upserts). Table names
     must not start with ``harness_``, the prefix of the harness's own table.
+    ``migrations`` (in ascending version) are what :class:`Migrate` steps
+    run (see :mod:`peer.testing.migrations`).
     """
 
     ddl: str
@@ -66,6 +69,7 @@ class Schema:
     insert: str
     update: str
     delete: str
+    migrations: tuple[SchemaChange, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.crr_tables:
@@ -75,12 +79,19 @@ class Schema:
         for op in OPS:
             if not getattr(self, op).strip():
                 raise ConfigError(f"the schema's {op} statement is empty")
+        versions = [change.version for change in self.migrations]
+        if versions != sorted(set(versions)):
+            raise ConfigError("schema migrations must have distinct ascending versions")
 
-    def statement(self, op: str) -> str:
-        """The SQL of ``op`` (``insert``, ``update`` or ``delete``)."""
+    def statement(self, op: str, version: int = 0) -> str:
+        """The SQL of ``op`` (``insert``, ``update`` or ``delete``) for a
+        database migrated to ``version``."""
         if op not in OPS:
             raise ConfigError(f"unknown write op {op!r}")
         sql: str = getattr(self, op)
+        for change in self.migrations:
+            if change.version <= version and getattr(change, op) is not None:
+                sql = getattr(change, op)
         return sql
 
 
@@ -97,6 +108,7 @@ NOTES_SCHEMA = Schema(
     ),
     update="UPDATE notes SET body = :text, author = :author, ts = :ts WHERE id = :key",
     delete="DELETE FROM notes WHERE id = :key",
+    migrations=NOTES_MIGRATIONS,
 )
 """The default schema: one notes table, upserts, updates and deletes by id."""
 
@@ -193,7 +205,7 @@ class ClockSkew:
     kind: Literal["skew"] = "skew"
 
 
-Fault: TypeAlias = Partition | LinkFault | Crash | ClockSkew
+Fault: TypeAlias = Partition | LinkFault | Crash | ClockSkew | Migrate
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +272,7 @@ class Scenario:
         for fault in self.faults:
             if fault.at < 0 or fault.duration < 0 or fault.at + fault.duration > self.duration:
                 raise ConfigError(f"{fault.kind} fault must lie within [0, duration]: {fault}")
-            if isinstance(fault, Crash | ClockSkew) and not 0 <= fault.peer < count:
+            if isinstance(fault, Crash | ClockSkew | Migrate) and not 0 <= fault.peer < count:
                 raise ConfigError(f"{fault.kind} fault names peer {fault.peer} of {count}")
             if isinstance(fault, ClockSkew) and not fault.rate > 0:
                 raise ConfigError("clock skew rate must be positive")
@@ -274,6 +286,24 @@ class Scenario:
                 not (0 <= a < count and 0 <= b < count and a != b) for a, b in fault.links or ()
             ):
                 raise ConfigError(f"link fault names a bad link: {fault.links}")
+        self._check_migrations()
+
+    def _check_migrations(self) -> None:
+        """Every migration step names a version the schema has, and every peer
+        ends at the same version (the verdict compares whole tables)."""
+        steps = [f for f in self.faults if isinstance(f, Migrate)]
+        if not steps:
+            return
+        known = {change.version for change in self.cluster.schema.migrations}
+        for step in steps:
+            if step.version not in known:
+                raise ConfigError(f"the schema has no migration to version {step.version}")
+        final = [
+            max((s.version for s in steps if s.peer == peer), default=0)
+            for peer in range(self.cluster.peers)
+        ]
+        if len(set(final)) != 1:
+            raise ConfigError(f"every peer must end at one schema version, got {final}")
 
 
 def topology_edges(count: int, topology: str, degree: int, seed: int) -> list[tuple[int, int]]:
@@ -368,6 +398,8 @@ def fault_to_dict(fault: Fault) -> dict[str, object]:
         out["links"] = None if fault.links is None else [list(link) for link in fault.links]
     elif isinstance(fault, Crash):
         out["peer"] = fault.peer
+    elif isinstance(fault, Migrate):
+        out.update(peer=fault.peer, version=fault.version, own_connection=fault.own_connection)
     else:
         out.update(peer=fault.peer, offset=fault.offset, rate=fault.rate)
     return out
