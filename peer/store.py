@@ -317,6 +317,10 @@ class Store:
         # spanning frames can stay open without holding up the app's calls.
         self._reader = self._sync = self._conn
         self._read_lock = self._sync_lock = self._lock
+        # The schema cookie each connection last saw (see peer.store_schema).
+        self._main_cookie = self._reader_cookie = self._sync_cookie = store_schema.cookie(
+            self._conn
+        )
         if read_only:
             return
         if self.path != ":memory:" and not self.path.startswith("file:"):
@@ -325,10 +329,6 @@ class Store:
             self._sync = self._open_connection()
             self._sync_lock = threading.RLock()
         self._sync.executescript(_MERGE_STAGE)
-        # The schema cookie each connection last saw (see peer.store_schema).
-        self._main_cookie = self._reader_cookie = self._sync_cookie = store_schema.cookie(
-            self._conn
-        )
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -84,6 +84,13 @@ def held_schema(conn: Any) -> int:
     Held rows are served on in their place; a receiver with the same schema
     as this database must hold them too, so frames that may carry them say so.
     """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(crpeer_held)")}
+    if HELD_SCHEMA_COLUMN not in columns:
+        # A database from before schema needs were kept, opened read-only:
+        # its held rows need at least the next version.
+        (held,) = conn.execute("SELECT count(*) FROM crpeer_held").fetchone()
+        (current,) = conn.execute("PRAGMA user_version").fetchone()
+        return int(current) + 1 if held else 0
     (version,) = conn.execute(
         f"SELECT coalesce(max({HELD_SCHEMA_COLUMN}), 0) FROM crpeer_held"
     ).fetchone()
