@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from peer.errors import CrpeerError
+from peer.errors import CrpeerError, ValueTooLargeError
 from peer.store import Cursor
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "RemotePeer",
     "SessionFailed",
     "Synced",
+    "ValueTooLarge",
 ]
 
 
@@ -126,5 +127,31 @@ class SessionFailed:
     error: CrpeerError
 
 
-Event = Connected | Synced | Progress | Eose | Changed | Outdated | Disconnected | SessionFailed
+@dataclass(frozen=True, slots=True)
+class ValueTooLarge:
+    """A transaction cannot be sent to ``remote``: it holds a value larger
+    than the remote accepts (``error`` names the origin, the version, the
+    size and the limit).
+
+    Each origin's changes go in order, whole transactions, so that origin's
+    changes stop there for the rest of the session; other origins go on. A
+    new session tries again (for example once the remote raised its
+    ``max_value_bytes``, or the value was overwritten with a smaller one).
+    """
+
+    remote: RemotePeer
+    error: ValueTooLargeError
+
+
+Event = (
+    Connected
+    | Synced
+    | Progress
+    | Eose
+    | Changed
+    | Outdated
+    | Disconnected
+    | SessionFailed
+    | ValueTooLarge
+)
 EventCallback = Callable[[Event], None]

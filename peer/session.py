@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from peer import events
+from peer.changes import change_size
 from peer.errors import (
     ChannelClosed,
     CrpeerError,
@@ -26,6 +27,7 @@ from peer.errors import (
     RemoteProtocolError,
     StoreError,
     TransportError,
+    ValueTooLargeError,
 )
 from peer.protocol import (
     BacklogReceived,
@@ -48,9 +50,15 @@ class SessionHost(Protocol):
     """What a session needs from its Peer."""
 
     async def next_page(
-        self, cursor: Cursor, limit: int, exclude: bytes
-    ) -> list[Change] | LargeGroup: ...
-    def read_group(self, group: LargeGroup, chunk: int) -> AsyncIterator[list[Change]]: ...
+        self, cursor: Cursor, limit: int, exclude: Collection[bytes], max_bytes: int
+    ) -> list[Change] | LargeGroup:
+        """At most ``limit`` rows and ``max_bytes`` (by change_size), whole
+        groups; the first group alone larger comes as a LargeGroup."""
+        ...
+
+    def read_group(
+        self, group: LargeGroup, chunk: int, max_bytes: int
+    ) -> AsyncIterator[list[Change]]: ...
     async def apply(self, changes: list[Change], hold_unknown: bool) -> ApplyResult:
         """Apply one whole page (its own transaction)."""
         ...
@@ -128,6 +136,9 @@ class SessionDriver:
         self._page_open = False
         self._page_result: ApplyResult | None = None
         self._buffered: list[Change] = []
+        self._blocked: set[bytes] = set()
+        """Origins whose next transaction the remote does not take (a value too
+        large): the sender leaves them out for the rest of the session."""
         self._backlog: tuple[int, float, int, int] | None = None
         """The remote's announced backlog: (rows, when, rows and bytes received before)."""
         self._log = logging.getLogger("crpeer.session")
@@ -435,6 +446,7 @@ class SessionDriver:
         assert self.session.remote is not None
         remote_site = self.session.remote.site_id
         rows_per_frame = self.session.max_send_rows
+        bytes_per_frame = self.session.max_send_bytes
         self.session.send_backlog(
             await self.host.backlog_estimate(dict(self.session.remote_cursor), remote_site)
         )
@@ -450,15 +462,28 @@ class SessionDriver:
             await self._wait_credit(self._all_credit() if last_page_short else 1)
             self._wake.clear()
             page = await self.host.next_page(
-                dict(self.session.remote_cursor), rows_per_frame, remote_site
+                dict(self.session.remote_cursor),
+                rows_per_frame,
+                {remote_site, *self._blocked},
+                bytes_per_frame,
             )
             if isinstance(page, LargeGroup):
-                await self._send_large_group(page, rows_per_frame)
+                if page.largest_value > self.session.max_send_value:
+                    self._block(
+                        ValueTooLargeError(
+                            page.origin,
+                            page.version,
+                            page.largest_value,
+                            self.session.max_send_value,
+                        )
+                    )
+                    continue
+                await self._send_large_group(page, rows_per_frame, bytes_per_frame)
                 last_page_short = False
                 continue
             if page and not (page := self._still_lacking(page)):
                 continue  # the remote announced all of it during the read: read on
-            last_page_short = 2 * len(page) < rows_per_frame
+            last_page_short = _is_short(page, rows_per_frame, bytes_per_frame)
             if not page:
                 if not self.session.eose_sent:
                     self.session.send_eose()
@@ -469,7 +494,17 @@ class SessionDriver:
                     self.session.send_ping(self.stats.frames_sent)
                     await self._flush()
                 continue
-            await self._send_frame(page, final=True)
+            try:
+                await self._send_frame(page, final=True)
+            except ValueTooLargeError as exc:
+                self._block(exc)  # nothing of the page was sent: read it again without
+
+    def _block(self, error: ValueTooLargeError) -> None:
+        """Stop sending ``error.origin``'s changes in this session, and say why."""
+        assert self.remote is not None
+        self._blocked.add(error.origin)
+        self._log.warning("session %s: cannot send: %s", self.address, error)
+        self.host.emit(events.ValueTooLarge(self.remote, error))
 
     def _still_lacking(self, page: list[Change]) -> list[Change]:
         """The rows of ``page`` the remote still lacks: while a read waits for
@@ -484,17 +519,25 @@ class SessionDriver:
         await self._flush()
         self.stats.rows_sent += len(changes)
 
-    async def _send_large_group(self, group: LargeGroup, rows_per_frame: int) -> None:
+    async def _send_large_group(
+        self, group: LargeGroup, rows_per_frame: int, bytes_per_frame: int
+    ) -> None:
         """One transaction larger than a frame: a page of several frames, the
         last one final (empty if the rows ran out exactly), so the receiver
-        commits it whole."""
-        async for chunk in self.host.read_group(group, rows_per_frame):
+        commits it whole. A row larger than a frame goes alone, its value in
+        parts."""
+        async for chunk in self.host.read_group(group, rows_per_frame, bytes_per_frame):
             await self._send_frame(chunk, final=False)
         await self._send_frame([], final=True)
         # The group may have shrunk while read (rows overwritten since):
         # the remote holds this version now, whatever it carried.
         cursor = self.session.remote_cursor
         cursor[group.origin] = max(cursor.get(group.origin, 0), group.version)
+
+
+def _is_short(page: list[Change], rows_per_frame: int, bytes_per_frame: int) -> bool:
+    """Under half a frame, by rows and by bytes (see Nagle's rule in the send loop)."""
+    return 2 * len(page) < rows_per_frame and 2 * sum(map(change_size, page)) < bytes_per_frame
 
 
 async def _put(queue: asyncio.Queue[object], handler: asyncio.Task[None], item: object) -> None:

@@ -134,9 +134,9 @@ async def test_a_relay_drops_what_the_remote_announced_while_the_read_waited() -
     reads: list[int] = []
     original = r.next_page
 
-    async def slow_next_page(cursor: Any, limit: int, exclude: bytes) -> Any:
+    async def slow_next_page(cursor: Any, limit: int, exclude: Any, max_bytes: int) -> Any:
         await asyncio.sleep(0.3)
-        page = await original(cursor, limit, exclude)
+        page = await original(cursor, limit, exclude, max_bytes)
         reads.append(len(page) if isinstance(page, list) else -1)
         return page
 
