@@ -494,10 +494,19 @@ class SessionDriver:
                     self.session.send_ping(self.stats.frames_sent)
                     await self._flush()
                 continue
+            await self._send_page(page)
+
+    async def _send_page(self, page: list[Change]) -> None:
+        """Send ``page`` as one frame. A transaction in it that the remote does
+        not take (a value too large) blocks its origin: the rest goes without
+        that origin's transactions from there on."""
+        while page:
             try:
                 await self._send_frame(page, final=True)
+                return
             except ValueTooLargeError as exc:
-                self._block(exc)  # nothing of the page was sent: read it again without
+                self._block(exc)  # nothing of the page was sent
+                page = [c for c in page if c[6] != exc.origin or c[5] < exc.version]
 
     def _block(self, error: ValueTooLargeError) -> None:
         """Stop sending ``error.origin``'s changes in this session, and say why."""
