@@ -155,14 +155,30 @@ class SessionDriver:
         """Tell the remote we now hold ``cursor`` (committed changes that came
         from another session), so it does not send them to us again."""
         self.session.send_have(cursor)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Send what is queued from a task of its own, for the reader and the
+        applier: they must never wait on a send. When both peers' sends wait
+        on the other's reads (full socket buffers, or an HTTP/SSE window,
+        behind large frames), a reader that waited would hold up its own
+        remote's sends for good."""
         if self._announcing is None or self._announcing.done():
             self._announcing = asyncio.get_running_loop().create_task(
-                self._flush_quietly(), name="crpeer-announce"
+                self._flush_quietly(), name="crpeer-flush"
             )
 
     async def _flush_quietly(self) -> None:
-        with contextlib.suppress(CrpeerError):
+        try:
             await self._flush()
+        except ChannelClosed:
+            pass  # the reader sees it too, and ends the session
+        except CrpeerError as exc:
+            self._log.warning("session %s: send failed: %s", self.address, exc)
+            if self.error is None:
+                self.error = exc
+            with contextlib.suppress(TimeoutError, CrpeerError):
+                await asyncio.wait_for(self.channel.close(), timeout=2.0)
 
     def tie_break_key(self) -> tuple[bytes, int]:
         """Of two sessions with one peer, both sides keep the smaller key.
@@ -238,12 +254,14 @@ class SessionDriver:
             self.done.set()
 
     async def _flush(self) -> None:
-        """Send every queued frame in order (frames are numbered when queued)."""
+        """Send every queued frame in order (frames are numbered when queued),
+        including those queued while it sends."""
         async with self._send_lock:
-            for frame in self.session.data_to_send():
-                await self.channel.send(frame)
-                self.stats.frames_sent += 1
-                self.stats.bytes_sent += len(frame)
+            while frames := self.session.data_to_send():
+                for frame in frames:
+                    await self.channel.send(frame)
+                    self.stats.frames_sent += 1
+                    self.stats.bytes_sent += len(frame)
 
     async def _read_loop(self) -> None:
         """Read and decode frames; hand what they carry to :meth:`_handle_loop`.
@@ -297,7 +315,7 @@ class SessionDriver:
                             self._credit.set()
                         case _:
                             await _put(queue, handler, event)
-                await self._flush()
+                self._flush_soon()
             await _put(queue, handler, None)
             await handler
         finally:
@@ -378,7 +396,7 @@ class SessionDriver:
                 self._buffered.extend(changes)
                 self.stats.rows_received += len(changes)
                 self.session.frame_applied()
-                await self._flush()
+                self._flush_soon()
                 self._report_progress()
                 return
             if self._buffered:
@@ -396,7 +414,7 @@ class SessionDriver:
                 await self.host.end_page(commit=True)
         self.stats.rows_received += len(changes)
         self.session.frame_applied()
-        await self._flush()
+        self._flush_soon()
         self._report_progress()
         self._page_result = _merge_results(self._page_result, result)
         if not final:
