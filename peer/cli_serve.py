@@ -255,6 +255,8 @@ class EventPrinter:
                 self._line(f"disconnected from {remote.name}" + (f": {error}" if error else ""))
             case events.SessionFailed(remote=None, address=address, error=error):
                 self._line(f"refused {address}: {error}")
+            case events.ValueTooLarge(remote=remote, error=error):
+                self._line(f"cannot send to {remote.name}: {error}")
             case _:
                 pass
 

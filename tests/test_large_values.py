@@ -474,6 +474,10 @@ async def test_a_value_above_the_receivers_limit_is_an_event_not_a_loop(
                 assert not [e for e in a.seen + b.seen if isinstance(e, events.SessionFailed)]
                 assert sum(isinstance(e, events.Connected) for e in b.seen) == 1
                 assert len(pa.sessions) == 2
+                status = await pa.status()
+                (to_b,) = [x for x in status.sessions if x.remote_name == "b"]
+                assert to_b.last_error is not None
+                assert "exceeds" in to_b.last_error
     finally:
         pair.close()
         c.close()
