@@ -96,7 +96,9 @@ class Limits:
     max_value_bytes: int = 256 * 1024 * 1024
     """The largest single value (text in UTF-8, or blob) this side accepts. A
     value larger than a frame arrives in parts and is held whole in memory
-    until its row is applied, so this bounds that memory, per session."""
+    until its row is applied, so this bounds that memory, per session.
+    SQLite stores no value over its own length limit (1,000,000,000 bytes
+    unless built otherwise), whatever this says."""
 
     def __post_init__(self) -> None:
         if min(self.max_frame_bytes, self.max_batch_rows, self.window, self.max_value_bytes) < 1:

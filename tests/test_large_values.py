@@ -481,3 +481,35 @@ async def test_a_value_above_the_receivers_limit_is_an_event_not_a_loop(
     finally:
         pair.close()
         c.close()
+
+
+async def test_in_memory_stores_gather_large_pages_and_values_whole() -> None:
+    """An in-memory store cannot keep a page open across frames: the session
+    gathers a multi-frame page and applies it in one call."""
+    network = MemoryNetwork()
+    stores = [Store(":memory:") for _ in range(2)]
+    for store in stores:
+        store.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)")
+        store.make_crr("notes")
+    a, b = stores
+    a.execute(one_transaction(0, 120, 100_000))
+    a.execute("INSERT INTO notes VALUES (500, randomblob(?))", (9 * MB,))
+    peers = [
+        Peer(
+            s,
+            [MemoryTransport(network, f"p{i}")],
+            connect=["memory://p0"] if i else [],
+            backoff=FAST,
+            insecure=True,
+        )
+        for i, s in enumerate(stores)
+    ]
+    try:
+        async with peers[0] as pa, peers[1]:
+            await converge(a, b)
+            await pa.execute(one_transaction(1000, 120, 100_000))
+            await pa.execute("INSERT INTO notes VALUES (1500, ?)", ("t" * (9 * MB),))
+            await converge(a, b)
+    finally:
+        for store in stores:
+            store.close()
