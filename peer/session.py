@@ -359,6 +359,11 @@ class SessionDriver:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
+        if isinstance(exc, LocalProtocolError) and self.session.state is SessionState.CLOSED:
+            # The session ended while the sender was reading (a bad frame, or
+            # the remote's close): whoever ended it closes the channel, after
+            # sending its ERROR or CLOSE, which closing here could cut off.
+            return
         if not isinstance(exc, ChannelClosed):
             self._log.warning("session %s: sender stopped: %r", self.address, exc)
             if isinstance(exc, CrpeerError) and self.error is None:
