@@ -1161,9 +1161,10 @@ def _insert(
 def _fetch_within(
     rows: Any, max_rows: int, max_bytes: int | None, size: Callable[[Any], int] = change_size
 ) -> tuple[list[Any], bool]:
-    """Read the query ``rows`` until ``max_rows`` rows, or until their ``size``
-    passes ``max_bytes`` (the row that passes it is included, so the caller
-    can drop that row's whole transaction); True when a limit stopped it."""
+    """Read the query ``rows`` (whose ``LIMIT`` is ``max_rows``) to its end, or
+    until the rows' ``size`` passes ``max_bytes`` (the row that passes it is
+    included, so the caller can drop that row's whole transaction); True when
+    a limit stopped it."""
     if max_bytes is None:
         fetched = rows.fetchmany(max_rows)
         full = len(fetched) >= max_rows
@@ -1172,9 +1173,10 @@ def _fetch_within(
         for row in rows:
             fetched.append(row)
             total += size(row)
-            if total > max_bytes or len(fetched) >= max_rows:
+            if total > max_bytes:
                 full = True
                 break
+        full = full or len(fetched) >= max_rows
     if full:
         rows.close()
     return fetched, full
