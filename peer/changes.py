@@ -21,14 +21,17 @@ from peer.packed_pk import KeyShape, PackedKeyError, check_key
 
 __all__ = [
     "MAX_COUNTER",
+    "ROW_OVERHEAD",
     "SENTINEL_CID",
     "SITE_ID_LENGTH",
     "Change",
     "Group",
     "SqlValue",
     "by_group",
+    "change_size",
     "fits",
     "plan_groups",
+    "text_size",
 ]
 
 SqlValue: TypeAlias = int | float | str | bytes | None
@@ -49,6 +52,40 @@ as its own clock) with no overflow check: at 2**63 - 1 a merged row makes
 the next local write fail or wrap to a negative version. 2**62 leaves that
 many writes of headroom, far beyond any real count."""
 _VALUE_TYPES = (type(None), int, float, str, bytes)
+
+
+ROW_OVERHEAD = 96
+"""Bytes a change row may take in a CHANGES frame beyond its table name, pk,
+cid and value: msgpack headers, the four integers, and a group header and a
+table-name header in case the row starts a group or a table (see
+:func:`change_size`)."""
+
+
+def text_size(text: str) -> int:
+    """An upper bound on the UTF-8 length of ``text`` (exact for ASCII)."""
+    return len(text) if text.isascii() else 4 * len(text)
+
+
+def change_size(change: Change) -> int:
+    """An upper bound on the bytes ``change`` adds to an encoded CHANGES frame.
+
+    Cheap (lengths only, nothing is encoded): frames and pages are cut by it,
+    so it must never be below the real size.
+    """
+    table, pk, cid, val = change[0], change[1], change[2], change[3]
+    if type(val) is bytes:
+        size = len(val)
+    elif type(val) is str:
+        size = len(val) if val.isascii() else 4 * len(val)
+    else:
+        size = 9
+    return (
+        ROW_OVERHEAD
+        + size
+        + len(pk)
+        + (len(table) if table.isascii() else 4 * len(table))
+        + (len(cid) if cid.isascii() else 4 * len(cid))
+    )
 
 
 def fits(table: str, cid: str, columns: Mapping[str, frozenset[str]]) -> bool:

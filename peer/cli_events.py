@@ -165,6 +165,8 @@ class EventPrinter:
                     )
             case events.SessionFailed(remote=None, address=address, error=error):
                 self._line(f"refused {address}: {error}")
+            case events.ValueTooLarge(remote=remote, error=error):
+                self._line(f"cannot send to {self._who(remote)}: {error}")
             case events.JoinSecretExpired(failures=failures, last_address=address):
                 self._line(
                     f"the join secret expired after {failures} failed pairing attempts "

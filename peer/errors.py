@@ -15,7 +15,8 @@ and never reach the caller raw; the original stays chained as ``__cause__``.
     │   └── InvalidChangeError       a change batch failed validation; nothing of it was applied
     ├── ProtocolError                the sync protocol was broken
     │   ├── LocalProtocolError       this side misused the protocol API (a bug in the caller)
-    │   └── RemoteProtocolError      the other peer sent something invalid; carries an ErrorCode
+    │   ├── RemoteProtocolError      the other peer sent something invalid; carries an ErrorCode
+    │   └── ValueTooLargeError       a change holds a value larger than the remote accepts
     ├── TransportError               frames could not be moved
     │   ├── ConnectError             an address was unreachable, refused, or timed out
     │   ├── ChannelClosed            the channel is closed (cleanly or not)
@@ -50,6 +51,7 @@ __all__ = [
     "StoreError",
     "TransportError",
     "UntrustedPeerError",
+    "ValueTooLargeError",
 ]
 
 
@@ -82,6 +84,8 @@ class ErrorCode(enum.IntEnum):
     """The peer stayed silent longer than the idle timeout."""
     SITE_ID_CLAIMED = 13
     """The HELLO's site id belongs to another authenticated peer id."""
+    VALUE_TOO_LARGE = 14
+    """A value is larger than the receiver's ``max_value_bytes``."""
 
 
 class CrpeerError(Exception):
@@ -130,6 +134,26 @@ class RemoteProtocolError(ProtocolError):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code.name.lower()}: {message}")
         self.code = code
+
+
+class ValueTooLargeError(ProtocolError):
+    """A change holds a value larger than the remote accepts (its
+    ``max_value_bytes``, or for a remote that cannot take a value in parts,
+    what fits in a frame): it cannot be sent to that remote.
+
+    ``origin`` and ``version`` name the transaction, ``size`` is the value's
+    length in bytes and ``limit`` the most the remote takes.
+    """
+
+    def __init__(self, origin: bytes, version: int, size: int, limit: int) -> None:
+        super().__init__(
+            f"a value of {size} bytes in transaction {version} of {origin.hex()} "
+            f"exceeds the {limit} bytes the remote accepts"
+        )
+        self.origin = origin
+        self.version = version
+        self.size = size
+        self.limit = limit
 
 
 class TransportError(CrpeerError):

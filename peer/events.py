@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from peer.errors import CrpeerError
+from peer.errors import CrpeerError, ValueTooLargeError
 from peer.store import Cursor
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "RemotePeer",
     "SessionFailed",
     "Synced",
+    "ValueTooLarge",
 ]
 
 
@@ -172,6 +173,22 @@ class JoinSecretExpired:
     """Where the last failed attempt came from."""
 
 
+@dataclass(frozen=True, slots=True)
+class ValueTooLarge:
+    """A transaction cannot be sent to ``remote``: it holds a value larger
+    than the remote accepts (``error`` names the origin, the version, the
+    size and the limit).
+
+    Each origin's changes go in order, whole transactions, so that origin's
+    changes stop there for the rest of the session; other origins go on. A
+    new session tries again (for example once the remote raised its
+    ``max_value_bytes``, or the value was overwritten with a smaller one).
+    """
+
+    remote: RemotePeer
+    error: ValueTooLargeError
+
+
 Event = (
     DialState
     | Connected
@@ -183,5 +200,6 @@ Event = (
     | Disconnected
     | SessionFailed
     | JoinSecretExpired
+    | ValueTooLarge
 )
 EventCallback = Callable[[Event], None]

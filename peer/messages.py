@@ -13,6 +13,8 @@ row, with table names interned per frame::
 
 ``schema`` (protocol 3) is present when some rows may need a newer schema than
 the sender's own: rows it holds for a newer schema and serves on.
+A value too large for a frame travels ahead of its CHANGES frame in PART
+frames; in that frame its ``val`` is :data:`VALUE_IN_PARTS` (protocol 3).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import msgpack
 
@@ -39,8 +41,10 @@ __all__ = [
     "Error",
     "Have",
     "Hello",
+    "LimitsMessage",
     "Message",
     "MessageType",
+    "Part",
     "Ping",
     "Pong",
     "decode",
@@ -48,19 +52,29 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 3
-"""The newest protocol version this code speaks (2 adds HAVE, 3 the schema a
-CHANGES frame's rows need)."""
+"""The newest protocol version this code speaks (2 adds HAVE; 3 adds LIMITS, PART
+and the schema a CHANGES frame's rows need)."""
 PROTOCOL_MIN = 1
 """The oldest one it still speaks."""
 HAVE_SINCE = 2
 """The first protocol version with HAVE."""
 SCHEMA_NEEDS_SINCE = 3
 """The first protocol version whose CHANGES may say which schema their rows need."""
+PARTS_SINCE = 3
+"""The first protocol version with LIMITS and PART (values larger than a frame)."""
+V2_MAX_FRAME_BYTES = 8 * 1024 * 1024
+"""The frame limit assumed for a remote that does not announce its own (protocol < 3)."""
+FRAME_OVERHEAD = 64
+"""Bytes of a CHANGES or PART frame besides its rows or its chunk (an upper bound)."""
+VALUE_IN_PARTS = msgpack.ExtType(1, b"")
+"""The ``val`` of a row whose value arrived in the PART frames before its frame."""
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_NAME_LENGTH = 256
 MAX_REASON_LENGTH = 256
 MAX_CURSOR_ENTRIES = 100_000
 FINGERPRINT_LENGTH = 16
+MIN_FRAME_BYTES = 1024
+"""The smallest frame limit a side may announce (a PART must carry something)."""
 
 
 class MessageType(enum.IntEnum):
@@ -75,6 +89,8 @@ class MessageType(enum.IntEnum):
     CLOSE = 9
     BACKLOG = 10
     HAVE = 11
+    LIMITS = 12
+    PART = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,32 @@ class Changes:
     schema: int | None = None
     """The schema version the rows may need, when newer than the sender's own
     (it serves on rows it holds for a newer schema); None otherwise."""
+    parted: int | None = None
+    """The index of the row whose value travelled in the PART frames just
+    before this frame (its ``val`` here is ignored when encoding, and a
+    placeholder when decoded), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsMessage:
+    """What the sender accepts beyond HELLO (protocol 3), sent just before its CURSOR."""
+
+    max_frame_bytes: int
+    max_value_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A piece of one value too large for a frame (protocol 3).
+
+    The chunks of one value come in order, each frame saying the value's whole
+    length in bytes (``total``) and whether it is text (UTF-8) or a blob; the
+    CHANGES frame that follows the last one carries the row.
+    """
+
+    total: int
+    text: bool
+    chunk: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +206,19 @@ class Close:
 
 
 Message: TypeAlias = (
-    Hello | CursorMessage | Changes | Eose | Credit | Ping | Pong | Error | Close | Backlog | Have
+    Hello
+    | CursorMessage
+    | Changes
+    | Eose
+    | Credit
+    | Ping
+    | Pong
+    | Error
+    | Close
+    | Backlog
+    | Have
+    | LimitsMessage
+    | Part
 )
 
 
@@ -200,7 +254,12 @@ def encode(message: Message, number: int) -> bytes:
         case CursorMessage():
             body = [MessageType.CURSOR, number, _cursor_entries(message.cursor)]
         case Changes():
-            tables, groups = _group_rows(message.changes)
+            changes = message.changes
+            if message.parted is not None:
+                changes = list(changes)
+                row = changes[message.parted]
+                changes[message.parted] = cast(Change, (*row[:3], VALUE_IN_PARTS, *row[4:]))
+            tables, groups = _group_rows(changes)
             body = [MessageType.CHANGES, number, message.final, tables, groups]
             if message.schema is not None:
                 body.append(message.schema)
@@ -225,6 +284,10 @@ def encode(message: Message, number: int) -> bytes:
             body = [MessageType.BACKLOG, number, message.rows]
         case Have():
             body = [MessageType.HAVE, number, _cursor_entries(message.cursor)]
+        case LimitsMessage():
+            body = [MessageType.LIMITS, number, message.max_frame_bytes, message.max_value_bytes]
+        case Part():
+            body = [MessageType.PART, number, message.total, message.text, message.chunk]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 
@@ -288,10 +351,17 @@ def _arity(body: list[Any], n: int, what: str) -> None:
         raise _fail(ErrorCode.MALFORMED_FRAME, f"{what} must have {n} fields, got {len(body)}")
 
 
-def decode(frame: bytes, *, max_frame_bytes: int, max_batch_rows: int) -> Frame:
+def decode(
+    frame: bytes,
+    *,
+    max_frame_bytes: int,
+    max_batch_rows: int,
+    max_value_bytes: int | None = None,
+) -> Frame:
     """Decode and validate one frame.
 
     Raises RemoteProtocolError: FRAME_TOO_LARGE past the limits,
+    VALUE_TOO_LARGE for a change value longer than ``max_value_bytes``,
     MALFORMED_FRAME for anything that is not a well-formed message.
     """
     if len(frame) > max_frame_bytes:
@@ -306,7 +376,21 @@ def decode(frame: bytes, *, max_frame_bytes: int, max_batch_rows: int) -> Frame:
         raise _fail(ErrorCode.MALFORMED_FRAME, "a frame must be an array [type, number, ...]")
     kind = _int(body[0], "message type", 1, len(MessageType))
     number = _int(body[1], "frame number", 0)
-    return Frame(number, _DECODERS[MessageType(kind)](body, max_batch_rows))
+    message = _DECODERS[MessageType(kind)](body, max_batch_rows)
+    if max_value_bytes is not None and len(frame) > max_value_bytes and type(message) is Changes:
+        # Only a frame longer than the limit can hold a value longer than it.
+        _check_value_sizes(message.changes, max_value_bytes)
+    return Frame(number, message)
+
+
+def _check_value_sizes(changes: Sequence[Change], max_value_bytes: int) -> None:
+    for change in changes:
+        val = change[3]
+        size = len(val.encode()) if type(val) is str else len(val) if type(val) is bytes else 0
+        if size > max_value_bytes:
+            raise _fail(
+                ErrorCode.VALUE_TOO_LARGE, f"a value of {size} bytes, limit {max_value_bytes}"
+            )
 
 
 def _decode_hello(body: list[Any], _: int) -> Hello:
@@ -357,6 +441,7 @@ def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
         raise _fail(ErrorCode.MALFORMED_FRAME, "changes.final must be a boolean")
     tables = [_str(t, "table name", 1024) for t in _list(body[3], "tables", max_batch_rows)]
     changes: list[Change] = []
+    parted: int | None = None
     for group in _list(body[4], "groups", max_batch_rows):
         group = _list(group, "group")
         _arity([None, None, *group], 5, "group")
@@ -385,9 +470,29 @@ def _decode_changes(body: list[Any], max_batch_rows: int) -> Changes:
                 and type(seq) is int
                 and 0 <= seq <= MAX_COUNTER
             ):
-                raise _fail(ErrorCode.MALFORMED_FRAME, "a change row has a bad field")
+                if (
+                    type(val) is not msgpack.ExtType
+                    or val != VALUE_IN_PARTS
+                    or parted is not None
+                    or not _fields_ok(t, pk, cid, col_version, cl, seq, len(tables))
+                ):
+                    raise _fail(ErrorCode.MALFORMED_FRAME, "a change row has a bad field")
+                parted = len(changes)
+                changes.append((tables[t], pk, cid, None, col_version, version, site_id, cl, seq))
+                continue
             changes.append((tables[t], pk, cid, val, col_version, version, site_id, cl, seq))
-    return Changes(changes, final, schema)
+    return Changes(changes, final, schema, parted)
+
+
+def _fields_ok(t: Any, pk: Any, cid: Any, col_version: Any, cl: Any, seq: Any, tables: int) -> bool:
+    """The checks of a decoded row besides its value (for a value that came in parts)."""
+    return (
+        type(t) is int
+        and 0 <= t < tables
+        and type(pk) is bytes
+        and type(cid) is str
+        and all(type(n) is int and 0 <= n <= MAX_COUNTER for n in (col_version, cl, seq))
+    )
 
 
 def _decode_nothing(kind: type[Eose] | type[Close]) -> Any:
@@ -418,6 +523,23 @@ def _decode_pong(body: list[Any], _: int) -> Pong:
     return Pong(_int(body[2], "pong nonce", 0))
 
 
+def _decode_limits(body: list[Any], _: int) -> LimitsMessage:
+    _arity(body, 4, "limits")
+    return LimitsMessage(
+        max_frame_bytes=_int(body[2], "max_frame_bytes", MIN_FRAME_BYTES),
+        max_value_bytes=_int(body[3], "max_value_bytes", 1),
+    )
+
+
+def _decode_part(body: list[Any], _: int) -> Part:
+    _arity(body, 5, "part")
+    if not isinstance(body[3], bool):
+        raise _fail(ErrorCode.MALFORMED_FRAME, "part.text must be a boolean")
+    if not isinstance(body[4], bytes) or not body[4]:
+        raise _fail(ErrorCode.MALFORMED_FRAME, "part.chunk must be non-empty bytes")
+    return Part(_int(body[2], "part total", 1), body[3], body[4])
+
+
 def _decode_error(body: list[Any], _: int) -> Error:
     _arity(body, 4, "error")
     raw_code = _int(body[2], "error code", 0, 0xFFFF)
@@ -440,4 +562,6 @@ _DECODERS: dict[MessageType, Any] = {
     MessageType.CLOSE: _decode_nothing(Close),
     MessageType.BACKLOG: _decode_backlog,
     MessageType.HAVE: _decode_have,
+    MessageType.LIMITS: _decode_limits,
+    MessageType.PART: _decode_part,
 }

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -371,13 +371,17 @@ class Peer:
     # -- SessionHost --------------------------------------------------------------
 
     async def next_page(
-        self, cursor: Cursor, limit: int, exclude: bytes
+        self, cursor: Cursor, limit: int, exclude: Collection[bytes], max_bytes: int
     ) -> list[Change] | LargeGroup:
         store = self.store
-        return await self._in_read_thread(lambda: store.next_page(cursor, limit, exclude={exclude}))
+        return await self._in_read_thread(
+            lambda: store.next_page(cursor, limit, exclude=exclude, max_bytes=max_bytes)
+        )
 
-    async def read_group(self, group: LargeGroup, chunk: int) -> AsyncIterator[list[Change]]:
-        chunks = self.store.read_group(group, chunk)
+    async def read_group(
+        self, group: LargeGroup, chunk: int, max_bytes: int
+    ) -> AsyncIterator[list[Change]]:
+        chunks = self.store.read_group(group, chunk, max_bytes)
         try:
             while batch := await self._in_read_thread(lambda: next(chunks, [])):
                 yield batch

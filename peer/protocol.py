@@ -18,6 +18,8 @@ Lifecycle of the driver::
     # after HelloReceived: session.send_cursor(store.cursor())
     # after CursorReceived, while session.credit > 0:
     #     session.send_changes(rows, final=...), then session.send_eose() once
+    #     (rows within session.max_send_rows and session.max_send_bytes; a
+    #     row larger than a frame goes alone, its value in PART frames)
     # after each ChangesReceived is applied: session.frame_applied()
 
 Every ``send_*`` method queues a numbered frame; :meth:`SyncSession.data_to_send`
@@ -31,14 +33,19 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from peer.changes import Change, Cursor
-from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from peer.changes import ROW_OVERHEAD, Change, Cursor, change_size
+from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, ValueTooLargeError
 from peer.messages import (
+    FRAME_OVERHEAD,
     HAVE_SINCE,
+    MIN_FRAME_BYTES,
+    PARTS_SINCE,
     PROTOCOL_MIN,
     PROTOCOL_VERSION,
     SCHEMA_NEEDS_SINCE,
+    V2_MAX_FRAME_BYTES,
     Backlog,
     Changes,
     Close,
@@ -48,8 +55,10 @@ from peer.messages import (
     Error,
     Have,
     Hello,
+    LimitsMessage,
     Message,
     MessageType,
+    Part,
     Ping,
     Pong,
     decode,
@@ -79,14 +88,24 @@ class Limits:
     """What this side accepts. Every limit is an input, never a constant."""
 
     max_frame_bytes: int = 8 * 1024 * 1024
+    """The largest frame this side accepts (and sends at most); pages are cut
+    to fit it. At least 1 KiB."""
     max_batch_rows: int = 5_000
     """Change rows per CHANGES frame this side accepts (and sends at most)."""
     window: int = 4
     """CHANGES frames the other side may have in flight to us."""
+    max_value_bytes: int = 256 * 1024 * 1024
+    """The largest single value (text in UTF-8, or blob) this side accepts. A
+    value larger than a frame arrives in parts and is held whole in memory
+    until its row is applied, so this bounds that memory, per session.
+    SQLite stores no value over its own length limit (1,000,000,000 bytes
+    unless built otherwise), whatever this says."""
 
     def __post_init__(self) -> None:
-        if min(self.max_frame_bytes, self.max_batch_rows, self.window) < 1:
+        if min(self.max_frame_bytes, self.max_batch_rows, self.window, self.max_value_bytes) < 1:
             raise ValueError("limits must be positive")
+        if self.max_frame_bytes < MIN_FRAME_BYTES:
+            raise ValueError(f"max_frame_bytes must be at least {MIN_FRAME_BYTES}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +129,11 @@ class SessionState(enum.Enum):
 _ALWAYS = {MessageType.PING, MessageType.PONG, MessageType.ERROR, MessageType.CLOSE}
 ALLOWED: dict[SessionState, frozenset[MessageType]] = {
     SessionState.HANDSHAKE: frozenset({MessageType.HELLO, *_ALWAYS}),
-    SessionState.READY: frozenset({MessageType.CURSOR, *_ALWAYS}),
+    SessionState.READY: frozenset({MessageType.LIMITS, MessageType.CURSOR, *_ALWAYS}),
     SessionState.SYNCING: frozenset(
         {
             MessageType.CHANGES,
+            MessageType.PART,
             MessageType.EOSE,
             MessageType.CREDIT,
             MessageType.BACKLOG,
@@ -125,8 +145,16 @@ ALLOWED: dict[SessionState, frozenset[MessageType]] = {
 }
 """Which received message types each state accepts; all others fail the session.
 
-HAVE only once both sides speak protocol 2 (see :attr:`SyncSession.version`).
+HAVE only once both sides speak protocol 2, LIMITS and PART only with 3 (see
+:data:`SINCE` and :attr:`SyncSession.version`); with 3, LIMITS must come
+(once) before CURSOR.
 """
+SINCE: dict[MessageType, int] = {
+    MessageType.HAVE: HAVE_SINCE,
+    MessageType.LIMITS: PARTS_SINCE,
+    MessageType.PART: PARTS_SINCE,
+}
+"""The first protocol version that has each message type (others: every version)."""
 
 
 # -- events -----------------------------------------------------------------------
@@ -235,6 +263,12 @@ class SyncSession:
         self._received_frames = 0
         self._outbox: list[bytes] = []
         self._hello_sent = False
+        self.remote_limits: LimitsMessage | None = None
+        """The remote's LIMITS (protocol 3), once received."""
+        self._value: bytearray | None = None
+        """A value arriving in PART frames, until the CHANGES frame that uses it."""
+        self._value_total = 0
+        self._value_text = False
 
     # -- sending ------------------------------------------------------------------
 
@@ -266,6 +300,8 @@ class SyncSession:
         if self.remote is None or self.state is SessionState.CLOSED:
             raise LocalProtocolError("send_cursor before the remote hello")
         self.announced = dict(cursor)
+        if self.version >= PARTS_SINCE:
+            self._queue(LimitsMessage(self.limits.max_frame_bytes, self.limits.max_value_bytes))
         self._queue(CursorMessage(dict(cursor)))
 
     def send_have(self, cursor: Cursor) -> None:
@@ -295,6 +331,30 @@ class SyncSession:
             raise LocalProtocolError("no remote hello yet")
         return min(self.remote.max_batch_rows, self.limits.max_batch_rows)
 
+    @property
+    def frame_limit(self) -> int:
+        """The largest frame this side sends: the smaller of both sides' limits
+        (a remote without LIMITS is taken to accept 8 MiB)."""
+        remote = self.remote_limits.max_frame_bytes if self.remote_limits else V2_MAX_FRAME_BYTES
+        return min(self.limits.max_frame_bytes, remote)
+
+    @property
+    def max_send_bytes(self) -> int:
+        """Bytes of rows (by :func:`peer.changes.change_size`) one CHANGES
+        frame to this remote may carry; a single larger row goes alone."""
+        return self.frame_limit - FRAME_OVERHEAD
+
+    @property
+    def max_send_value(self) -> int:
+        """The largest value this remote takes, in bytes: its ``max_value_bytes``
+        (protocol 3, where a value larger than a frame travels in PART
+        frames), or about what fits in one frame (older protocols)."""
+        if self.version < PARTS_SINCE:
+            return self.max_send_bytes - ROW_OVERHEAD
+        if self.remote_limits is None:
+            raise LocalProtocolError("no remote limits yet")
+        return self.remote_limits.max_value_bytes
+
     def send_changes(self, changes: Sequence[Change], *, final: bool, schema: int = 0) -> None:
         """One CHANGES frame; ``final`` closes a page (whole groups only).
 
@@ -303,8 +363,12 @@ class SyncSession:
         carries it when it is above the announced one, so the receiver holds
         such rows instead of rejecting them.
 
-        Uses one credit. Raises LocalProtocolError without credit, outside
-        SYNCING, or with more rows than :attr:`max_send_rows`.
+        A row larger than :attr:`max_send_bytes` must be alone in its frame:
+        its value goes ahead in PART frames (protocol 3). Uses one credit.
+        Raises ValueTooLargeError (and sends nothing) if a value exceeds
+        :attr:`max_send_value`; LocalProtocolError without credit, outside
+        SYNCING, with more rows than :attr:`max_send_rows`, or rows that do
+        not fit a frame.
         """
         if self.state is not SessionState.SYNCING:
             raise LocalProtocolError(f"cannot send changes in state {self.state.value}")
@@ -312,13 +376,54 @@ class SyncSession:
             raise LocalProtocolError("no credit: wait for CreditReceived")
         if len(changes) > self.max_send_rows:
             raise LocalProtocolError(f"{len(changes)} rows exceed {self.max_send_rows} per frame")
-        self.credit -= 1
-        _advance(self.remote_cursor, changes)
-        _advance(self.announced, changes)
+        parted = self._value_in_parts(changes)
+        parts: list[Part] = []
+        if parted is not None:
+            value = changes[parted][3]
+            data = memoryview(value.encode() if isinstance(value, str) else cast(bytes, value))
+            step = self.frame_limit - FRAME_OVERHEAD
+            parts = [
+                Part(len(data), isinstance(value, str), data[start : start + step])
+                for start in range(0, len(data), step)
+            ]
         needs = schema if schema > self.local.schema_version else None
         if self.version < SCHEMA_NEEDS_SINCE:
             needs = None
-        self._queue(Changes(list(changes), final, needs))
+        frame = encode(Changes(list(changes), final, needs, parted), self._sent_frames + len(parts))
+        if len(frame) > self.frame_limit:
+            raise LocalProtocolError(f"a frame of {len(frame)} bytes exceeds {self.frame_limit}")
+        for part in parts:
+            self._queue(part)
+        self.credit -= 1
+        _advance(self.remote_cursor, changes)
+        _advance(self.announced, changes)
+        self._outbox.append(frame)
+        self._sent_frames += 1
+
+    def _value_in_parts(self, changes: Sequence[Change]) -> int | None:
+        """The index of the row whose value must travel in PART frames, or None.
+
+        Raises ValueTooLargeError for a value the remote does not take.
+        """
+        budget, limit = self.max_send_bytes, self.max_send_value
+        worth_a_look = min(budget, limit) // 4  # a UTF-8 character is at most 4 bytes
+        parted = None
+        for index, change in enumerate(changes):
+            value = change[3]
+            if not (type(value) is bytes or type(value) is str) or len(value) <= worth_a_look:
+                continue
+            size = len(value.encode()) if isinstance(value, str) else len(value)
+            if size > limit:
+                raise ValueTooLargeError(change[6], change[5], size, limit)
+            row_size = change_size((*change[:3], None, *change[4:])) + size
+            if row_size <= budget:
+                continue
+            if self.version < PARTS_SINCE:
+                raise ValueTooLargeError(change[6], change[5], size, limit)
+            if parted is not None or len(changes) > 1:
+                raise LocalProtocolError("a row larger than a frame must travel alone")
+            parted = index
+        return parted
 
     def send_backlog(self, rows: int) -> None:
         """Tell the remote about how many rows the catch-up holds. In SYNCING."""
@@ -343,13 +448,23 @@ class SyncSession:
 
     def send_error(self, code: ErrorCode, reason: str = "") -> None:
         """Fail the session: queue the error; send it, then close the channel."""
-        self.state = SessionState.CLOSED
+        self._close()
         self._queue(Error(code, reason))
 
     def send_close(self) -> None:
         """End the session cleanly: queue the close; send it, then close the channel."""
-        self.state = SessionState.CLOSED
+        self._close()
         self._queue(Close())
+
+    def _close(self) -> None:
+        self.state = SessionState.CLOSED
+        self._value = None  # a value half received is dropped with the session
+
+    @property
+    def pending_value_bytes(self) -> int:
+        """Bytes of a value received in parts and not yet used (at most
+        ``limits.max_value_bytes``; dropped when the session closes)."""
+        return len(self._value) if self._value is not None else 0
 
     def data_to_send(self) -> list[bytes]:
         """Every frame queued so far, in order; the driver sends them in this order.
@@ -375,6 +490,7 @@ class SyncSession:
                 data,
                 max_frame_bytes=self.limits.max_frame_bytes,
                 max_batch_rows=self.limits.max_batch_rows,
+                max_value_bytes=self.limits.max_value_bytes,
             )
             if frame.number != self._received_frames:
                 raise RemoteProtocolError(
@@ -383,22 +499,30 @@ class SyncSession:
                 )
             self._received_frames += 1
             kind = _TYPE_OF[type(frame.message)]
-            if kind not in ALLOWED[self.state] or (
-                kind is MessageType.HAVE and self.version < HAVE_SINCE
-            ):
+            if kind not in ALLOWED[self.state] or self.version < SINCE.get(kind, 0):
                 raise RemoteProtocolError(
                     ErrorCode.UNEXPECTED_MESSAGE, f"{kind.name} not allowed in {self.state.value}"
                 )
             return self._handle(frame.message)
         except RemoteProtocolError:
-            self.state = SessionState.CLOSED
+            self._close()
             raise
 
     def _handle(self, message: Message) -> list[Event]:
         match message:
             case Hello():
                 return [self._on_hello(message)]
+            case LimitsMessage():
+                if self.remote_limits is not None:
+                    raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "second LIMITS")
+                self.remote_limits = message
+                return []
+            case Part():
+                self._on_part(message)
+                return []
             case CursorMessage():
+                if self.version >= PARTS_SINCE and self.remote_limits is None:
+                    raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "CURSOR before LIMITS")
                 self.remote_cursor = dict(message.cursor)
                 self.state = SessionState.SYNCING
                 return [CursorReceived(dict(message.cursor))]
@@ -427,10 +551,10 @@ class SyncSession:
                         self.remote_cursor[origin] = version
                 return []
             case Error():
-                self.state = SessionState.CLOSED
+                self._close()
                 return [RemoteClosed(message)]
             case Close():
-                self.state = SessionState.CLOSED
+                self._close()
                 return [RemoteClosed(None)]
         raise AssertionError(f"unhandled {message!r}")  # pragma: no cover
 
@@ -453,11 +577,56 @@ class SyncSession:
         if self._remote_credit < 1:
             raise RemoteProtocolError(ErrorCode.FLOW_CONTROL, "changes sent without credit")
         self._remote_credit -= 1
-        _advance(self.remote_cursor, message.changes)
-        _advance(self.announced, message.changes)
+        changes = message.changes
+        if message.parted is not None or self._value is not None:
+            changes = self._with_value(message)
+        _advance(self.remote_cursor, changes)
+        _advance(self.announced, changes)
         assert self.remote is not None
         schema = max(self.remote.schema_version, message.schema or 0)
-        return [ChangesReceived(message.changes, message.final, schema)]
+        return [ChangesReceived(changes, message.final, schema)]
+
+    def _on_part(self, part: Part) -> None:
+        """Add a piece to the value under way, within ``limits.max_value_bytes``."""
+        if self._value is None:
+            if part.total > self.limits.max_value_bytes:
+                raise RemoteProtocolError(
+                    ErrorCode.VALUE_TOO_LARGE,
+                    f"a value of {part.total} bytes, limit {self.limits.max_value_bytes}",
+                )
+            self._value, self._value_total, self._value_text = bytearray(), part.total, part.text
+        elif len(self._value) == self._value_total or (part.total, part.text) != (
+            self._value_total,
+            self._value_text,
+        ):
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED_FRAME, "a PART that does not continue the value under way"
+            )
+        if len(self._value) + len(part.chunk) > self._value_total:
+            raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "PART frames exceed their total")
+        self._value += part.chunk
+
+    def _with_value(self, message: Changes) -> list[Change]:
+        """The rows of ``message`` with the value assembled from PART frames in place."""
+        value, self._value = self._value, None
+        if message.parted is None or value is None or len(value) != self._value_total:
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED_FRAME, "a value in parts does not match its CHANGES frame"
+            )
+        data = bytes(value)
+        del value
+        assembled: bytes | str = data
+        if self._value_text:
+            try:
+                assembled = data.decode()
+            except UnicodeDecodeError as exc:
+                raise RemoteProtocolError(
+                    ErrorCode.MALFORMED_FRAME, "a text value in parts is not UTF-8"
+                ) from exc
+        changes = list(message.changes)
+        row = changes[message.parted]
+        changes[message.parted] = (*row[:3], assembled, *row[4:])
+        return changes
 
 
 _TYPE_OF: dict[type, MessageType] = {
@@ -472,6 +641,8 @@ _TYPE_OF: dict[type, MessageType] = {
     Close: MessageType.CLOSE,
     Backlog: MessageType.BACKLOG,
     Have: MessageType.HAVE,
+    LimitsMessage: MessageType.LIMITS,
+    Part: MessageType.PART,
 }
 
 

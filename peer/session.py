@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from peer import events
+from peer.changes import change_size
 from peer.errors import (
     ChannelClosed,
     CrpeerError,
@@ -26,6 +27,7 @@ from peer.errors import (
     RemoteProtocolError,
     StoreError,
     TransportError,
+    ValueTooLargeError,
 )
 from peer.protocol import (
     BacklogReceived,
@@ -61,9 +63,15 @@ class SessionHost(Protocol):
     """What a session needs from its Peer."""
 
     async def next_page(
-        self, cursor: Cursor, limit: int, exclude: bytes
-    ) -> list[Change] | LargeGroup: ...
-    def read_group(self, group: LargeGroup, chunk: int) -> AsyncIterator[list[Change]]: ...
+        self, cursor: Cursor, limit: int, exclude: Collection[bytes], max_bytes: int
+    ) -> list[Change] | LargeGroup:
+        """At most ``limit`` rows and ``max_bytes`` (by change_size), whole
+        groups; the first group alone larger comes as a LargeGroup."""
+        ...
+
+    def read_group(
+        self, group: LargeGroup, chunk: int, max_bytes: int
+    ) -> AsyncIterator[list[Change]]: ...
     async def apply(self, changes: list[Change], hold_for: int) -> ApplyResult:
         """Apply one whole page (its own transaction). Rows for a table or
         column this side lacks are held as needing schema ``hold_for``, or
@@ -154,6 +162,9 @@ class SessionDriver:
         """Changes applied in the open page (uncommitted)."""
         self._page_result: ApplyResult | None = None
         self._buffered: list[Change] = []
+        self._blocked: set[bytes] = set()
+        """Origins whose next transaction the remote does not take (a value too
+        large): the sender leaves them out for the rest of the session."""
         self._backlog: tuple[int, float, int, int, int] | None = None
         self._page_table_rows = 0
         """The remote's announced backlog: (rows, when, rows and bytes received before)."""
@@ -171,14 +182,30 @@ class SessionDriver:
         """Tell the remote we now hold ``cursor`` (committed changes that came
         from another session), so it does not send them to us again."""
         self.session.send_have(cursor)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Send what is queued from a task of its own, for the reader and the
+        applier: they must never wait on a send. When both peers' sends wait
+        on the other's reads (full socket buffers, or an HTTP/SSE window,
+        behind large frames), a reader that waited would hold up its own
+        remote's sends for good."""
         if self._announcing is None or self._announcing.done():
             self._announcing = asyncio.get_running_loop().create_task(
-                self._flush_quietly(), name="crpeer-announce"
+                self._flush_quietly(), name="crpeer-flush"
             )
 
     async def _flush_quietly(self) -> None:
-        with contextlib.suppress(CrpeerError):
+        try:
             await self._flush()
+        except ChannelClosed:
+            pass  # the reader sees it too, and ends the session
+        except CrpeerError as exc:
+            self._log.warning("session %s: send failed: %s", self.address, exc)
+            if self.error is None:
+                self.error = exc
+            with contextlib.suppress(TimeoutError, CrpeerError):
+                await asyncio.wait_for(self.channel.close(), timeout=2.0)
 
     def tie_break_key(self) -> tuple[bytes, int]:
         """Of two sessions with one peer, both sides keep the smaller key.
@@ -258,12 +285,14 @@ class SessionDriver:
             self.done.set()
 
     async def _flush(self) -> None:
-        """Send every queued frame in order (frames are numbered when queued)."""
+        """Send every queued frame in order (frames are numbered when queued),
+        including those queued while it sends."""
         async with self._send_lock:
-            for frame in self.session.data_to_send():
-                await self.channel.send(frame)
-                self.stats.frames_sent += 1
-                self.stats.bytes_sent += len(frame)
+            while frames := self.session.data_to_send():
+                for frame in frames:
+                    await self.channel.send(frame)
+                    self.stats.frames_sent += 1
+                    self.stats.bytes_sent += len(frame)
 
     async def _read_loop(self) -> None:
         """Read and decode frames; hand what they carry to :meth:`_handle_loop`.
@@ -317,7 +346,7 @@ class SessionDriver:
                             self._credit.set()
                         case _:
                             await _put(queue, handler, event)
-                await self._flush()
+                self._flush_soon()
             await _put(queue, handler, None)
             await handler
         finally:
@@ -365,9 +394,12 @@ class SessionDriver:
         exc = task.exception()
         if isinstance(exc, LocalProtocolError) and self.session.state is SessionState.CLOSED:
             # The session closed (a stop, the remote's close or error) while
-            # a page was on its way: nothing failed, the sender just ends.
+            # a page was on its way: nothing failed, the sender just ends, and
+            # whoever ended the session closes the channel, after sending its
+            # ERROR or CLOSE, which closing here could cut off.
             self._log.debug("session %s: sender stopped after close", self.address)
-        elif not isinstance(exc, ChannelClosed):
+            return
+        if not isinstance(exc, ChannelClosed):
             self._log.warning("session %s: sender stopped: %r", self.address, exc)
             if isinstance(exc, CrpeerError) and self.error is None:
                 self.error = exc
@@ -411,7 +443,7 @@ class SessionDriver:
                 self._buffered.extend(changes)
                 self.stats.rows_received += len(changes)
                 self.session.frame_applied()
-                await self._flush()
+                self._flush_soon()
                 self._report_progress()
                 return
             if self._buffered:
@@ -431,7 +463,7 @@ class SessionDriver:
                 await self.host.end_page(commit=True)
         self.stats.rows_received += len(changes)
         self.session.frame_applied()
-        await self._flush()
+        self._flush_soon()
         self._report_progress()
         self._page_result = _merge_results(self._page_result, result)
         if not final:
@@ -483,6 +515,7 @@ class SessionDriver:
         assert self.session.remote is not None
         remote_site = self.session.remote.site_id
         rows_per_frame = self.session.max_send_rows
+        bytes_per_frame = self.session.max_send_bytes
         self.session.send_backlog(
             await self.host.backlog_estimate(dict(self.session.remote_cursor), remote_site)
         )
@@ -498,15 +531,28 @@ class SessionDriver:
             await self._wait_credit(self._all_credit() if last_page_short else 1)
             self._wake.clear()
             page = await self.host.next_page(
-                dict(self.session.remote_cursor), rows_per_frame, remote_site
+                dict(self.session.remote_cursor),
+                rows_per_frame,
+                {remote_site, *self._blocked},
+                bytes_per_frame,
             )
             if isinstance(page, LargeGroup):
-                await self._send_large_group(page, rows_per_frame)
+                if page.largest_value > self.session.max_send_value:
+                    self._block(
+                        ValueTooLargeError(
+                            page.origin,
+                            page.version,
+                            page.largest_value,
+                            self.session.max_send_value,
+                        )
+                    )
+                    continue
+                await self._send_large_group(page, rows_per_frame, bytes_per_frame)
                 last_page_short = False
                 continue
             if page and not (page := self._still_lacking(page)):
                 continue  # the remote announced all of it during the read: read on
-            last_page_short = 2 * len(page) < rows_per_frame
+            last_page_short = _is_short(page, rows_per_frame, bytes_per_frame)
             if not page:
                 if not self.session.eose_sent:
                     self.session.send_eose()
@@ -517,7 +563,26 @@ class SessionDriver:
                     self.session.send_ping(self.stats.frames_sent)
                     await self._flush()
                 continue
-            await self._send_frame(page, final=True)
+            await self._send_page(page)
+
+    async def _send_page(self, page: list[Change]) -> None:
+        """Send ``page`` as one frame. A transaction in it that the remote does
+        not take (a value too large) blocks its origin: the rest goes without
+        that origin's transactions from there on."""
+        while page:
+            try:
+                await self._send_frame(page, final=True)
+                return
+            except ValueTooLargeError as exc:
+                self._block(exc)  # nothing of the page was sent
+                page = [c for c in page if c[6] != exc.origin or c[5] < exc.version]
+
+    def _block(self, error: ValueTooLargeError) -> None:
+        """Stop sending ``error.origin``'s changes in this session, and say why."""
+        assert self.remote is not None
+        self._blocked.add(error.origin)
+        self._log.warning("session %s: cannot send: %s", self.address, error)
+        self.host.emit(events.ValueTooLarge(self.remote, error))
 
     def _still_lacking(self, page: list[Change]) -> list[Change]:
         """The rows of ``page`` the remote still lacks: while a read waits for
@@ -532,17 +597,25 @@ class SessionDriver:
         await self._flush()
         self.stats.rows_sent += len(changes)
 
-    async def _send_large_group(self, group: LargeGroup, rows_per_frame: int) -> None:
+    async def _send_large_group(
+        self, group: LargeGroup, rows_per_frame: int, bytes_per_frame: int
+    ) -> None:
         """One transaction larger than a frame: a page of several frames, the
         last one final (empty if the rows ran out exactly), so the receiver
-        commits it whole."""
-        async for chunk in self.host.read_group(group, rows_per_frame):
+        commits it whole. A row larger than a frame goes alone, its value in
+        parts."""
+        async for chunk in self.host.read_group(group, rows_per_frame, bytes_per_frame):
             await self._send_frame(chunk, final=False)
         await self._send_frame([], final=True)
         # The group may have shrunk while read (rows overwritten since):
         # the remote holds this version now, whatever it carried.
         cursor = self.session.remote_cursor
         cursor[group.origin] = max(cursor.get(group.origin, 0), group.version)
+
+
+def _is_short(page: list[Change], rows_per_frame: int, bytes_per_frame: int) -> bool:
+    """Under half a frame, by rows and by bytes (see Nagle's rule in the send loop)."""
+    return 2 * len(page) < rows_per_frame and 2 * sum(map(change_size, page)) < bytes_per_frame
 
 
 async def _put(queue: asyncio.Queue[object], handler: asyncio.Task[None], item: object) -> None:

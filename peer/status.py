@@ -323,6 +323,8 @@ class SessionHistory:
                 self.last_error[remote.site_id] = str(error)
             case events.Disconnected(remote=remote, error=error) if error is not None:
                 self.last_error[remote.site_id] = str(error)
+            case events.ValueTooLarge(remote=remote, error=error):
+                self.last_error[remote.site_id] = str(error)
             case _:
                 pass
 

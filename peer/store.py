@@ -57,7 +57,15 @@ import json
 import os
 import threading
 import urllib.parse
-from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +82,7 @@ from peer.changes import (
     Group,
     SqlValue,
     by_group,
+    change_size,
     fits,
     plan_groups,
 )
@@ -225,6 +234,9 @@ class LargeGroup:
     origin: bytes
     local_version: int
     version: int
+    largest_value: int = 0
+    """Bytes of its largest value (text in UTF-8, or blob), so a sender can
+    tell before it starts whether the receiver takes every value of it."""
 
 
 def _translate_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -693,14 +705,22 @@ class Store:
 
     @_translate_errors
     def next_page(
-        self, cursor: Mapping[bytes, int], limit: int, *, exclude: Collection[bytes] = ()
+        self,
+        cursor: Mapping[bytes, int],
+        limit: int,
+        *,
+        exclude: Collection[bytes] = (),
+        max_bytes: int | None = None,
     ) -> list[Change] | LargeGroup:
-        """The next page of changes above ``cursor``: at most ``limit`` rows.
+        """The next page of changes above ``cursor``: at most ``limit`` rows
+        and, if ``max_bytes`` is given, at most that many bytes as counted by
+        :func:`peer.changes.change_size` (reads stop there, so a page of large
+        values never sits whole in memory).
 
         For each origin (except those in ``exclude``) the changes come in
         ascending ``(version, seq)``, whole groups only. If the first group to
-        send is larger than ``limit``, returns it as a :class:`LargeGroup` to
-        read with :meth:`read_group`. An empty list means nothing is above
+        send is larger than ``limit`` or ``max_bytes``, returns it as a
+        :class:`LargeGroup` to read with :meth:`read_group`. An empty list means nothing is above
         the cursor. To page, advance the cursor to the highest version
         returned per origin (or of the large group) and call again.
         """
@@ -714,27 +734,34 @@ class Store:
                 if cursor.get(origin, 0) < version
             ]
             origins = [origin for origin in origins if origin not in exclude]
-            combined = self._combined_page(cursor, limit, origins)
+            combined = self._combined_page(cursor, limit, origins, max_bytes)
             if combined is not None:
                 return combined
             out: list[Change] = []
+            budget = max_bytes
             for origin in origins:
-                if len(out) >= limit:
+                if len(out) >= limit or (budget is not None and budget <= 0):
                     continue
                 after = cursor.get(origin, 0)
                 if origin == self.site_id:
-                    found = self._own_changes(after, limit - len(out))
+                    found = self._own_changes(after, limit - len(out), budget)
                 else:
-                    found = self._relayed_changes(origin, after, limit - len(out))
+                    found = self._relayed_changes(origin, after, limit - len(out), budget)
                 if isinstance(found, LargeGroup):
                     if not out:
                         return found
                     break  # it starts the next page
                 out.extend(found)
+                if budget is not None:
+                    budget -= sum(map(change_size, found))
             return out
 
     def _combined_page(
-        self, cursor: Mapping[bytes, int], limit: int, origins: Sequence[bytes]
+        self,
+        cursor: Mapping[bytes, int],
+        limit: int,
+        origins: Sequence[bytes],
+        max_bytes: int | None,
     ) -> list[Change] | None:
         """The page of :meth:`next_page` read in one pass over the change log,
         for every origin at once; None where the per-origin reads must do it
@@ -774,12 +801,15 @@ class Store:
         out: list[Change] = []
         start = min(starts)
         for _ in range(_COMBINED_READS):
-            rows = self._reader.execute(
-                f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE db_version >= ? "
-                "ORDER BY db_version, seq LIMIT ?",
-                (start, limit + 1),
-            ).fetchall()
-            full = len(rows) > limit
+            rows, full = _fetch_within(
+                self._reader.execute(
+                    f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE db_version >= ? "
+                    "ORDER BY db_version, seq LIMIT ?",
+                    (start, limit + 1),
+                ),
+                limit + 1,
+                max_bytes,
+            )
             if full:
                 last = rows[-1][5]
                 rows = [row for row in rows if row[5] != last]
@@ -845,8 +875,12 @@ class Store:
             return [change for chunk in self.read_group(page, limit) for change in chunk]
         return page
 
-    def read_group(self, group: LargeGroup, chunk: int) -> Generator[list[Change], None, None]:
-        """The rows of ``group`` in chunks of at most ``chunk`` rows.
+    def read_group(
+        self, group: LargeGroup, chunk: int, max_bytes: int | None = None
+    ) -> Generator[list[Change], None, None]:
+        """The rows of ``group`` in chunks of at most ``chunk`` rows and, if
+        ``max_bytes`` is given, at most that many bytes by
+        :func:`peer.changes.change_size` (a row larger than that comes alone).
 
         A file store reads them through a connection of their own, in one
         statement (one consistent snapshot), whatever the group's size; close
@@ -864,11 +898,7 @@ class Store:
                     "WHERE site_id = ? AND db_version = ?",
                     (group.origin, group.local_version),
                 )
-            while True:
-                with lock:
-                    batch = rows.fetchmany(chunk)
-                if not batch:
-                    break
+            for batch in _in_chunks(_fetch_each(rows, lock), chunk, max_bytes, change_size):
                 if own:
                     yield batch
                 else:
@@ -882,8 +912,7 @@ class Store:
                     None,
                     conn,
                 )
-            for start in range(0, len(held), chunk):
-                yield [change for _, change in held[start : start + chunk]]
+            yield from _in_chunks((change for _, change in held), chunk, max_bytes, change_size)
         finally:
             with lock:
                 # The crsql_changes cursor must be gone before crsql_finalize()
@@ -941,19 +970,25 @@ class Store:
             self._sync.execute("BEGIN IMMEDIATE")
             self._sync_cookie = store_schema.cookie(self._sync)
 
-    def _own_changes(self, after: int, limit: int) -> list[Change] | LargeGroup:
+    def _own_changes(
+        self, after: int, limit: int, max_bytes: int | None
+    ) -> list[Change] | LargeGroup:
         sql = (
             f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version > ? "
             "ORDER BY db_version, seq LIMIT ?"
         )
-        rows: list[Change] = self._reader.execute(sql, (self.site_id, after, limit + 1)).fetchall()
-        if len(rows) <= limit:
+        rows, full = _fetch_within(
+            self._reader.execute(sql, (self.site_id, after, limit + 1)), limit + 1, max_bytes
+        )
+        if not full:
             return rows
         last = rows[-1][5]
         whole = [row for row in rows if row[5] != last]
-        return whole or LargeGroup(self.site_id, last, last)
+        return whole or self._large_group(self.site_id, last, last)
 
-    def _relayed_changes(self, origin: bytes, after: int, limit: int) -> list[Change] | LargeGroup:
+    def _relayed_changes(
+        self, origin: bytes, after: int, limit: int, max_bytes: int | None
+    ) -> list[Change] | LargeGroup:
         (start,) = self._reader.execute(
             "SELECT min(local_version) FROM crpeer_versions "
             "WHERE origin = ? AND origin_version > ? AND replay = 0",
@@ -971,9 +1006,11 @@ class Store:
         held: list[tuple[int, Change]] = []
         merged_full = held_full = False
         if start is not None:
-            merged, merged_full = self._merged_rows(origin, lo, None, limit + 1)
+            merged, merged_full = self._merged_rows(origin, lo, None, limit + 1, max_bytes)
         if held_start is not None:
-            held, held_full = self._held_rows(origin, after, lo, None, limit + 1, self._reader)
+            held, held_full = self._held_rows(
+                origin, after, lo, None, limit + 1, self._reader, max_bytes
+            )
         # A full page may end inside a local version; keep whole ones only.
         cut = min(
             [rows[-1][0] for rows, full in ((merged, merged_full), (held, held_full)) if full],
@@ -988,7 +1025,7 @@ class Store:
                     "WHERE origin = ? AND local_version = ?",
                     (origin, cut),
                 ).fetchone()
-                return LargeGroup(origin, cut, int(version))
+                return self._large_group(origin, cut, int(version))
         hi = max([r[0] for r in merged[-1:] + held[-1:]], default=lo)
         mapping = {
             int(local): (int(version), bool(replay))
@@ -1009,10 +1046,29 @@ class Store:
         if held:
             out = list(heapq.merge(out, [(r[0], r[1]) for r in held], key=lambda item: item[0]))
             out.sort(key=lambda item: (item[0], item[1][5], item[1][8]))
+            if max_bytes is not None and merged:
+                # Each read kept to the budget; the two together may not.
+                whole = _whole_versions_within(out, max_bytes)
+                if out and not whole:
+                    return self._large_group(origin, out[0][0], out[0][1][5])
+                out = whole
         return [change for _, change in out]
 
+    def _large_group(self, origin: bytes, local_version: int, version: int) -> LargeGroup:
+        """A :class:`LargeGroup`, its largest value measured in SQL (no value
+        crosses into Python)."""
+        sized = "CASE WHEN typeof(val) IN ('text', 'blob') THEN octet_length(val) ELSE 0 END"
+        (largest,) = self._reader.execute(
+            f"SELECT max((SELECT coalesce(max({sized}), 0) FROM crsql_changes "
+            "WHERE site_id = ?1 AND db_version = ?2), "
+            f"(SELECT coalesce(max({sized}), 0) FROM crpeer_held "
+            "WHERE origin = ?1 AND local_version = ?2 AND version = ?3))",
+            (origin, local_version, version),
+        ).fetchone()
+        return LargeGroup(origin, local_version, version, int(largest))
+
     def _merged_rows(
-        self, origin: bytes, lo: int, hi: int | None, limit: int | None
+        self, origin: bytes, lo: int, hi: int | None, limit: int | None, max_bytes: int | None
     ) -> tuple[list[tuple[int, tuple[Any, ...]]], bool]:
         sql = f"SELECT {_CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version >= ?"
         params: list[Any] = [origin, lo]
@@ -1023,11 +1079,21 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = self._reader.execute(sql, params).fetchall()
-        return [(int(r[5]), r) for r in rows], limit is not None and len(rows) >= limit
+        if limit is None:
+            rows, full = self._reader.execute(sql, params).fetchall(), False
+        else:
+            rows, full = _fetch_within(self._reader.execute(sql, params), limit, max_bytes)
+        return [(int(r[5]), r) for r in rows], full
 
     def _held_rows(
-        self, origin: bytes, after: int, lo: int, hi: int | None, limit: int | None, conn: Any
+        self,
+        origin: bytes,
+        after: int,
+        lo: int,
+        hi: int | None,
+        limit: int | None,
+        conn: Any,
+        max_bytes: int | None = None,
     ) -> tuple[list[tuple[int, Change]], bool]:
         sql = (
             "SELECT local_version, tbl, pk, cid, val, col_version, version, origin, cl, seq "
@@ -1041,12 +1107,17 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = conn.execute(sql, params).fetchall()
+        if limit is None:
+            rows, full = conn.execute(sql, params).fetchall(), False
+        else:
+            rows, full = _fetch_within(
+                conn.execute(sql, params), limit, max_bytes, lambda r: change_size(r[1:5])
+            )
         held = [
             (int(r[0]), (r[1], bytes(r[2]), r[3], r[4], r[5], r[6], bytes(r[7]), r[8], r[9]))
             for r in rows
         ]
-        return held, limit is not None and len(rows) >= limit
+        return held, full
 
     @_translate_errors
     def backlog_estimate(
@@ -1391,6 +1462,76 @@ def _create_private_file(path: str | os.PathLike[str]) -> None:
     except OSError as exc:
         raise StoreError(f"cannot open database {os.fspath(path)}: {exc.strerror or exc}") from exc
     os.close(descriptor)
+
+
+def _fetch_within(
+    rows: Any, max_rows: int, max_bytes: int | None, size: Callable[[Any], int] = change_size
+) -> tuple[list[Any], bool]:
+    """Read the query ``rows`` (whose ``LIMIT`` is ``max_rows``) to its end, or
+    until the rows' ``size`` passes ``max_bytes`` (the row that passes it is
+    included, so the caller can drop that row's whole transaction); True when
+    a limit stopped it."""
+    if max_bytes is None:
+        fetched = rows.fetchmany(max_rows)
+        full = len(fetched) >= max_rows
+    else:
+        fetched, total, full = [], 0, False
+        for row in rows:
+            fetched.append(row)
+            total += size(row)
+            if total > max_bytes:
+                full = True
+                break
+        full = full or len(fetched) >= max_rows
+    if full:
+        rows.close()
+    return fetched, full
+
+
+def _fetch_each(rows: Any, lock: Any) -> Iterator[Any]:
+    """The rows of the query ``rows`` one by one, each fetched under ``lock``."""
+    while True:
+        with lock:
+            row = rows.fetchone()
+        if row is None:
+            return
+        yield row
+
+
+_T = TypeVar("_T")
+
+
+def _in_chunks(
+    rows: Iterable[_T], chunk: int, max_bytes: int | None, size: Callable[[_T], int]
+) -> Iterator[list[_T]]:
+    """``rows`` in lists of at most ``chunk`` rows and ``max_bytes`` by
+    ``size``; a row larger than ``max_bytes`` comes alone."""
+    out: list[_T] = []
+    total = 0
+    for row in rows:
+        row_size = size(row) if max_bytes is not None else 0
+        if out and (len(out) >= chunk or (max_bytes is not None and total + row_size > max_bytes)):
+            yield out
+            out, total = [], 0
+        out.append(row)
+        total += row_size
+    if out:
+        yield out
+
+
+def _whole_versions_within(
+    rows: list[tuple[int, Change]], max_bytes: int
+) -> list[tuple[int, Change]]:
+    """The longest prefix of ``(local version, change)`` rows that ends at a
+    local version boundary and stays within ``max_bytes``."""
+    total, cut = 0, 0
+    for index, (local, change) in enumerate(rows):
+        if index and local != rows[index - 1][0]:
+            cut = index
+        total += change_size(change)
+        if total > max_bytes:
+            return rows[:cut]
+    return rows
 
 
 def _persisted_cursor(conn: Any) -> Cursor:

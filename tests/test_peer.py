@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from peer import crsqlite, events
 from peer.errors import ChannelClosed, ErrorCode
-from peer.messages import Changes, CursorMessage, Hello, decode, encode
+from peer.messages import Changes, CursorMessage, Hello, LimitsMessage, Part, decode, encode
 from peer.peer import Peer
 from peer.protocol import Limits
 from peer.retry import Backoff
@@ -135,9 +135,9 @@ async def test_a_relay_drops_what_the_remote_announced_while_the_read_waited() -
     reads: list[int] = []
     original = r.next_page
 
-    async def slow_next_page(cursor: Any, limit: int, exclude: bytes) -> Any:
+    async def slow_next_page(cursor: Any, limit: int, exclude: Any, max_bytes: int) -> Any:
         await asyncio.sleep(0.3)
-        page = await original(cursor, limit, exclude)
+        page = await original(cursor, limit, exclude, max_bytes)
         reads.append(len(page) if isinstance(page, list) else -1)
         return page
 
@@ -503,6 +503,15 @@ def hello_frame(site: bytes) -> bytes:
     return encode(Hello(1, 1, site, "hostile", 0, b"\0" * 16, 100, 4, 1), 0)
 
 
+def v3_opening(site: bytes) -> list[bytes]:
+    """HELLO (protocol 3), LIMITS and CURSOR: the frames before any PART."""
+    return [
+        encode(Hello(1, 3, site, "hostile", 0, b"\0" * 16, 100, 4, 1), 0),
+        encode(LimitsMessage(1 << 20, 1 << 20), 1),
+        encode(CursorMessage({}), 2),
+    ]
+
+
 @pytest.mark.parametrize(
     ("name", "frames", "expected"),
     [
@@ -530,6 +539,29 @@ def hello_frame(site: bytes) -> bytes:
                 encode(Changes([("notes", b"\x00", "body", 7, 1, 1, b"H" * 16, 1, 0)], True), 2),
             ],
             ErrorCode.INVALID_CHANGE,
+        ),
+        (
+            "value-too-large",
+            [*v3_opening(b"V" * 16), encode(Part(1 << 40, False, b"x" * 1000), 3)],
+            ErrorCode.VALUE_TOO_LARGE,
+        ),
+        (
+            "parts-past-total",
+            [*v3_opening(b"P" * 16), encode(Part(10, False, b"x" * 11), 3)],
+            ErrorCode.MALFORMED_FRAME,
+        ),
+        (
+            "value-without-parts",
+            [
+                *v3_opening(b"W" * 16),
+                encode(
+                    Changes(
+                        [("notes", b"\x01\t\x01", "body", 1, 1, 1, b"W" * 16, 1, 0)], True, parted=0
+                    ),
+                    3,
+                ),
+            ],
+            ErrorCode.MALFORMED_FRAME,
         ),
     ],
 )

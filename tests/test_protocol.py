@@ -22,8 +22,10 @@ from peer.messages import (
     Error,
     Have,
     Hello,
+    LimitsMessage,
     Message,
     MessageType,
+    Part,
     Ping,
     Pong,
     decode,
@@ -31,6 +33,7 @@ from peer.messages import (
 )
 from peer.protocol import (
     ALLOWED,
+    SINCE,
     ChangesReceived,
     CreditReceived,
     CursorReceived,
@@ -101,7 +104,9 @@ def test_the_exact_message_sequence_of_a_sync() -> None:
     assert a.state is SessionState.READY
     a.send_cursor({})
     b.send_cursor({C_SITE: 4})
-    assert kinds(a.data_to_send() + b.data_to_send()) == [MessageType.CURSOR] * 2
+    assert (
+        kinds(a.data_to_send() + b.data_to_send()) == [MessageType.LIMITS, MessageType.CURSOR] * 2
+    )
     # Rebuild a fresh pair for the body of the exchange.
     pair = ProtocolPair()
     a, b = pair.a, pair.b
@@ -146,7 +151,7 @@ def test_sending_without_credit_is_a_local_error_and_overrunning_is_a_remote_one
         pair.a.send_changes([change(2)], final=True)
     deliver(pair.a, pair.b)
     # Forge a second frame beyond the window.
-    forged = encode(Changes([change(2)], True), 3)
+    forged = encode(Changes([change(2)], True), 4)
     with pytest.raises(RemoteProtocolError) as caught:
         pair.b.receive(forged)
     assert caught.value.code is ErrorCode.FLOW_CONTROL
@@ -154,7 +159,7 @@ def test_sending_without_credit_is_a_local_error_and_overrunning_is_a_remote_one
 
 def test_a_frame_with_more_rows_than_announced_fails_the_session() -> None:
     pair = ProtocolPair(Limits(max_batch_rows=2))
-    forged = encode(Changes([change(1), change(1, 1), change(1, 2)], True), 2)
+    forged = encode(Changes([change(1), change(1, 1), change(1, 2)], True), 3)
     with pytest.raises(RemoteProtocolError) as caught:
         pair.b.receive(forged)
     assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
@@ -204,7 +209,7 @@ def test_have_raises_what_the_remote_is_known_to_hold() -> None:
     # A HAVE never lowers what is known.
     b.send_have({C_SITE: 2})
     assert b.data_to_send() == []
-    a.receive(encode(Have({C_SITE: 2}), 3))
+    a.receive(encode(Have({C_SITE: 2}), 4))
     assert a.remote_cursor == {C_SITE: 6}
 
 
@@ -271,6 +276,8 @@ def sample_message(kind: MessageType) -> Message:
         MessageType.CLOSE: Close(),
         MessageType.BACKLOG: Backlog(10),
         MessageType.HAVE: Have({C_SITE: 5}),
+        MessageType.LIMITS: LimitsMessage(1 << 20, 1 << 20),
+        MessageType.PART: Part(10, False, b"0123"),
     }
     return samples[kind]
 
@@ -285,12 +292,12 @@ def session_in(state: SessionState) -> tuple[SyncSession, int]:
     if state is SessionState.READY:
         s = session(A_SITE)
         s.hello()
-        s.receive(encode(Hello(1, 1, B_SITE, "b", 0, FINGERPRINT, 100, 4, 9), 0))
+        s.receive(encode(Hello(1, 2, B_SITE, "b", 0, FINGERPRINT, 100, 4, 9), 0))
         return s, 1
     if state is SessionState.SYNCING:
-        return pair.a, 2
+        return pair.a, 3
     pair.a.send_close()
-    return pair.a, 2
+    return pair.a, 3
 
 
 @settings(max_examples=200, deadline=None)
@@ -302,7 +309,7 @@ def test_every_state_and_message_pair_is_handled(state: SessionState, kind: Mess
         with pytest.raises(LocalProtocolError):
             s.receive(frame)
         return
-    if kind not in ALLOWED[state]:
+    if kind not in ALLOWED[state] or s.version < SINCE.get(kind, 0):
         with pytest.raises(RemoteProtocolError) as caught:
             s.receive(frame)
         assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE

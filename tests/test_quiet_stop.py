@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pytest
@@ -65,10 +65,12 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
         driver = sender.sessions[0]
         read_page = sender.next_page
 
-        async def page_read_across_the_close(cursor: Any, limit: int, exclude: bytes) -> Any:
+        async def page_read_across_the_close(
+            cursor: Any, limit: int, exclude: Collection[bytes], max_bytes: int
+        ) -> Any:
             # The read finishes only once the session has closed: the page
             # reaches the sender after the stop began.
-            page = await read_page(cursor, limit, exclude)
+            page = await read_page(cursor, limit, exclude, max_bytes)
             while driver.session.state is not SessionState.CLOSED:  # noqa: ASYNC110 (no event to wait on)
                 await asyncio.sleep(0)
             return page

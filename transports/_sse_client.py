@@ -8,6 +8,7 @@ follows the event stream, POSTs frames and acknowledges what its owner read.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import ssl
 from collections.abc import Callable
@@ -24,6 +25,7 @@ __all__ = ["ClientChannel", "open_session"]
 
 log = logging.getLogger("transports.http_sse")
 
+_RAW_BODY_BYTES = 1 << 20
 _ATTEMPTS = 4  # per request, when the connection breaks; then the channel is closed
 _BACKOFF = 0.05  # seconds, doubled on every further attempt
 
@@ -161,8 +163,11 @@ class ClientChannel(ChannelBase):
         for attempt in range(_ATTEMPTS):
             self._check_open()
             try:
+                # aiohttp warns about (and writes in one go) a body of raw bytes
+                # over 1 MiB; a BytesIO goes in chunks, yielding to the loop.
+                data = io.BytesIO(body) if len(body) > _RAW_BODY_BYTES else body
                 async with self._http.post(
-                    self._url + suffix, data=body, headers=headers, proxy=self._proxy
+                    self._url + suffix, data=data, headers=headers, proxy=self._proxy
                 ) as response:
                     await response.read()
                     status = response.status
