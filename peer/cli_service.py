@@ -78,7 +78,6 @@ def unit_text(
     lines = [
         "[Unit]",
         f"Description=crpeer sync node for {database}",
-        "Documentation=https://github.com/crpeer/crpeer#operating-a-node",
         "Wants=network-online.target",
         "After=network-online.target",
         "",
