@@ -253,8 +253,8 @@ def node_guard(database: Path) -> Iterator[None]:
     """Hold ``database``'s instance lock and check the file before a node runs on it.
 
     Raises ConfigError if another node runs on it or ``PRAGMA quick_check``
-    finds it damaged, StoreError if it is not a usable database. Warns on
-    stderr when no table replicates.
+    finds it damaged, StoreError if it is not a usable database. Logs a
+    warning (stderr, in the ``--log-format``) when no table replicates.
     """
     require_database(database)
     with InstanceLock(database):
@@ -262,10 +262,11 @@ def node_guard(database: Path) -> Iterator[None]:
         with Store(database) as store:
             replicated = store.crr_columns()
         if not replicated:
-            click.echo(
-                f"crpeer: warning: {database} has no replicated tables, so nothing syncs; "
-                f"make one with `crpeer crr {database} TABLE`",
-                err=True,
+            logging.getLogger(SERVE_LOGGER).warning(
+                "%s has no replicated tables, so nothing syncs; "
+                "make one with `crpeer crr %s TABLE`",
+                database,
+                database,
             )
         yield
 

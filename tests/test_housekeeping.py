@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 
 import pysqlite3.dbapi2 as sqlite3
+from click.testing import CliRunner
 
+from peer.cli import cli
+from peer.cli_events import human_bytes
 from peer.housekeeping import WalHousekeeper, wal_size
 from peer.peer import Peer
 from peer.store import JOURNAL_SIZE_LIMIT, Store
@@ -110,3 +114,16 @@ async def test_no_checkpoint_while_writes_keep_coming(tmp_path: Path) -> None:
     finally:
         await peer.stop()
         store.close()
+
+
+def test_status_shows_the_wal_size(tmp_path: Path) -> None:
+    database = tmp_path / "a.db"
+    assert CliRunner().invoke(cli, ["init", str(database)]).exit_code == 0
+    with make_database(database) as store:  # an open writer keeps its -wal
+        store.execute("INSERT INTO notes (id, body) VALUES (1, ?)", ("x" * 5000,))
+        size = wal_size(database)
+        assert size > 0
+        report = CliRunner().invoke(cli, ["status", str(database), "--json"])
+        assert json.loads(report.stdout)["wal"] == {"bytes": size}
+        text = CliRunner().invoke(cli, ["status", str(database)]).stdout
+        assert f"wal file        {human_bytes(size)}" in text

@@ -152,6 +152,8 @@ def test_serve_logs_sessions_and_refusals_as_json(tmp_path: Path) -> None:
         listening = [r for r in json_lines(serves[0].err) if r.get("event") == "listening"]
         assert listening[0]["peer_id"] == id_a
         assert json_lines(serves[1].err)  # b's log is JSON too
+        warnings = [r["message"] for r in json_lines(serves[2].err) if r["level"] == "warning"]
+        assert any("has no replicated tables" in w for w in warnings)  # c's, as JSON too
     finally:
         for serve in serves:
             if serve.process.poll() is None:
