@@ -86,15 +86,16 @@ class WalHousekeeper:
             return False
         if self._last_checkpoint is not None and now - self._last_checkpoint < self.min_interval:
             return False
-        if wal_size(store.path) == 0:
+        before = wal_size(store.path)
+        if before == 0:
             return False
-        done, wal_pages, _ = await self.peer.run_in_store(store.checkpoint, truncate=True)
+        done, _, _ = await self.peer.run_in_store(store.checkpoint, truncate=True)
         if not done:
             _log.debug("checkpoint of %s postponed: a reader is in the way", store.path)
             return False
         self._last_checkpoint = now
         self.checkpoints += 1
-        _log.info("checkpoint of %s: %d pages, -wal truncated", store.path, wal_pages)
+        _log.info("idle: truncated %s-wal (%d bytes)", store.path, before)
         return True
 
     async def run(self) -> None:
