@@ -183,6 +183,8 @@ def load_config(path: Path) -> dict[str, Any]:
 
     def fail(table: str | None, key: str, message: str) -> ConfigError:
         line = _line_of(text, table, key)
+        if line is None and table and key:  # an inline table: point at the table
+            line = _line_of(text, table, "") or _line_of(text, None, table)
         where = f"{path}:{line}" if line is not None else f"{path}"
         name = f"{table}.{key}" if table and key else (table or key)
         return ConfigError(f"{where}: {name}: {message}")

@@ -141,6 +141,7 @@ def test_without_a_file_the_defaults_are_unchanged(tmp_path: Path) -> None:
         ('[limits]\nwindow = "4"\n', ":2: limits.window:", "not a string"),
         ("limits.window = 0\n", ":1: limits.window:", "at least 1"),
         ("limits = 3\n", ":1: limits:", "must be a table"),
+        ('lan = true\nlimits = { window = "2" }\n', ":2: limits.window:", "not a string"),
         ('log_format = "xml"\n', ":1: log_format:", "must be one of 'text', 'json'"),
         ('\n\nws = "localhost:99999"\n', ":3: ws:", "out of range"),
         ('connect = ["tcp://h:1", 5]\n', ":1: connect:", "not a list of an integer"),

@@ -96,6 +96,8 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     check = subprocess.run(
         [analyze, "verify", str(out)], capture_output=True, text=True, timeout=60
     )
+    if "Failed to initialize manager" in check.stderr:
+        pytest.skip(f"systemd-analyze cannot run here: {check.stderr.strip()}")
     complaints = [line for line in check.stderr.splitlines() if out.name in line]
     assert check.returncode == 0, check.stderr
     assert complaints == [], complaints
