@@ -44,11 +44,15 @@ from peer.cli_common import (
     require_database,
     serve_state,
 )
+from peer.cli_config import config
 from peer.cli_database import damage_message, read_local_status
+from peer.cli_events import human_bytes
 from peer.cli_serve import serve
+from peer.cli_service import service
 from peer.cli_sql import sql
 from peer.cli_trust import pair, peers, trust
 from peer.errors import ConfigError, CrpeerError
+from peer.housekeeping import wal_size
 from peer.identity import Identity, default_key_path, format_peer_id
 from peer.status import PeerStatus
 from peer.store import Store
@@ -113,7 +117,7 @@ def cli(verbose: int) -> None:
     click.get_current_context().call_on_close(log_to_stderr(verbose))
 
 
-for _command in (serve, peers, trust, pair, sql):
+for _command in (serve, config, service, peers, trust, pair, sql):
     cli.add_command(_command)
 
 
@@ -264,6 +268,9 @@ def status(database: Path, as_json: bool) -> None:
     else:
         current, problems = read_local_status(database)
     serve_info: dict[str, Any] = {"state": state}
+    wal = {"bytes": wal_size(database)}
+    if document is not None and isinstance(document.get("wal_limit"), int):
+        wal["limit"] = document["wal_limit"]
     if document is not None:
         serve_info |= {
             "pid": document.get("pid"),
@@ -281,11 +288,12 @@ def status(database: Path, as_json: bool) -> None:
                 "database": os.fspath(database),
                 "serve": serve_info,
                 "integrity": problems or "ok",
+                "wal": wal,
                 **current.as_dict(),
             }
         )
     else:
-        _print_status(database, state, serve_info, current, problems, labels)
+        _print_status(database, state, serve_info, current, problems, labels, wal)
     if problems:
         raise CliFailure(damage_message(database, problems))
 
@@ -297,6 +305,7 @@ def _print_status(
     current: PeerStatus,
     problems: list[str],
     labels: dict[str, str],
+    wal: dict[str, int],
 ) -> None:
     click.echo(f"database        {database}")
     click.echo(f"peer id         {format_peer_id(current.peer_id) if current.peer_id else '-'}")
@@ -316,6 +325,8 @@ def _print_status(
     click.echo(f"db version      {current.db_version}")
     click.echo(f"schema version  {current.schema_version}")
     click.echo(f"held changes    {current.held_rows}")
+    limit = f" (limit {human_bytes(wal['limit'])})" if "limit" in wal else ""
+    click.echo(f"wal file        {human_bytes(wal['bytes'])}{limit}")
     for dial in current.dials:
         line = {"backing_off": "backing off", "failed": "failed"}.get(dial.state, dial.state)
         if dial.state == "backing_off" and dial.retry_at is not None:

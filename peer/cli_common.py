@@ -9,7 +9,8 @@ and exit status 2 (``peer.cli``). A closed stdout ends a command quietly.
 Files next to a database ``D``: ``D.key`` (identity), ``D.trust.json`` (trust
 store), ``D.lock`` (held by the running node, :mod:`peer.cli_database`), and
 ``D.status.json``, which ``crpeer serve`` rewrites atomically every second and
-removes when it stops; ``crpeer status`` reads it.
+removes when it stops; ``crpeer status`` reads it. Writers of the trust store
+and the status file take turns through ``<file>.lock`` (:mod:`peer.filelock`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import click
 
 from peer.cli_database import serve_is_running
 from peer.errors import ConfigError, CrpeerError
+from peer.filelock import locked
 from peer.store import Store
 
 __all__ = [
@@ -222,16 +224,18 @@ def status_path(database: Path) -> Path:
 
 def write_status_file(path: Path, document: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``document`` as JSON, atomically, mode 0600 (it
-    names the peers and addresses this node syncs with). Raises OSError."""
+    names the peers and addresses this node syncs with), holding the file's
+    writer lock (:func:`peer.filelock.locked`). Raises OSError."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     text = json.dumps({"format": STATUS_FORMAT, "version": _STATUS_VERSION, **document}) + "\n"
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with locked(path):
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                file.write(text)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 def read_status_file(path: Path) -> dict[str, Any] | None:

@@ -6,10 +6,17 @@ output. Catch-up progress shows rows of the app's tables, *changes* (one per
 column value written, cr-sqlite's unit: the remote's backlog, rate and time
 left are known in changes) and bytes: on a terminal as one bar per remote,
 elsewhere as one line every ``progress_every`` seconds.
+
+Given a ``log`` (``--log-format json``, :mod:`peer.cli_logs`), the same lines
+become log records instead of stdout lines, each with the remote's full peer
+id, its label, its address and the event's name as fields.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -21,7 +28,9 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from peer import events
 from peer.cli_common import echo_json, event_to_dict
+from peer.errors import IdentityError
 from peer.identity import format_peer_id
+from peer.pairing import parse_peer_id
 
 __all__ = ["EventPrinter", "count", "human_bytes", "remote_label"]
 
@@ -50,6 +59,18 @@ def remote_label(remote: events.RemotePeer, labels: Callable[[str], str] | None 
     return f"{label} ({shown})" if label else shown
 
 
+_PEER_ID = re.compile(r"\b[A-Z2-7](?:-?[A-Z2-7]){33}\b")
+"""A peer id, canonical or formatted (groups of seven with dashes)."""
+
+
+def _peer_id_in(message: str) -> str | None:
+    """The peer id a refusal's message names (an untrusted peer's), if any."""
+    for candidate in _PEER_ID.findall(message):
+        with contextlib.suppress(IdentityError):
+            return parse_peer_id(candidate)
+    return None
+
+
 def _clock(at: float) -> str:
     return datetime.fromtimestamp(at).strftime("%H:%M:%S")
 
@@ -63,6 +84,11 @@ class EventPrinter:
     progress bar per remote on ``console`` (stderr) when it is a terminal,
     and otherwise print a line at most every ``progress_every`` seconds; each
     remote's EOSE ends it with a summary line. Call :meth:`close` at the end.
+
+    With ``log``, every text line is a record on that logger instead (info;
+    warning for refusals, failed dials and sessions that ended with an error;
+    error for :meth:`error`), also when ``as_json`` prints the events on
+    stdout, and progress is never drawn as bars.
     """
 
     def __init__(
@@ -73,8 +99,10 @@ class EventPrinter:
         labels: Callable[[str], str] | None = None,
         progress_every: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        log: logging.Logger | None = None,
     ) -> None:
         self.as_json = as_json
+        self.log = log
         self.console = console
         self.labels = labels
         self.progress_every = progress_every
@@ -89,7 +117,15 @@ class EventPrinter:
     def listening(self, document: dict[str, Any]) -> None:
         if self.as_json:
             echo_json({"event": "listening", "time": time.time(), **document})
-        else:
+        if self.log is not None:
+            lan = " with mDNS" if document.get("lan") else ""
+            self._line(
+                f"serving {document['database']} on {', '.join(document['addresses'])}{lan}",
+                event="listening",
+                peer_id=document["peer_id"],
+                address=", ".join(document["addresses"]),
+            )
+        elif not self.as_json:
             peer_id = document["peer_id"]
             click.echo(f"crpeer serving {document['database']}")
             click.echo(f"  peer id  {format_peer_id(peer_id) if peer_id else '(insecure)'}")
@@ -107,17 +143,18 @@ class EventPrinter:
     def on_event(self, event: events.Event) -> None:
         if self._held is not None:
             self._held.append(event)
-        elif self.as_json:
+            return
+        if self.as_json:
             echo_json(event_to_dict(event, time.time()))
-        else:
+        if self.log is not None or not self.as_json:
             self._text(event)
 
     def error(self, message: str) -> None:
         """Report a failure that stops the node (an ``error`` event in JSON)."""
         if self.as_json:
             echo_json({"event": "error", "time": time.time(), "error": message})
-        else:
-            self._line(f"error: {message}")
+        if self.log is not None or not self.as_json:
+            self._line(f"error: {message}", level=logging.ERROR, event="error")
 
     def close(self) -> None:
         if self._progress is not None:
@@ -133,7 +170,11 @@ class EventPrinter:
                 self._dial(event)
             case events.Connected(remote=remote):
                 way = "from" if remote.inbound else "to"
-                self._line(f"connected {way} {self._who(remote)} ({remote.address})")
+                self._line(
+                    f"connected {way} {self._who(remote)} ({remote.address})",
+                    remote=remote,
+                    event="connected",
+                )
             case events.Progress(remote=remote):
                 self._last[remote.site_id] = event
                 self._show_progress(event)
@@ -146,32 +187,61 @@ class EventPrinter:
                         if table_rows
                         else count(rows, "change")
                     )
-                    self._line(f"{what} from {self._who(remote)} ({', '.join(sorted(tables))})")
+                    self._line(
+                        f"{what} from {self._who(remote)} ({', '.join(sorted(tables))})",
+                        remote=remote,
+                        event="changed",
+                    )
             case events.Outdated(remote=remote) as outdated:
                 self._line(
                     f"{self._who(remote)} has schema {outdated.remote_schema_version} "
                     f"(ours {outdated.local_schema_version}): "
-                    f"{count(outdated.held_rows, 'change')} held until this database is migrated"
+                    f"{count(outdated.held_rows, 'change')} held until this database is migrated",
+                    remote=remote,
+                    level=logging.WARNING,
+                    event="outdated",
                 )
             case events.Disconnected(remote=remote, error=error, discarded=discarded):
                 self._end_progress(remote, finished=False)
                 reason = f": {error}" if error else ""
-                self._line(f"disconnected from {self._who(remote)}{reason}")
+                self._line(
+                    f"disconnected from {self._who(remote)}{reason}",
+                    remote=remote,
+                    level=logging.WARNING if error else logging.INFO,
+                    event="disconnected",
+                )
                 if discarded:
                     self._line(
                         f"  the transaction being received ({count(discarded, 'change')} so "
                         "far) was not applied: crpeer applies whole transactions only, so it "
-                        "starts over on the next connection"
+                        "starts over on the next connection",
+                        remote=remote,
+                        level=logging.WARNING,
+                        event="discarded",
                     )
             case events.SessionFailed(remote=None, address=address, error=error):
-                self._line(f"refused {address}: {error}")
+                self._line(
+                    f"refused {address}: {error}",
+                    level=logging.WARNING,
+                    event="refused",
+                    address=address,
+                    peer_id=_peer_id_in(str(error)),
+                )
             case events.ValueTooLarge(remote=remote, error=error):
-                self._line(f"cannot send to {self._who(remote)}: {error}")
+                self._line(
+                    f"cannot send to {self._who(remote)}: {error}",
+                    remote=remote,
+                    level=logging.WARNING,
+                    event="value_too_large",
+                )
             case events.JoinSecretExpired(failures=failures, last_address=address):
                 self._line(
                     f"the join secret expired after {failures} failed pairing attempts "
                     f"(the last from {address}); run `crpeer pair new-secret` to let a "
-                    "device join"
+                    "device join",
+                    level=logging.WARNING,
+                    event="join_secret_expired",
+                    address=address,
                 )
             case _:
                 pass
@@ -186,13 +256,40 @@ class EventPrinter:
             case "backing_off":
                 at = state.retry_at
                 when = "" if at is None else f"; next attempt at {_clock(at)}"
-                self._line(f"cannot reach {state.address}: {error or 'closed'}{when}")
+                self._line(
+                    f"cannot reach {state.address}: {error or 'closed'}{when}",
+                    level=logging.WARNING,
+                    event="dial_failed",
+                    address=state.address,
+                )
             case "failed":
-                self._line(f"not dialing {state.address}: {error}")
+                self._line(
+                    f"not dialing {state.address}: {error}",
+                    level=logging.WARNING,
+                    event="dial_failed",
+                    address=state.address,
+                )
             case _:
                 pass  # connecting / connected: the Connected line follows
 
-    def _line(self, text: str) -> None:
+    def _line(
+        self,
+        text: str,
+        *,
+        remote: events.RemotePeer | None = None,
+        level: int = logging.INFO,
+        event: str = "",
+        address: str | None = None,
+        peer_id: str | None = None,
+    ) -> None:
+        """One line on stdout, or one record on :attr:`log` with its fields."""
+        if self.log is not None:
+            if remote is not None:
+                peer_id, address = remote.peer_id, address or remote.address
+            label = self.labels(peer_id) if peer_id and self.labels is not None else ""
+            fields = {"event": event, "peer_id": peer_id, "label": label, "address": address}
+            self.log.log(level, "%s", text.strip(), extra=fields)
+            return
         if self._progress is not None:
             self._progress.console.print(text, markup=False, highlight=False)
         else:
@@ -203,7 +300,7 @@ class EventPrinter:
         left = event.remaining
         rate = f"{event.rate:,.0f} changes/s"
         left_text = "" if left is None else f"~{left:,.0f} s left"
-        if not self.console.is_terminal:
+        if not self.console.is_terminal or self.log is not None:
             now = self._clock()
             if now - self._printed_at.get(site, now - self.progress_every) >= self.progress_every:
                 self._printed_at[site] = now
@@ -212,7 +309,9 @@ class EventPrinter:
                     f"{count(event.table_rows, 'row')}, {event.rows_received:,}/"
                     f"{max(event.rows_expected, event.rows_received):,} changes "
                     f"({human_bytes(event.bytes_received)}), {rate}"
-                    + (f", {left_text}" if left_text else "")
+                    + (f", {left_text}" if left_text else ""),
+                    remote=event.remote,
+                    event="progress",
                 )
             return
         if self._progress is None:
@@ -261,7 +360,9 @@ class EventPrinter:
             self._line(
                 f"caught up with {self._who(remote)}: {count(last.table_rows, 'row')} "
                 f"({count(last.rows_received, 'change')}, {human_bytes(last.bytes_received)}) "
-                f"in {last.elapsed:.1f} s ({last.rate:,.0f} changes/s)"
+                f"in {last.elapsed:.1f} s ({last.rate:,.0f} changes/s)",
+                remote=remote,
+                event="caught_up",
             )
         elif finished:
-            self._line(f"caught up with {self._who(remote)}")
+            self._line(f"caught up with {self._who(remote)}", remote=remote, event="caught_up")

@@ -12,13 +12,18 @@ dial, then every peer event. Otherwise it prints one line per noteworthy
 event and, on a terminal, a progress bar per remote during catch-up (rows,
 rate and time left, from the remote's backlog estimate). Every
 ``status_interval`` seconds it writes ``<database>.status.json`` for ``crpeer
-status`` and removes it when it stops.
+status`` and removes it when it stops. ``--log-format json`` turns those lines
+into JSON log records on stderr (:mod:`peer.cli_logs`); ``--config FILE``
+gives every option's default (:mod:`peer.cli_config`). While it runs, a
+:class:`~peer.housekeeping.WalHousekeeper` truncates the ``-wal`` file when
+the node is idle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -40,8 +45,10 @@ from peer.cli_common import (
     status_path,
     write_status_file,
 )
+from peer.cli_config import CONFIG_OPTION
 from peer.cli_database import InstanceLock, check_health, damage_message
 from peer.cli_events import EventPrinter
+from peer.cli_logs import LOG_FORMATS, SERVE_LOGGER, use_log_format
 from peer.errors import (
     ConfigError,
     CrpeerError,
@@ -50,11 +57,14 @@ from peer.errors import (
     SecurityError,
     StoreError,
 )
+from peer.filelock import lock_path
+from peer.housekeeping import WalHousekeeper, wal_size
 from peer.identity import Identity, default_key_path, format_peer_id
 from peer.pairing import WRONG_SECRET, normalize_join_secret
 from peer.peer import Peer
+from peer.protocol import Limits
 from peer.status import SessionHistory, peer_status
-from peer.store import Store
+from peer.store import JOURNAL_SIZE_LIMIT, Store
 from peer.trust import TrustStore, default_trust_path
 from transports._addresses import parse_address
 from transports.base import Transport
@@ -75,6 +85,7 @@ __all__ = [
 ]
 
 _SCHEMES = ("tcp", "ws", "wss", "http", "https")
+_DEFAULT_LIMITS = Limits()
 _URL_FORMS = "tcp://HOST:PORT, ws://HOST:PORT/crpeer or http://HOST:PORT/crpeer"
 
 
@@ -94,8 +105,13 @@ class NodeOptions:
     """More keyword arguments for ``Peer(...)``."""
 
 
-def build_peer(options: NodeOptions, *, join_secret: str | None = None) -> tuple[Peer, Identity]:
+def build_peer(
+    options: NodeOptions, *, join_secret: str | None = None, store: Store | None = None
+) -> tuple[Peer, Identity]:
     """A Peer for ``options`` and the node's identity (created on first use).
+
+    The peer opens the database itself, unless ``store`` (opened on it by
+    the caller, who closes it after the peer stops) is given.
 
     The TCP listener is the LAN transport (TCP advertised over mDNS) unless
     ``lan`` is off. WebSocket and HTTP/SSE listen when asked for, and dial
@@ -134,7 +150,7 @@ def build_peer(options: NodeOptions, *, join_secret: str | None = None) -> tuple
         }
     )
     peer = Peer(
-        os.fspath(database),
+        store if store is not None else os.fspath(database),
         transports,
         name=options.name,
         connect=list(options.connect),
@@ -237,8 +253,8 @@ def node_guard(database: Path) -> Iterator[None]:
     """Hold ``database``'s instance lock and check the file before a node runs on it.
 
     Raises ConfigError if another node runs on it or ``PRAGMA quick_check``
-    finds it damaged, StoreError if it is not a usable database. Warns on
-    stderr when no table replicates.
+    finds it damaged, StoreError if it is not a usable database. Logs a
+    warning (stderr, in the ``--log-format``) when no table replicates.
     """
     require_database(database)
     with InstanceLock(database):
@@ -246,25 +262,39 @@ def node_guard(database: Path) -> Iterator[None]:
         with Store(database) as store:
             replicated = store.crr_columns()
         if not replicated:
-            click.echo(
-                f"crpeer: warning: {database} has no replicated tables, so nothing syncs; "
-                f"make one with `crpeer crr {database} TABLE`",
-                err=True,
+            logging.getLogger(SERVE_LOGGER).warning(
+                "%s has no replicated tables, so nothing syncs; "
+                "make one with `crpeer crr %s TABLE`",
+                database,
+                database,
             )
         yield
 
 
-async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: float) -> None:
+async def run_serve(
+    options: NodeOptions,
+    *,
+    as_json: bool,
+    status_interval: float,
+    log_format: str = "text",
+    wal_limit: int = JOURNAL_SIZE_LIMIT,
+) -> None:
     """Run a node until SIGINT/SIGTERM (see the module docstring).
 
     Raises ConfigError if the database turns out damaged while serving: the
     sessions stop, an ``error`` event says why, and the node does not go on.
     """
-    peer, _ = build_peer(options)
+    store = Store(options.database, journal_size_limit=wal_limit)
+    try:
+        peer, _ = build_peer(options, store=store)
+    except BaseException:
+        store.close()
+        raise
     history = SessionHistory()
     peer.subscribe(history.record)
     labels = _labels(options.database) if not options.insecure else None
-    reporter = EventPrinter(as_json=as_json, console=Console(stderr=True), labels=labels)
+    log = logging.getLogger(SERVE_LOGGER) if log_format == "json" else None
+    reporter = EventPrinter(as_json=as_json, console=Console(stderr=True), labels=labels, log=log)
     peer.subscribe(reporter.on_event)
     status_file = status_path(options.database)
     interrupted, store_failed, wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -285,8 +315,10 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupt)
     damage: str | None = None
+    housekeeping: asyncio.Task[None] | None = None
     try:
         await peer.start()
+        housekeeping = asyncio.create_task(WalHousekeeper(peer).run(), name="crpeer-housekeeping")
         addresses = _addresses(peer)
         reporter.listening(
             {
@@ -314,6 +346,8 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
                     "pid": os.getpid(),
                     "updated": time.time(),
                     "listen": addresses,
+                    "wal_bytes": wal_size(options.database),
+                    "wal_limit": wal_limit,
                     "status": status.as_dict(),
                 },
             )
@@ -323,16 +357,23 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if housekeeping is not None:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
         try:
             await peer.stop()
         finally:
+            store.close()
             status_file.unlink(missing_ok=True)
+            lock_path(status_file).unlink(missing_ok=True)  # serve is its only writer
             reporter.close()
     if damage is not None:
         raise ConfigError(damage)
 
 
 @click.command()
+@CONFIG_OPTION
 @node_options
 @click.option(
     "--status-interval",
@@ -340,6 +381,43 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
     default=1.0,
     show_default=True,
     help="Seconds between rewrites of DATABASE.status.json.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    envvar="CRPEER_LOG_FORMAT",
+    help="json: one JSON object per log line on stderr (env: CRPEER_LOG_FORMAT).",
+)
+@click.option(
+    "--wal-limit",
+    type=click.IntRange(min=0),
+    default=JOURNAL_SIZE_LIMIT,
+    show_default=True,
+    metavar="BYTES",
+    help="Cut the -wal file back to this size after checkpoints.",
+)
+@click.option(
+    "--max-frame-bytes",
+    type=click.IntRange(min=1024),
+    default=_DEFAULT_LIMITS.max_frame_bytes,
+    show_default=True,
+    help="Largest frame accepted from a peer.",
+)
+@click.option(
+    "--max-batch-rows",
+    type=click.IntRange(min=1),
+    default=_DEFAULT_LIMITS.max_batch_rows,
+    show_default=True,
+    help="Most changes per frame accepted (and sent).",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=_DEFAULT_LIMITS.window,
+    show_default=True,
+    help="Frames a peer may have in flight to this node.",
 )
 def serve(
     database: Path,
@@ -352,6 +430,11 @@ def serve(
     name: str | None,
     as_json: bool,
     status_interval: float,
+    log_format: str,
+    wal_limit: int,
+    max_frame_bytes: int,
+    max_batch_rows: int,
+    window: int,
 ) -> None:
     """Sync DATABASE with peers until interrupted (Ctrl-C or SIGTERM).
 
@@ -360,10 +443,27 @@ def serve(
     trust` and `crpeer pair`). It writes DATABASE.status.json every second
     for `crpeer status`. One node runs per database (DATABASE.lock); a
     damaged database is refused at start and stops the node while serving.
+
+    --config FILE (or CRPEER_CONFIG) reads every option from a TOML file;
+    options given here override it (`crpeer config check FILE` checks one).
     """
-    options = NodeOptions(database, tcp, ws, http, lan, connect, insecure, name)
-    with node_guard(database):
-        asyncio.run(run_serve(options, as_json=as_json, status_interval=status_interval))
+    limits = Limits(max_frame_bytes, max_batch_rows, window)
+    extra: dict[str, Any] = {} if limits == _DEFAULT_LIMITS else {"limits": limits}
+    options = NodeOptions(database, tcp, ws, http, lan, connect, insecure, name, extra)
+    undo_log_format = use_log_format(log_format)
+    try:
+        with node_guard(database):
+            asyncio.run(
+                run_serve(
+                    options,
+                    as_json=as_json,
+                    status_interval=status_interval,
+                    log_format=log_format,
+                    wal_limit=wal_limit,
+                )
+            )
+    finally:
+        undo_log_format()
 
 
 async def run_pair_join(options: NodeOptions, secret: str, within: float) -> tuple[str, bool]:

@@ -90,6 +90,7 @@ from peer.errors import InvalidChangeError, SchemaError, StoreError
 from peer.packed_pk import KeyColumn, KeyShape, PackedKeyError, check_key
 
 __all__ = [
+    "JOURNAL_SIZE_LIMIT",
     "SENTINEL_CID",
     "SITE_ID_LENGTH",
     "ApplyResult",
@@ -253,6 +254,11 @@ def _translate_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+JOURNAL_SIZE_LIMIT = 64 << 20
+"""Bytes the ``-wal`` file is cut back to after a checkpoint resets it
+(``PRAGMA journal_size_limit`` on every connection of a store)."""
+
+
 class Store:
     """A cr-sqlite database opened for syncing.
 
@@ -263,17 +269,25 @@ class Store:
 
     ``read_only=True`` opens an existing crpeer database without writing
     anything to it (no table is created): for reading its state only.
+    ``journal_size_limit`` bounds the ``-wal`` file once it is checkpointed
+    (see :meth:`checkpoint`).
 
     Raises ExtensionError if cr-sqlite cannot be loaded, StoreError if the
     file is not a usable database (read-only: or not a crpeer database).
     """
 
     def __init__(
-        self, path: str | Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        read_only: bool = False,
+        journal_size_limit: int = JOURNAL_SIZE_LIMIT,
     ) -> None:
         self.path = str(path)
         self.read_only = read_only
         self._busy_timeout_ms = int(busy_timeout_ms)
+        self._journal_size_limit = int(journal_size_limit)
         self._lock = threading.RLock()
         self._columns_cache: tuple[int, dict[str, frozenset[str]], dict[str, KeyShape]] | None = (
             None
@@ -305,6 +319,7 @@ class Store:
                 if self.path != ":memory:":
                     self._conn.execute("PRAGMA journal_mode = WAL")
                     self._conn.execute("PRAGMA synchronous = NORMAL")
+                    self._conn.execute(f"PRAGMA journal_size_limit = {self._journal_size_limit}")
                 self._conn.executescript(_BOOKKEEPING)
                 store_schema.add_held_schema_column(self._conn)
                 self._index_clocks()
@@ -933,6 +948,7 @@ class Store:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {self._journal_size_limit}")
         crsqlite.load(conn)
         return conn
 
@@ -969,6 +985,26 @@ class Store:
             self._sync.executescript(_MERGE_STAGE)
             self._sync.execute("BEGIN IMMEDIATE")
             self._sync_cookie = store_schema.cookie(self._sync)
+
+    @_translate_errors
+    def checkpoint(self, *, truncate: bool = True) -> tuple[bool, int, int]:
+        """Copy the ``-wal`` file into the database now, without waiting for
+        anyone; with ``truncate``, also cut the ``-wal`` file to zero bytes.
+
+        Returns ``(done, wal_pages, checkpointed_pages)``: ``done`` is False
+        when a reader or writer (a page spanning frames, another process)
+        was in the way; call again later. Nothing is lost either way.
+        """
+        mode = "TRUNCATE" if truncate else "PASSIVE"
+        with self._lock:
+            if self._page_open or self.read_only or self.path == ":memory:":
+                return False, 0, 0
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy, log, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        return busy == 0, int(log), int(done)
 
     def _own_changes(
         self, after: int, limit: int, max_bytes: int | None

@@ -6,6 +6,11 @@ mode 0600, replaced atomically on every change)::
     {"format": "crpeer-trust", "version": 1, "join_secret": "ABCDEFG-..." | null,
      "peers": [{"peer_id": "...", "label": "laptop", "added": "2026-01-01T00:00:00+00:00"}]}
 
+Every change is a read-change-write of the file under an exclusive lock on
+``<database>.trust.json.lock`` (:mod:`peer.filelock`): two processes changing
+the store at once (``crpeer serve`` pairing while ``crpeer trust add`` runs)
+take turns, and neither loses the other's change.
+
 A corrupt file is an error (:class:`~peer.errors.ConfigError`), never silently
 reset: resetting would forget every trusted peer. Methods are thread-safe;
 removal callbacks run in the thread that called :meth:`TrustStore.remove`.
@@ -14,17 +19,19 @@ removal callbacks run in the thread that called :meth:`TrustStore.remove`.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peer.errors import ConfigError, IdentityError, UntrustedPeerError
+from peer.filelock import locked
 from peer.identity import _read_private_file, _write_private_file
 from peer.pairing import generate_join_secret, normalize_join_secret, parse_peer_id
 
@@ -104,13 +111,14 @@ class TrustStore:
         malformed id, ConfigError if the file cannot be written.
         """
         canonical = parse_peer_id(peer_id)
-        with self._lock:
+        with self._changing() as removed:
             old = self._peers.get(canonical)
             if old is None:
                 entry = TrustedPeer(canonical, label, self._clock())
             else:
                 entry = TrustedPeer(canonical, label or old.label, old.added)
             self._save({**self._peers, canonical: entry}, self._join_secret)
+        self._notify_removed(removed)
         return entry
 
     def remove(self, peer_id: str) -> bool:
@@ -122,13 +130,37 @@ class TrustStore:
         written.
         """
         canonical = parse_peer_id(peer_id)
+        with self._changing() as removed:
+            if canonical in self._peers:
+                peers = {key: value for key, value in self._peers.items() if key != canonical}
+                self._save(peers, self._join_secret)
+                removed.append(canonical)
+        self._notify_removed(removed)
+        return canonical in removed
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[builtins.list[str]]:
+        """Hold the thread lock and the file lock, with the file's current
+        contents loaded; yields the ids another process removed (append the
+        ones this change removes; the caller notifies after)."""
         with self._lock:
-            if canonical not in self._peers:
-                return False
-            peers = {key: value for key, value in self._peers.items() if key != canonical}
-            self._save(peers, self._join_secret)
-        self._notify_removed([canonical])
-        return True
+            try:
+                with locked(self._path):
+                    removed = self._reload_locked()
+                    yield removed
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write the trust store {self._path}: {exc.strerror or exc}; "
+                    "check that its folder exists and is writable"
+                ) from exc
+
+    def _reload_locked(self) -> builtins.list[str]:
+        """Re-read the file (the caller holds ``_lock``); the ids that disappeared."""
+        data = _read_private_file(self._path, ConfigError)
+        peers, secret = ({}, None) if data is None else _parse(data, self._path)
+        removed = sorted(set(self._peers) - set(peers))
+        self._peers, self._join_secret, self._stamp = peers, secret, _stamp(self._path)
+        return removed
 
     def _notify_removed(self, peer_ids: builtins.list[str]) -> None:
         """Tell every :meth:`on_removed` listener; one failing does not stop the others."""
@@ -149,13 +181,9 @@ class TrustStore:
         store keeps its previous contents).
         """
         with self._lock:
-            stamp = _stamp(self._path)
-            if stamp == self._stamp:
+            if _stamp(self._path) == self._stamp:
                 return False
-            data = _read_private_file(self._path, ConfigError)
-            peers, secret = ({}, None) if data is None else _parse(data, self._path)
-            removed = sorted(set(self._peers) - set(peers))
-            self._peers, self._join_secret, self._stamp = peers, secret, stamp
+            removed = self._reload_locked()
         self._notify_removed(removed)
         return True
 
@@ -202,23 +230,26 @@ class TrustStore:
         :data:`~peer.pairing.JOIN_SECRET_MIN_LENGTH` or cannot be written.
         """
         normalize_join_secret(secret)
-        with self._lock:
+        with self._changing() as removed:
             self._save(self._peers, secret.strip())
+        self._notify_removed(removed)
 
     def rotate_join_secret(self) -> str:
         """Replace the join secret with a new random 128-bit one and return it
         for display. Devices that have not joined yet need the new one.
         Raises ConfigError if it cannot be written."""
         secret = generate_join_secret()
-        with self._lock:
+        with self._changing() as removed:
             self._save(self._peers, secret)
+        self._notify_removed(removed)
         return secret
 
     def clear_join_secret(self) -> None:
         """Close joining: no new device can pair until a secret is set again.
         Raises ConfigError if it cannot be written."""
-        with self._lock:
+        with self._changing() as removed:
             self._save(self._peers, None)
+        self._notify_removed(removed)
 
     def _save(self, peers: dict[str, TrustedPeer], join_secret: str | None) -> None:
         document = {

@@ -64,7 +64,8 @@ def test_add_remove_list_persist_and_reload(path: Path) -> None:
     assert [entry.peer_id for entry in store.list()] == [ALICE, CAROL]
     if os.name == "posix":
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left
+    # no temporary left; the writers' lock file stays (it holds nothing)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, f"{path.name}.lock"]
 
     reloaded = TrustStore.load(path)
     assert reloaded.list() == store.list()
