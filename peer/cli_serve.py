@@ -32,10 +32,12 @@ import click
 from rich.console import Console
 
 from peer import events
+from peer.admin import AdminOptions, AdminServer, TokenMode
 from peer.cli_common import (
     DATABASE,
     echo_json,
     host_port_option,
+    parse_host_port,
     require_database,
     status_path,
     write_status_file,
@@ -254,8 +256,15 @@ def node_guard(database: Path) -> Iterator[None]:
         yield
 
 
-async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: float) -> None:
-    """Run a node until SIGINT/SIGTERM (see the module docstring).
+async def run_serve(
+    options: NodeOptions,
+    *,
+    as_json: bool,
+    status_interval: float,
+    admin: AdminOptions | None = None,
+) -> None:
+    """Run a node until SIGINT/SIGTERM (see the module docstring), with the
+    admin listener (:mod:`peer.admin`) when ``admin`` is given.
 
     Raises ConfigError if the database turns out damaged while serving: the
     sessions stop, an ``error`` event says why, and the node does not go on.
@@ -266,6 +275,9 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
     labels = _labels(options.database) if not options.insecure else None
     reporter = EventPrinter(as_json=as_json, console=Console(stderr=True), labels=labels)
     peer.subscribe(reporter.on_event)
+    admin_server = (
+        AdminServer(peer, admin, database=options.database, lan=options.lan) if admin else None
+    )
     status_file = status_path(options.database)
     interrupted, store_failed, wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -288,8 +300,11 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
     try:
         await peer.start()
         addresses = _addresses(peer)
+        if admin_server is not None:
+            await admin_server.start(addresses)
         reporter.listening(
             {
+                **_admin_document(admin_server),
                 "database": os.fspath(options.database),
                 "peer_id": peer.peer_id,
                 "site_id": peer.site_id.hex(),
@@ -324,6 +339,8 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         try:
+            if admin_server is not None:
+                await admin_server.stop()
             await peer.stop()
         finally:
             status_file.unlink(missing_ok=True)
@@ -332,8 +349,39 @@ async def run_serve(options: NodeOptions, *, as_json: bool, status_interval: flo
         raise ConfigError(damage)
 
 
+def _admin_document(server: AdminServer | None) -> dict[str, Any]:
+    if server is None:
+        return {}
+    token = server.token_file
+    return {"admin": server.url, "admin_token_file": None if token is None else os.fspath(token)}
+
+
+def _admin_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_host_port(value, default_host="127.0.0.1")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @click.command()
 @node_options
+@click.option(
+    "--admin",
+    metavar="HOST:PORT",
+    callback=_admin_option,
+    help="Serve metrics, a JSON API and a status page at HOST:PORT "
+    "(PORT alone: on 127.0.0.1). Off by default.",
+)
+@click.option(
+    "--admin-token",
+    type=click.Choice(["auto", "required"]),
+    default="auto",
+    show_default=True,
+    help="auto: a token only when --admin is not a loopback address; required: always. "
+    "The token is kept in DATABASE.admin-token.",
+)
 @click.option(
     "--status-interval",
     type=click.FloatRange(min=0.05),
@@ -351,6 +399,8 @@ def serve(
     insecure: bool,
     name: str | None,
     as_json: bool,
+    admin: tuple[str, int] | None,
+    admin_token: TokenMode,
     status_interval: float,
 ) -> None:
     """Sync DATABASE with peers until interrupted (Ctrl-C or SIGTERM).
@@ -360,10 +410,16 @@ def serve(
     trust` and `crpeer pair`). It writes DATABASE.status.json every second
     for `crpeer status`. One node runs per database (DATABASE.lock); a
     damaged database is refused at start and stops the node while serving.
+    With --admin it serves /metrics, /api/... and a status page.
     """
     options = NodeOptions(database, tcp, ws, http, lan, connect, insecure, name)
+    admin_options = AdminOptions(*admin, admin_token) if admin else None
     with node_guard(database):
-        asyncio.run(run_serve(options, as_json=as_json, status_interval=status_interval))
+        asyncio.run(
+            run_serve(
+                options, as_json=as_json, status_interval=status_interval, admin=admin_options
+            )
+        )
 
 
 async def run_pair_join(options: NodeOptions, secret: str, within: float) -> tuple[str, bool]:
