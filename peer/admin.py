@@ -9,7 +9,9 @@
 - ``GET /api/node``: what the page shows beside them (listeners, mDNS on or
   off, file sizes, labels, when each peer connected);
 - ``GET /api/events``: Server-Sent Events, one ``data:`` line per peer event
-  in the JSON of ``crpeer serve --json`` (:func:`~peer.cli_common.event_to_dict`);
+  in the JSON of ``crpeer serve --json`` (:func:`~peer.cli_common.event_to_dict`),
+  numbered by ``id:``; a new client first gets the last 100 events, a client
+  that reconnects with ``Last-Event-ID`` those after it;
 - ``GET /`` (with ``/app.js`` and ``/style.css``): a status page, plain HTML,
   CSS and JavaScript shipped in ``peer/admin_page`` (no build step, no CDN).
 
@@ -26,13 +28,13 @@ page's own files hold no data and are served to anyone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import json
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -74,6 +76,8 @@ _EVENT_QUEUE = 1000
 """Events buffered per /api/events client; a client that falls further behind
 is disconnected (its EventSource reconnects)."""
 _KEEPALIVE = 15.0
+_RECENT_EVENTS = 100
+"""Events kept for a client that connects later (or reconnects: ``Last-Event-ID``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +168,10 @@ class AdminServer:
         self._clock = clock
         self._trust: TrustStore | None = None
         self._runner: web.AppRunner | None = None
-        self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._streams: set[asyncio.Queue[tuple[int, dict[str, Any]] | None]] = set()
+        self._sequence = 0
+        self._recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=_RECENT_EVENTS)
+        self._unsubscribe = peer.subscribe(self._remember)
         self.url = ""
         """``http://HOST:PORT/`` once started."""
 
@@ -203,6 +210,8 @@ class AdminServer:
     async def stop(self) -> None:
         """End every event stream, close the listener, unsubscribe. Idempotent."""
         self.metrics.close()
+        self._unsubscribe()
+        self._unsubscribe = lambda: None
         for queue in list(self._streams):
             while not queue.empty():
                 queue.get_nowait()
@@ -289,6 +298,20 @@ class AdminServer:
             }
         )
 
+    def _remember(self, event: events.Event) -> None:
+        """Number ``event``, keep it for clients that connect later, and send it
+        to every open stream (a stream too far behind is ended)."""
+        self._sequence += 1
+        item = (self._sequence, event_to_dict(event, self._clock()))
+        self._recent.append(item)
+        for queue in self._streams:
+            if queue.full():
+                continue  # already ended below
+            if queue.qsize() == queue.maxsize - 1:
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(item)
+
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -297,18 +320,15 @@ class AdminServer:
                 "X-Accel-Buffering": "no",
             }
         )
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_EVENT_QUEUE)
-
-        def on_event(event: events.Event) -> None:
-            with contextlib.suppress(asyncio.QueueFull):  # too far behind: ends below
-                queue.put_nowait(event_to_dict(event, self._clock()))
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                queue.put_nowait(None)
-
+        try:
+            after = int(request.headers.get("Last-Event-ID", "0"))
+        except ValueError:
+            after = 0
+        queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue(_EVENT_QUEUE)
+        for recent in self._recent:  # no await since: nothing is missed or sent twice
+            if recent[0] > after:
+                queue.put_nowait(recent)
         self._streams.add(queue)
-        unsubscribe = self.peer.subscribe(on_event)
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n")
@@ -320,12 +340,11 @@ class AdminServer:
                     continue
                 if item is None:
                     break
-                data = json.dumps(item, ensure_ascii=False, allow_nan=False)
-                await response.write(f"data: {data}\n\n".encode())
+                data = json.dumps(item[1], ensure_ascii=False, allow_nan=False)
+                await response.write(f"id: {item[0]}\ndata: {data}\n\n".encode())
         except ConnectionError:
             pass  # the client went away
         finally:
-            unsubscribe()
             self._streams.discard(queue)
         return response
 

@@ -157,8 +157,9 @@ class NodeMetrics(Collector):
         self.registry.register(self)
 
     def close(self) -> None:
-        """Stop listening to the peer's events."""
+        """Stop listening to the peer's events. Idempotent."""
         self._unsubscribe()
+        self._unsubscribe = lambda: None
 
     # -- events -------------------------------------------------------------------
 

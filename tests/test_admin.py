@@ -184,6 +184,22 @@ def test_error_codes_name_the_wire_code_or_the_error_class() -> None:
     assert error_code(ConfigError("x")) == "config"
 
 
+async def read_events(
+    client: aiohttp.ClientSession, url: str, *, until: str, headers: dict[str, str] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """Events from ``/api/events`` as (id, event), up to the first ``until`` event."""
+    seen: list[tuple[int, dict[str, Any]]] = []
+    async with client.get(url + "api/events", headers=headers) as stream, asyncio.timeout(20):
+        event_id = 0
+        while not seen or seen[-1][1]["event"] != until:
+            line = (await stream.content.readline()).decode()
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("data: "):
+                seen.append((event_id, json.loads(line[6:])))
+    return seen
+
+
 async def test_api_and_events_of_a_running_peer(nodes: Any, admin_of: Any) -> None:
     a, b = nodes("a"), nodes("b")
     a.trust.add(b.identity.peer_id, "laptop")
@@ -232,6 +248,15 @@ async def test_api_and_events_of_a_running_peer(nodes: Any, admin_of: Any) -> No
                 assert node["labels"] == {b.identity.peer_id: "laptop"}
                 assert list(node["connected_since"]) == [pb.site_id.hex()]
                 assert node["database_bytes"] == os.stat(database(a)).st_size
+        # A client that connects later gets the recent events; one that
+        # reconnects with Last-Event-ID gets only those after it.
+        replayed = await read_events(client, admin.url, until="disconnected")
+        assert [e["event"] for _, e in replayed][:1] == ["connected"]
+        first_id = replayed[0][0]
+        after = await read_events(
+            client, admin.url, until="disconnected", headers={"Last-Event-ID": str(first_id)}
+        )
+        assert after == [item for item in replayed if item[0] > first_id]
         for path, kind in (("", "text/html"), ("app.js", "text/javascript")):
             async with client.get(admin.url + path) as response:
                 assert response.status == 200
