@@ -6,12 +6,14 @@ import asyncio
 import json
 import os
 import stat
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from peer.admin import (
@@ -23,7 +25,7 @@ from peer.admin import (
     token_required,
 )
 from peer.errors import ConfigError, ErrorCode, RemoteProtocolError, StoreError
-from peer.metrics import METRICS, error_code
+from peer.metrics import METRICS, NodeMetrics, error_code
 from peer.peer import Peer
 from tests.support import Node, address, refusals, wait_for
 
@@ -97,7 +99,9 @@ async def test_metrics_of_two_peers_syncing_over_tcp(nodes: Any, admin_of: Any) 
     admin = admin_of(pa, a)
     async with pa:
         await admin.start([address(pa)])
-        async with b.peer([address(pa)]) as pb:
+        pb = b.peer([address(pa)])
+        metrics_b = NodeMetrics(pb)  # the collector alone, on the other side
+        async with pb:
             for n in range(50):
                 await pb.execute("INSERT INTO notes VALUES (?, ?)", (n, f"note {n}"))
             await wait_for(lambda: len(a.rows()) == 50)
@@ -143,6 +147,21 @@ async def test_metrics_of_two_peers_syncing_over_tcp(nodes: Any, admin_of: Any) 
                 name="a",
             )
             assert info == 1
+
+            # b is no longer trusted: a cuts its session, then refuses it.
+            a.trust.remove(id_b)
+            await wait_for(lambda: pa.sessions == [] and len(refusals(a)) >= 1)
+            await wait_for(lambda: any(e.remote is not None for e in refusals(b)))
+            samples, _ = parse((await scrape(admin.url))[1])
+            failed = Counter(error_code(e.error) for e in refusals(b) if e.remote is not None)
+            assert failed == {"untrusted": 1}  # a's close names the wire code
+            samples_b, _ = parse(generate_latest(metrics_b.registry).decode())
+            assert samples_b == {}  # nothing before the first refresh
+            samples_b, _ = parse((await metrics_b.exposition()).decode())
+            for code, count in failed.items():
+                assert value(samples_b, "crpeer_session_failures_total", code=code) == count
+            refused = sum(1 for e in refusals(a) if e.remote is None)
+            assert value(samples, "crpeer_refusals_total", reason="untrusted") == refused >= 1
 
         # b is gone: its session counts stay, the session gauges drop.
         await wait_for(lambda: pa.sessions == [])
@@ -356,3 +375,16 @@ async def test_a_taken_port_is_a_config_error(nodes: Any, admin_of: Any) -> None
         second = admin_of(pa, a, AdminOptions("127.0.0.1", port))
         with pytest.raises(ConfigError, match="admin listener cannot listen"):
             await second.start()
+
+
+async def test_stopping_ends_open_event_streams(nodes: Any, admin_of: Any) -> None:
+    a = nodes("a")
+    pa = a.peer()
+    admin = admin_of(pa, a)
+    async with pa, aiohttp.ClientSession() as client:
+        await admin.start()
+        async with client.get(admin.url + "api/events") as stream:
+            assert await stream.content.readline() == b"retry: 2000\n"
+            async with asyncio.timeout(10):
+                await admin.stop()
+                assert await stream.content.read() == b"\n"  # the end of the stream

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import Serve, ok, two_databases, wait_until
+from tests.test_cli import Serve, ok, two_databases, usage_error, wait_until
 
 CHROMIUM = os.environ.get("CRPEER_CHROMIUM", "/usr/bin/chromium")
 LOOPBACK = ("--no-lan", "--tcp", "127.0.0.1:0")
@@ -161,3 +163,33 @@ def test_the_status_page_in_chromium(tmp_path: Path) -> None:
             assert console_errors == []
         finally:
             browser.close()
+
+
+@pytest.mark.timeout(120)
+def test_serve_admin_options(tmp_path: Path) -> None:
+    a, _ = two_databases(tmp_path)
+    usage_error("serve", a, "--admin", "nonsense", match="is not HOST:PORT")
+    usage_error("serve", a, "--admin", "8484", "--admin-token", "never", match="'never'")
+    serve = Serve(tmp_path, a, *LOOPBACK, "--insecure", "--admin", "0", "--admin-token", "required")
+    try:
+        serve.listening()
+        banner = serve.lines()[0]
+        assert banner["admin"].startswith("http://127.0.0.1:")  # a bare port: loopback
+        token_file = Path(banner["admin_token_file"])
+        assert token_file == Path(f"{a}.admin-token")
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get_json(banner["admin"] + "api/status")
+        assert refused.value.code == 401
+        refused.value.close()
+        token = token_file.read_text().strip()
+        request = urllib.request.Request(
+            banner["admin"] + "metrics", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b"crpeer_db_version" in response.read()
+        assert serve.stop() == 0
+    finally:
+        if serve.process.poll() is None:
+            serve.process.kill()
+            serve.process.wait()
