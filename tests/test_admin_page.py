@@ -193,3 +193,41 @@ def test_serve_admin_options(tmp_path: Path) -> None:
         if serve.process.poll() is None:
             serve.process.kill()
             serve.process.wait()
+
+
+@pytest.mark.timeout(120)
+def test_the_page_behind_a_token_in_chromium(tmp_path: Path) -> None:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    a, _ = two_databases(tmp_path)
+    serve = Serve(tmp_path, a, *LOOPBACK, "--insecure", "--admin", "0", "--admin-token", "required")
+    try:
+        serve.listening()
+        banner = serve.lines()[0]
+        token = Path(banner["admin_token_file"]).read_text().strip()
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                page = browser.new_page()
+                page.goto(banner["admin"])
+                page.locator("#login").wait_for(state="visible", timeout=30_000)
+                assert page.locator("#node-site-id").text_content() == "\u2013"  # nothing yet
+                page.fill("#token", "not-the-token-not-the-token")
+                page.click("#login button")
+                page.locator("#login-error", has_text="wrong token").wait_for(timeout=30_000)
+                page.fill("#token", token)
+                page.click("#login button")
+                page.locator("#login").wait_for(state="hidden", timeout=30_000)
+                site = page.locator("#node-site-id", has_text=banner["site_id"])
+                site.wait_for(timeout=30_000)
+                assert page.locator("#node-peer-id").inner_text() == "(insecure: no peer id)"
+                # The event stream authenticates with the cookie the login set.
+                page.locator("#connection", has_text="live").wait_for(timeout=30_000)
+            finally:
+                browser.close()
+        assert serve.stop() == 0
+    finally:
+        if serve.process.poll() is None:
+            serve.process.kill()
+            serve.process.wait()
