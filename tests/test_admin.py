@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import stat
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
 from peer.admin import (
     AdminOptions,
@@ -24,6 +26,7 @@ from peer.admin import (
     token_path,
     token_required,
 )
+from peer.cli_events import EventPrinter
 from peer.errors import ConfigError, ErrorCode, RemoteProtocolError, StoreError
 from peer.metrics import METRICS, NodeMetrics, error_code
 from peer.peer import Peer
@@ -388,3 +391,18 @@ async def test_stopping_ends_open_event_streams(nodes: Any, admin_of: Any) -> No
             async with asyncio.timeout(10):
                 await admin.stop()
                 assert await stream.content.read() == b"\n"  # the end of the stream
+
+
+def test_the_text_banner_says_where_the_admin_listener_is(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    printer = EventPrinter(as_json=False, console=Console(file=io.StringIO()))
+    banner = {"database": "a.db", "peer_id": None, "addresses": ["tcp://127.0.0.1:7700"]}
+    printer.listening({**banner, "admin": "http://127.0.0.1:8484/", "admin_token_file": None})
+    assert "  admin    http://127.0.0.1:8484/\n" in capsys.readouterr().out
+    printer.listening(
+        {**banner, "admin": "http://[::1]:8484/", "admin_token_file": "a.db.admin-token"}
+    )
+    out = capsys.readouterr().out
+    assert "  admin    http://[::1]:8484/\n" in out
+    assert "(token in a.db.admin-token)" in out
