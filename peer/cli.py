@@ -43,6 +43,7 @@ from peer.cli_common import (
     open_store,
     require_database,
     serve_state,
+    status_document,
 )
 from peer.cli_config import config
 from peer.cli_database import damage_message, read_local_status
@@ -283,15 +284,7 @@ def status(database: Path, as_json: bool) -> None:
     except CrpeerError:
         labels = {}
     if as_json:
-        echo_json(
-            {
-                "database": os.fspath(database),
-                "serve": serve_info,
-                "integrity": problems or "ok",
-                "wal": wal,
-                **current.as_dict(),
-            }
-        )
+        echo_json(status_document(database, serve_info, current, problems, wal))
     else:
         _print_status(database, state, serve_info, current, problems, labels, wal)
     if problems:

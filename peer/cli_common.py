@@ -32,7 +32,10 @@ import click
 from peer.cli_database import serve_is_running
 from peer.errors import ConfigError, CrpeerError
 from peer.filelock import locked
+from peer.housekeeping import wal_size
+from peer.status import PeerStatus, SessionStatus
 from peer.store import Store
+from peer.trust import TrustStore
 
 __all__ = [
     "DATABASE",
@@ -50,9 +53,11 @@ __all__ = [
     "log_to_stderr",
     "open_store",
     "parse_host_port",
+    "peers_document",
     "read_status_file",
     "require_database",
     "serve_state",
+    "status_document",
     "status_path",
     "write_status_file",
 ]
@@ -287,6 +292,48 @@ def serve_state(database: Path) -> tuple[str, dict[str, Any] | None]:
         return "crashed", document
     age = time.time() - float(document["updated"])
     return ("running" if age <= STALE_AFTER else "stale"), document
+
+
+def status_document(
+    database: Path,
+    serve_info: Mapping[str, Any],
+    current: PeerStatus,
+    problems: Sequence[str],
+    wal: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """What ``crpeer status --json`` prints (and the admin listener's ``/api/status``):
+    the database, the serve's state (``serve_info``), the integrity check's
+    ``problems`` (``"ok"`` when there are none), the ``-wal`` file (its
+    ``bytes`` and the serve's ``limit``; measured now when not given) and the
+    status itself."""
+    return {
+        "database": os.fspath(database),
+        "serve": dict(serve_info),
+        "integrity": list(problems) or "ok",
+        "wal": dict(wal) if wal is not None else {"bytes": wal_size(database)},
+        **current.as_dict(),
+    }
+
+
+def peers_document(trusted: TrustStore, sessions: Sequence[SessionStatus] | None) -> dict[str, Any]:
+    """What ``crpeer peers --json`` prints (and the admin listener's ``/api/peers``).
+
+    ``sessions`` are the running serve's live sessions, or None when no serve
+    runs (then whether a peer is connected is unknown: ``null``).
+    """
+    connected = {s.peer_id for s in sessions or () if s.peer_id is not None}
+    return {
+        "peers": [
+            {
+                "peer_id": entry.peer_id,
+                "label": entry.label,
+                "added": entry.added.isoformat(),
+                "connected": (entry.peer_id in connected) if sessions is not None else None,
+            }
+            for entry in trusted.list()
+        ],
+        "joining_open": trusted.join_secret is not None,
+    }
 
 
 def json_value(value: Any) -> Any:

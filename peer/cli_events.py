@@ -136,6 +136,10 @@ class EventPrinter:
                 click.echo(f"  mDNS     {lan}")
             for address in document.get("connect", []):
                 click.echo(f"  dialing  {address}")
+            if document.get("admin"):
+                click.echo(f"  admin    {document['admin']}")
+                if document.get("admin_token_file"):
+                    click.echo(f"           (token in {document['admin_token_file']})")
         held, self._held = self._held or [], None
         for event in held:
             self.on_event(event)

@@ -37,10 +37,12 @@ import click
 from rich.console import Console
 
 from peer import events
+from peer.admin import AdminOptions, AdminServer, TokenMode
 from peer.cli_common import (
     DATABASE,
     echo_json,
     host_port_option,
+    parse_host_port,
     require_database,
     status_path,
     write_status_file,
@@ -278,8 +280,10 @@ async def run_serve(
     status_interval: float,
     log_format: str = "text",
     wal_limit: int = JOURNAL_SIZE_LIMIT,
+    admin: AdminOptions | None = None,
 ) -> None:
-    """Run a node until SIGINT/SIGTERM (see the module docstring).
+    """Run a node until SIGINT/SIGTERM (see the module docstring), with the
+    admin listener (:mod:`peer.admin`) when ``admin`` is given.
 
     Raises ConfigError if the database turns out damaged while serving: the
     sessions stop, an ``error`` event says why, and the node does not go on.
@@ -296,6 +300,11 @@ async def run_serve(
     log = logging.getLogger(SERVE_LOGGER) if log_format == "json" else None
     reporter = EventPrinter(as_json=as_json, console=Console(stderr=True), labels=labels, log=log)
     peer.subscribe(reporter.on_event)
+    admin_server = (
+        AdminServer(peer, admin, database=options.database, lan=options.lan, wal_limit=wal_limit)
+        if admin
+        else None
+    )
     status_file = status_path(options.database)
     interrupted, store_failed, wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -320,8 +329,11 @@ async def run_serve(
         await peer.start()
         housekeeping = asyncio.create_task(WalHousekeeper(peer).run(), name="crpeer-housekeeping")
         addresses = _addresses(peer)
+        if admin_server is not None:
+            await admin_server.start(addresses)
         reporter.listening(
             {
+                **_admin_document(admin_server),
                 "database": os.fspath(options.database),
                 "peer_id": peer.peer_id,
                 "site_id": peer.site_id.hex(),
@@ -362,6 +374,8 @@ async def run_serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
         try:
+            if admin_server is not None:
+                await admin_server.stop()
             await peer.stop()
         finally:
             store.close()
@@ -372,9 +386,40 @@ async def run_serve(
         raise ConfigError(damage)
 
 
+def _admin_document(server: AdminServer | None) -> dict[str, Any]:
+    if server is None:
+        return {}
+    token = server.token_file
+    return {"admin": server.url, "admin_token_file": None if token is None else os.fspath(token)}
+
+
+def _admin_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_host_port(value, default_host="127.0.0.1")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @click.command()
 @CONFIG_OPTION
 @node_options
+@click.option(
+    "--admin",
+    metavar="HOST:PORT",
+    callback=_admin_option,
+    help="Serve metrics, a JSON API and a status page at HOST:PORT "
+    "(PORT alone: on 127.0.0.1). Off by default.",
+)
+@click.option(
+    "--admin-token",
+    type=click.Choice(["auto", "required"]),
+    default="auto",
+    show_default=True,
+    help="auto: a token only when --admin is not a loopback address; required: always. "
+    "The token is kept in DATABASE.admin-token.",
+)
 @click.option(
     "--status-interval",
     type=click.FloatRange(min=0.05),
@@ -429,6 +474,8 @@ def serve(
     insecure: bool,
     name: str | None,
     as_json: bool,
+    admin: tuple[str, int] | None,
+    admin_token: TokenMode,
     status_interval: float,
     log_format: str,
     wal_limit: int,
@@ -446,10 +493,12 @@ def serve(
 
     --config FILE (or CRPEER_CONFIG) reads every option from a TOML file;
     options given here override it (`crpeer config check FILE` checks one).
+    With --admin it serves /metrics, /api/... and a status page.
     """
     limits = Limits(max_frame_bytes, max_batch_rows, window)
     extra: dict[str, Any] = {} if limits == _DEFAULT_LIMITS else {"limits": limits}
     options = NodeOptions(database, tcp, ws, http, lan, connect, insecure, name, extra)
+    admin_options = AdminOptions(*admin, admin_token) if admin else None
     undo_log_format = use_log_format(log_format)
     try:
         with node_guard(database):
@@ -460,6 +509,7 @@ def serve(
                     status_interval=status_interval,
                     log_format=log_format,
                     wal_limit=wal_limit,
+                    admin=admin_options,
                 )
             )
     finally:

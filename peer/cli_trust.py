@@ -20,6 +20,7 @@ from peer.cli_common import (
     CrpeerGroup,
     DefaultGroup,
     echo_json,
+    peers_document,
     require_database,
     serve_state,
 )
@@ -52,18 +53,10 @@ def peers(database: Path, as_json: bool) -> None:
         if state == "running" and document is not None
         else ()
     )
-    connected = {s.peer_id: s for s in sessions if s.peer_id is not None}
-    rows: list[dict[str, Any]] = [
-        {
-            "peer_id": entry.peer_id,
-            "label": entry.label,
-            "added": entry.added.isoformat(),
-            "connected": (entry.peer_id in connected) if state == "running" else None,
-        }
-        for entry in trusted.list()
-    ]
+    document = peers_document(trusted, sessions if state == "running" else None)
+    rows: list[dict[str, Any]] = document["peers"]
     if as_json:
-        echo_json({"peers": rows, "joining_open": trusted.join_secret is not None})
+        echo_json(document)
         return
     if not rows:
         click.echo("no trusted peers (add one with `crpeer trust add` or `crpeer pair`)")

@@ -96,6 +96,8 @@ def test_the_wheel_is_tagged_for_a_platform_and_carries_the_extension(wheel: Pat
     assert "peer/_lib/crsqlite.so" in names
     assert "peer/_lib/crsqlite.LICENSE" in names
     assert "transports/__init__.py" in names
+    for page_file in ("index.html", "app.js", "style.css"):  # the admin page, as package data
+        assert f"peer/admin_page/{page_file}" in names
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     wheel_meta = next(name for name in names if name.endswith(".dist-info/WHEEL"))
     assert "Root-Is-Purelib: false" in zipfile.ZipFile(wheel).read(wheel_meta).decode()
