@@ -81,4 +81,6 @@ def test_the_status_file_is_0600(tmp_path: Path) -> None:
     assert mode(path) == 0o600
     write_status_file(path, {"updated": 2.0, "peers": []})  # rewritten in place of the old
     assert mode(path) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    # No temporary file is left behind; the writers' lock file is 0600 too.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, f"{path.name}.lock"]
+    assert mode(tmp_path / f"{path.name}.lock") == 0o600

@@ -179,7 +179,9 @@ def test_two_installed_nodes_sync_over_tcp(venv: Path, tmp_path: Path) -> None:
         rows = ""
         while time.monotonic() < deadline:
             rows = _run(
-                [crpeer, "sql", b, "SELECT id, body FROM notes ORDER BY id"], cwd=tmp_path, env=env
+                [crpeer, "sql", "--no-header", b, "SELECT id, body FROM notes ORDER BY id"],
+                cwd=tmp_path,
+                env=env,
             )
             if rows.count("\n") >= 2:
                 break
