@@ -1,12 +1,16 @@
-"""Fixtures shared by every test: no test may leave threads behind."""
+"""Fixtures shared by every test: no test may leave threads behind; ``nodes``
+makes TLS nodes (tests.support.Node) in the test's folder and closes them."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.support import Node
 
 
 @pytest.fixture(autouse=True)
@@ -21,3 +25,19 @@ def no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.02)
     assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
+    """``nodes(name)``: a node with its own store, identity and trust store in
+    ``tmp_path / name``; every node made is closed after the test."""
+    made: list[Node] = []
+
+    def make(name: str) -> Node:
+        node = Node(tmp_path / name, name)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()

@@ -36,20 +36,6 @@ LOOPBACK = AdminOptions("127.0.0.1", 0)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Any:
-    made: list[Node] = []
-
-    def make(name: str) -> Node:
-        node = Node(tmp_path / name, name)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
-
-
 def database(node: Node) -> Path:
     return Path(node.store.path)
 

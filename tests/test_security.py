@@ -14,23 +14,9 @@ from peer.identity import Identity
 from peer.peer import Peer
 from peer.store import Store
 from peer.trust import TrustStore
-from tests.support import FAST, SCHEMA, Node, address, refusals, wait_for
+from tests.support import FAST, SCHEMA, address, refusals, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 from transports.tcp import TcpTransport
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Any:
-    made: list[Node] = []
-
-    def make(name: str) -> Node:
-        node = Node(tmp_path / name, name)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
 
 
 async def test_trusted_peers_sync_over_tls_and_learn_each_others_ids(nodes: Any) -> None:
