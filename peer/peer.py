@@ -462,6 +462,8 @@ class Peer:
 
     async def make_snapshot(self) -> OutgoingSnapshot | None:
         store = self.store
+        if not store.can_stream_pages:
+            return None  # an in-memory store has no file to copy beside
         try:
             return await self._in_read_thread(lambda: OutgoingSnapshot.make(store))
         except StoreError as exc:
