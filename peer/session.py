@@ -50,6 +50,11 @@ from transports.base import Channel
 
 __all__ = ["Refusal", "SessionDriver", "SessionHost", "SessionStats"]
 
+SNAPSHOT_CHUNK = 1 << 20
+"""Bytes of a snapshot per SNAPSHOT_PART frame (at most; less with a smaller
+frame limit): a window of them in flight keeps a disk-speed stream going
+while the receiver holds a few MiB, not a window of 8 MiB frames."""
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -637,7 +642,7 @@ class SessionDriver:
                     wanted,
                 )
                 return
-            step = self.session.frame_limit - FRAME_OVERHEAD
+            step = min(self.session.frame_limit - FRAME_OVERHEAD, SNAPSHOT_CHUNK)
             while chunk := await asyncio.to_thread(outgoing.read, step):
                 await self._wait_credit()
                 self.session.send_snapshot_part(outgoing.size, chunk)
