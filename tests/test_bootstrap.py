@@ -21,7 +21,9 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from peer.store_snapshot import prepare_received, snapshot_reference
+from tests.support import Node, address
 from transports.memory import MemoryNetwork, MemoryTransport
+from transports.websocket import WebSocketTransport
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS notes "
@@ -380,3 +382,66 @@ def test_install_snapshot_replaces_the_file_under_an_open_store(tmp_path: Path) 
         (page,) = [receiver.next_page({}, 1000, exclude={source.site_id})]
         assert isinstance(page, list)
         assert {change[6] for change in page} == {site}
+
+
+def test_install_snapshot_refuses_while_another_connection_holds_the_file(
+    tmp_path: Path,
+) -> None:
+    with new_store(tmp_path / "a") as source, new_store(tmp_path / "b") as receiver:
+        fill(source, 20)
+        out = tmp_path / "copy"
+        source.copy_into(out)
+        prepare_received(out, snapshot_reference(receiver))
+        foreign = sqlite3.connect(os.fspath(tmp_path / "b"), isolation_level=None)
+        try:
+            foreign.execute("SELECT count(*) FROM notes").fetchone()
+            with pytest.raises(StoreError, match="keeps the database open"):
+                receiver.install_snapshot(out)
+        finally:
+            foreign.close()
+        # Nothing moved; the store reopened on its own file and goes on.
+        assert out.exists()
+        assert notes(receiver) == []
+        assert receiver.is_fresh()
+        receiver.install_snapshot(out)
+        assert notes(receiver) == notes(source)
+
+
+@pytest.mark.parametrize("kind", ["wss", "tcp"])
+async def test_bootstrap_over_tls(tmp_path: Path, kind: str) -> None:
+    a, b = Node(tmp_path / "a", "a"), Node(tmp_path / "b", "b")
+    a.trust.add(b.identity.peer_id)
+    b.trust.add(a.identity.peer_id)
+
+    def transport(node: Node) -> Any:
+        if kind == "tcp":
+            return node.tcp()
+        return WebSocketTransport(
+            "127.0.0.1",
+            0,
+            server_ssl=node.identity.server_ssl_context(),
+            client_ssl=node.identity.client_ssl_context(),
+        )
+
+    try:
+        for start in range(0, 600, 200):
+            a.store.executescript(
+                "BEGIN;"
+                + "".join(
+                    f"INSERT INTO notes VALUES ({i}, 'note {i}');"
+                    for i in range(start, start + 200)
+                )
+                + "COMMIT;"
+            )
+        limits = Limits(snapshot_threshold=100, max_frame_bytes=32 * 1024)
+        async with a.peer(transports=[transport(a)], limits=limits) as pa:  # noqa: SIM117
+            async with b.peer([address(pa)], transports=[transport(b)]) as pb:
+                await wait_for(lambda: any(isinstance(e, events.Eose) for e in b.seen))
+                assert any(isinstance(e, events.Bootstrapped) for e in b.seen)
+                assert b.rows() == a.rows()
+                await pb.execute("INSERT INTO notes VALUES (5000, 'from b')")
+                await wait_for(lambda: a.rows() == b.rows())
+                assert pb.sessions[0].peer_id == a.identity.peer_id
+    finally:
+        a.close()
+        b.close()
