@@ -6,7 +6,8 @@ chunk; a receiver writes the chunks into an :class:`IncomingSnapshot` beside
 its own database. Neither holds more than one chunk in memory. Both files
 are created with mode 0600 and removed by :meth:`discard` whatever happens;
 a file left by a crash has a name starting with ``.`` and ending with
-``.snapshot-out`` or ``.snapshot-in``, and is never read again.
+``.snapshot-out`` or ``.snapshot-in``, is never read again, and is removed
+by :func:`remove_leftovers` when a Peer next starts on that database.
 
 Blocking file calls: run them on a worker thread (``asyncio.to_thread``).
 """
@@ -23,13 +24,29 @@ from peer.errors import SnapshotError, StoreError
 from peer.store import Cursor, Store
 from peer.store_snapshot import snapshot_cursor
 
-__all__ = ["IncomingSnapshot", "OutgoingSnapshot", "beside"]
+__all__ = ["IncomingSnapshot", "OutgoingSnapshot", "beside", "remove_leftovers"]
 
 
 def beside(database: str, suffix: str) -> Path:
     """A new hidden file name in the directory of ``database``."""
     path = Path(database)
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.{suffix}")
+
+
+def remove_leftovers(database: str) -> list[Path]:
+    """Remove snapshot files a crash left beside ``database``; return them.
+
+    Only for the one peer that owns the database (a snapshot of a running
+    peer is never left behind by it)."""
+    path = Path(database)
+    found = [
+        leftover
+        for suffix in ("snapshot-in", "snapshot-out")
+        for leftover in path.parent.glob(f".{path.name}.*.{suffix}*")
+    ]
+    for leftover in found:
+        leftover.unlink(missing_ok=True)
+    return found
 
 
 def _remove(path: Path) -> None:

@@ -41,7 +41,7 @@ from tenacity import (
 
 from peer import events as ev
 from peer.auth import Gate, authenticate
-from peer.bootstrap import IncomingSnapshot, OutgoingSnapshot
+from peer.bootstrap import IncomingSnapshot, OutgoingSnapshot, remove_leftovers
 from peer.errors import (
     ChannelClosed,
     ConfigError,
@@ -215,6 +215,9 @@ class Peer:
             self._store = await self._in_store_thread(Store, path)
         if not self.name:
             self.name = self.store.site_id.hex()[:8]
+        if self.store.can_stream_pages:
+            for leftover in await asyncio.to_thread(remove_leftovers, self.store.path):
+                self.log.info("removed %s (a snapshot cut off by a crash)", leftover)
         self._site_owners = await self._in_store_thread(self.store.site_owners)
         await self.refresh_schema()
         if self.gate.trust is not None:

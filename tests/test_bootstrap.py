@@ -445,3 +445,18 @@ async def test_bootstrap_over_tls(tmp_path: Path, kind: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+async def test_a_peer_removes_snapshot_files_a_crash_left(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "db")
+    partial = tmp_path / ".db.0123456789ab.snapshot-in"
+    partial.write_bytes(b"half a database")
+    other = tmp_path / ".other.0123456789ab.snapshot-in"  # another database's: kept
+    other.write_bytes(b"x")
+    peer = Peer(store, [], insecure=True)
+    try:
+        async with peer:
+            assert not partial.exists()
+            assert other.exists()
+    finally:
+        store.close()
