@@ -8,6 +8,7 @@
     ws = "127.0.0.1:4001"
     http = "127.0.0.1:4002"
     lan = true
+    snapshot = true                # a fresh database may bootstrap from a peer's snapshot
     connect = ["tcp://192.168.1.20:4000"]
     name = "laptop"
     status_interval = 1.0
@@ -111,6 +112,7 @@ _KEYS: dict[str, _Key] = {
     "ws": _key(str, 'a "HOST:PORT" string', "ws", _host_port),
     "http": _key(str, 'a "HOST:PORT" string', "http", _host_port),
     "lan": _key(bool, "true or false", "lan"),
+    "snapshot": _key(bool, "true or false", "snapshot"),
     "connect": _key(list, "a list of URLs", "connect"),
     "insecure": _key(bool, "true or false", "insecure"),
     "name": _key(str, "a string", "name"),

@@ -238,6 +238,21 @@ class EventPrinter:
                     level=logging.WARNING,
                     event="value_too_large",
                 )
+            case events.Bootstrapped(remote=remote, bytes=size, seconds=seconds):
+                self._line(
+                    f"bootstrapped from a snapshot of {self._who(remote)} "
+                    f"({size / 1e6:.1f} MB in {seconds:.1f} s); changes since follow",
+                    remote=remote,
+                    event="bootstrapped",
+                )
+            case events.SnapshotRefused(remote=remote, error=error):
+                self._line(
+                    f"refused a snapshot from {self._who(remote)}: {error}; "
+                    "catching up with changes instead",
+                    remote=remote,
+                    level=logging.WARNING,
+                    event="snapshot_refused",
+                )
             case events.JoinSecretExpired(failures=failures, last_address=address):
                 self._line(
                     f"the join secret expired after {failures} failed pairing attempts "

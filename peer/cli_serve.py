@@ -464,6 +464,13 @@ def _admin_option(ctx: click.Context, param: click.Parameter, value: str | None)
     show_default=True,
     help="Frames a peer may have in flight to this node.",
 )
+@click.option(
+    "--snapshot/--no-snapshot",
+    default=True,
+    show_default=True,
+    help="While DATABASE is fresh (nothing synced yet), take a snapshot from a "
+    "peer instead of replaying its changes (the file is replaced in place).",
+)
 def serve(
     database: Path,
     tcp: tuple[str, int],
@@ -482,6 +489,7 @@ def serve(
     max_frame_bytes: int,
     max_batch_rows: int,
     window: int,
+    snapshot: bool,
 ) -> None:
     """Sync DATABASE with peers until interrupted (Ctrl-C or SIGTERM).
 
@@ -497,6 +505,8 @@ def serve(
     """
     limits = Limits(max_frame_bytes, max_batch_rows, window)
     extra: dict[str, Any] = {} if limits == _DEFAULT_LIMITS else {"limits": limits}
+    if not snapshot:
+        extra["accept_snapshot"] = False
     options = NodeOptions(database, tcp, ws, http, lan, connect, insecure, name, extra)
     admin_options = AdminOptions(*admin, admin_token) if admin else None
     undo_log_format = use_log_format(log_format)

@@ -12,7 +12,8 @@ and never reach the caller raw; the original stays chained as ``__cause__``.
     ├── StoreError                   the database could not do what was asked
     │   ├── ExtensionError           crsqlite.so is missing or failed to load
     │   ├── SchemaError              a table cannot be made a CRR, or a migration failed
-    │   └── InvalidChangeError       a change batch failed validation; nothing of it was applied
+    │   ├── InvalidChangeError       a change batch failed validation; nothing of it was applied
+    │   └── SnapshotError            a snapshot from a peer was refused or could not be installed
     ├── ProtocolError                the sync protocol was broken
     │   ├── LocalProtocolError       this side misused the protocol API (a bug in the caller)
     │   ├── RemoteProtocolError      the other peer sent something invalid; carries an ErrorCode
@@ -48,6 +49,7 @@ __all__ = [
     "RemoteProtocolError",
     "SchemaError",
     "SecurityError",
+    "SnapshotError",
     "StoreError",
     "TransportError",
     "UntrustedPeerError",
@@ -114,6 +116,11 @@ class SchemaError(StoreError):
 
 class InvalidChangeError(StoreError):
     """A change batch failed validation; nothing of that batch was applied."""
+
+
+class SnapshotError(StoreError):
+    """A snapshot received from a peer failed its checks, or could not be
+    installed; the database is as it was."""
 
 
 class ProtocolError(CrpeerError):

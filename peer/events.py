@@ -15,6 +15,7 @@ from peer.errors import CrpeerError, ValueTooLargeError
 from peer.store import Cursor
 
 __all__ = [
+    "Bootstrapped",
     "Changed",
     "Connected",
     "DialState",
@@ -28,6 +29,7 @@ __all__ = [
     "Progress",
     "RemotePeer",
     "SessionFailed",
+    "SnapshotRefused",
     "Synced",
     "ValueTooLarge",
 ]
@@ -189,6 +191,34 @@ class ValueTooLarge:
     error: ValueTooLargeError
 
 
+@dataclass(frozen=True, slots=True)
+class Bootstrapped:
+    """This fresh device installed a snapshot from ``remote`` in place of a
+    catch-up (PROTOCOL.md, Snapshots). The Store the app holds is the same
+    object, reopened on the new file: data read before is stale, and a
+    connection of the app's own to the database file must be reopened. Changes
+    written since the snapshot follow as usual (Changed events), then Eose.
+    """
+
+    remote: RemotePeer
+    bytes: int
+    """The snapshot's size."""
+    cursor: Cursor
+    """The version vector it held."""
+    seconds: float
+    """How long checking and installing it took."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRefused:
+    """A snapshot from ``remote`` failed its checks or could not be installed
+    (``error`` says why). Nothing of it was kept; the session goes on with a
+    catch-up of changes."""
+
+    remote: RemotePeer
+    error: CrpeerError
+
+
 Event = (
     DialState
     | Connected
@@ -201,5 +231,7 @@ Event = (
     | SessionFailed
     | JoinSecretExpired
     | ValueTooLarge
+    | Bootstrapped
+    | SnapshotRefused
 )
 EventCallback = Callable[[Event], None]

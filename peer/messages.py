@@ -47,13 +47,16 @@ __all__ = [
     "Part",
     "Ping",
     "Pong",
+    "SnapshotEnd",
+    "SnapshotPart",
     "decode",
     "encode",
 ]
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The newest protocol version this code speaks (2 adds HAVE; 3 adds LIMITS, PART
-and the schema a CHANGES frame's rows need)."""
+and the schema a CHANGES frame's rows need; 4 adds snapshots: the LIMITS field
+``snapshot_bytes``, SNAPSHOT_PART and SNAPSHOT_END)."""
 PROTOCOL_MIN = 1
 """The oldest one it still speaks."""
 HAVE_SINCE = 2
@@ -62,6 +65,9 @@ SCHEMA_NEEDS_SINCE = 3
 """The first protocol version whose CHANGES may say which schema their rows need."""
 PARTS_SINCE = 3
 """The first protocol version with LIMITS and PART (values larger than a frame)."""
+SNAPSHOT_SINCE = 4
+"""The first protocol version with snapshots (a fresh device bootstraps from a copy)."""
+SHA256_LENGTH = 32
 V2_MAX_FRAME_BYTES = 8 * 1024 * 1024
 """The frame limit assumed for a remote that does not announce its own (protocol < 3)."""
 FRAME_OVERHEAD = 64
@@ -91,6 +97,8 @@ class MessageType(enum.IntEnum):
     HAVE = 11
     LIMITS = 12
     PART = 13
+    SNAPSHOT_PART = 14
+    SNAPSHOT_END = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +147,10 @@ class LimitsMessage:
 
     max_frame_bytes: int
     max_value_bytes: int
+    snapshot_bytes: int = 0
+    """(protocol 4) The largest snapshot the sender takes in place of a
+    catch-up, in bytes; 0 when it takes none (it is not a fresh device, or
+    does not want snapshots). Sent only with protocol 4."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +165,28 @@ class Part:
     total: int
     text: bool
     chunk: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPart:
+    """A piece of a database snapshot (protocol 4), in order; ``total`` is the
+    whole file's length in bytes, the same in every part. Uses one credit,
+    like a CHANGES frame."""
+
+    total: int
+    chunk: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEnd:
+    """The snapshot is complete (protocol 4): its length, its SHA-256, and the
+    cursor it holds (the version vector the receiver will hold once it is
+    installed). The receiver answers with a CURSOR: its cursor after the
+    install, or its cursor before it if it refused the snapshot."""
+
+    size: int
+    sha256: bytes
+    cursor: Cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +253,8 @@ Message: TypeAlias = (
     | Have
     | LimitsMessage
     | Part
+    | SnapshotPart
+    | SnapshotEnd
 )
 
 
@@ -286,8 +322,20 @@ def encode(message: Message, number: int) -> bytes:
             body = [MessageType.HAVE, number, _cursor_entries(message.cursor)]
         case LimitsMessage():
             body = [MessageType.LIMITS, number, message.max_frame_bytes, message.max_value_bytes]
+            if message.snapshot_bytes:
+                body.append(message.snapshot_bytes)
         case Part():
             body = [MessageType.PART, number, message.total, message.text, message.chunk]
+        case SnapshotPart():
+            body = [MessageType.SNAPSHOT_PART, number, message.total, message.chunk]
+        case SnapshotEnd():
+            body = [
+                MessageType.SNAPSHOT_END,
+                number,
+                message.size,
+                message.sha256,
+                _cursor_entries(message.cursor),
+            ]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 
@@ -524,11 +572,30 @@ def _decode_pong(body: list[Any], _: int) -> Pong:
 
 
 def _decode_limits(body: list[Any], _: int) -> LimitsMessage:
+    snapshot_bytes = 0
+    if len(body) == 5:
+        snapshot_bytes = _int(body.pop(), "snapshot_bytes", 1)
     _arity(body, 4, "limits")
     return LimitsMessage(
         max_frame_bytes=_int(body[2], "max_frame_bytes", MIN_FRAME_BYTES),
         max_value_bytes=_int(body[3], "max_value_bytes", 1),
+        snapshot_bytes=snapshot_bytes,
     )
+
+
+def _decode_snapshot_part(body: list[Any], _: int) -> SnapshotPart:
+    _arity(body, 4, "snapshot part")
+    if not isinstance(body[3], bytes) or not body[3]:
+        raise _fail(ErrorCode.MALFORMED_FRAME, "snapshot part chunk must be non-empty bytes")
+    return SnapshotPart(_int(body[2], "snapshot total", 1), body[3])
+
+
+def _decode_snapshot_end(body: list[Any], _: int) -> SnapshotEnd:
+    _arity(body, 5, "snapshot end")
+    size = _int(body[2], "snapshot size", 1)
+    sha256 = _bytes(body[3], "snapshot sha256", SHA256_LENGTH)
+    cursor = _version_vector([None, None, body[4]], "snapshot cursor")
+    return SnapshotEnd(size, sha256, cursor)
 
 
 def _decode_part(body: list[Any], _: int) -> Part:
@@ -564,4 +631,6 @@ _DECODERS: dict[MessageType, Any] = {
     MessageType.HAVE: _decode_have,
     MessageType.LIMITS: _decode_limits,
     MessageType.PART: _decode_part,
+    MessageType.SNAPSHOT_PART: _decode_snapshot_part,
+    MessageType.SNAPSHOT_END: _decode_snapshot_end,
 }

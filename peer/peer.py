@@ -41,6 +41,7 @@ from tenacity import (
 
 from peer import events as ev
 from peer.auth import Gate, authenticate
+from peer.bootstrap import IncomingSnapshot, OutgoingSnapshot, remove_leftovers
 from peer.errors import (
     ChannelClosed,
     ConfigError,
@@ -49,14 +50,17 @@ from peer.errors import (
     ErrorCode,
     RemoteProtocolError,
     SecurityError,
+    SnapshotError,
+    StoreError,
 )
 from peer.identity import Identity, format_peer_id
 from peer.pairing_guard import PairingGuard
-from peer.protocol import Limits, LocalInfo, SyncSession
+from peer.protocol import Limits, LocalInfo, SnapshotEndReceived, SyncSession
 from peer.retry import Backoff
 from peer.session import Refusal, SessionDriver
 from peer.status import PeerStatus, SessionHistory, peer_status
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
+from peer.store_snapshot import prepare_received, snapshot_reference
 from peer.trust import TrustStore, default_trust_path
 from transports.base import Channel, SupportsDiscovery, Transport
 
@@ -85,6 +89,15 @@ class Peer:
     with a :class:`~peer.events.JoinSecretExpired` event). ``insecure=True``
     accepts plaintext channels from anyone, for tests and debugging, and logs
     a warning.
+
+    ``accept_snapshot`` (default True): while its database is fresh (nothing
+    in its replicated tables, an empty cursor), the peer asks a remote for a
+    snapshot instead of a catch-up of changes (protocol 4; the remote sends
+    one when the catch-up holds at least its ``limits.snapshot_threshold``
+    change rows). The peer then replaces the database file under the Store
+    it holds: the Store closes every connection, the file is replaced
+    atomically, the Store reopens on it, and a
+    :class:`~peer.events.Bootstrapped` event follows (PROTOCOL.md, Snapshots).
     """
 
     def __init__(
@@ -105,6 +118,7 @@ class Peer:
         join_secret: str | None = None,
         pairing_guard: PairingGuard | None = None,
         insecure: bool = False,
+        accept_snapshot: bool = True,
     ) -> None:
         self.log = logging.getLogger("crpeer.peer")
         if insecure:
@@ -125,6 +139,7 @@ class Peer:
             guard.on_expired(self._join_secret_expired)
             self.gate = Gate(identity, trust, join_secret, guard)
         self._database = database
+        self.accept_snapshot = accept_snapshot
         self.transports = list(transports)
         self.name = name or ""
         self.limits = limits or Limits()
@@ -200,6 +215,9 @@ class Peer:
             self._store = await self._in_store_thread(Store, path)
         if not self.name:
             self.name = self.store.site_id.hex()[:8]
+        if self.store.can_stream_pages:
+            for leftover in await asyncio.to_thread(remove_leftovers, self.store.path):
+                self.log.info("removed %s (a snapshot cut off by a crash)", leftover)
         self._site_owners = await self._in_store_thread(self.store.site_owners)
         await self.refresh_schema()
         if self.gate.trust is not None:
@@ -438,6 +456,53 @@ class Peer:
 
     async def local_cursor(self) -> Cursor:
         return await self._in_store_thread(self.store.cursor)
+
+    async def takes_snapshot(self) -> bool:
+        store = self.store
+        if not self.accept_snapshot or not store.can_stream_pages:
+            return False
+        return await self._in_store_thread(store.is_fresh)
+
+    async def make_snapshot(self) -> OutgoingSnapshot | None:
+        store = self.store
+        if not store.can_stream_pages:
+            return None  # an in-memory store has no file to copy beside
+        try:
+            return await self._in_read_thread(lambda: OutgoingSnapshot.make(store))
+        except StoreError as exc:
+            self.log.warning("cannot make a snapshot to send: %s", exc)
+            return None
+
+    def incoming_snapshot(self) -> IncomingSnapshot:
+        return IncomingSnapshot(self.store.path)
+
+    async def install_snapshot(
+        self, driver: SessionDriver, incoming: IncomingSnapshot, end: SnapshotEndReceived
+    ) -> bool:
+        """Check the received file, then swap it in under the Store (see the
+        class docstring): merges wait (the apply lock) and every store call
+        waits for the store's locks, so nothing runs on the old file after."""
+        assert driver.remote is not None
+        store = self.store
+        started = time.monotonic()
+        try:
+            if incoming.sha256 != end.sha256:
+                raise SnapshotError("the snapshot's SHA-256 does not match")
+            reference = await self._in_store_thread(snapshot_reference, store)
+            cursor = await asyncio.to_thread(prepare_received, incoming.path, reference)
+            if cursor != end.cursor:
+                raise SnapshotError("the snapshot does not hold the cursor it announced")
+            async with self._apply_lock:
+                await self._in_store_thread(store.install_snapshot, incoming.path)
+        except StoreError as exc:
+            self.log.warning("refused a snapshot from %s: %s", driver.address, exc)
+            self.emit(ev.SnapshotRefused(driver.remote, exc))
+            return False
+        self.log.info("bootstrapped from a snapshot of %s (%d bytes)", driver.address, end.size)
+        await self.refresh_schema()
+        self.emit(ev.Bootstrapped(driver.remote, end.size, cursor, time.monotonic() - started))
+        self.applied(driver, ApplyResult(1, 0, 0, frozenset(), cursor))
+        return True
 
     async def admit(self, driver: SessionDriver) -> Refusal | None:
         """Keep each site id to the peer id that showed it first, and one

@@ -22,6 +22,14 @@ Lifecycle of the driver::
     #     row larger than a frame goes alone, its value in PART frames)
     # after each ChangesReceived is applied: session.frame_applied()
 
+Snapshots (protocol 4): a fresh receiver says so in ``send_cursor(cursor,
+snapshot_bytes=...)``. After CursorReceived, a sender for which
+``session.snapshot_wanted`` is true may send ``send_snapshot_part`` (one
+credit each) and then ``send_snapshot_end``; it sends no changes until
+SnapshotAnswered. The receiver writes each SnapshotPartReceived (then
+``frame_applied()``), and after SnapshotEndReceived installs or refuses the
+snapshot and calls ``send_snapshot_answer(its cursor)``.
+
 Every ``send_*`` method queues a numbered frame; :meth:`SyncSession.data_to_send`
 drains them. On RemoteProtocolError the driver calls
 ``session.send_error(exc.code)``, sends what is queued and closes the channel;
@@ -45,6 +53,7 @@ from peer.messages import (
     PROTOCOL_MIN,
     PROTOCOL_VERSION,
     SCHEMA_NEEDS_SINCE,
+    SNAPSHOT_SINCE,
     V2_MAX_FRAME_BYTES,
     Backlog,
     Changes,
@@ -61,6 +70,8 @@ from peer.messages import (
     Part,
     Ping,
     Pong,
+    SnapshotEnd,
+    SnapshotPart,
     decode,
     encode,
 )
@@ -79,6 +90,9 @@ __all__ = [
     "PongReceived",
     "RemoteClosed",
     "SessionState",
+    "SnapshotAnswered",
+    "SnapshotEndReceived",
+    "SnapshotPartReceived",
     "SyncSession",
 ]
 
@@ -100,10 +114,17 @@ class Limits:
     until its row is applied, so this bounds that memory, per session.
     SQLite stores no value over its own length limit (1,000,000,000 bytes
     unless built otherwise), whatever this says."""
+    snapshot_threshold: int = 50_000
+    """(Sending) A fresh remote that takes snapshots gets one instead of its
+    catch-up when the catch-up holds at least this many change rows."""
+    max_snapshot_bytes: int = 1 << 40
+    """(Receiving) The largest snapshot this side takes, in bytes."""
 
     def __post_init__(self) -> None:
         if min(self.max_frame_bytes, self.max_batch_rows, self.window, self.max_value_bytes) < 1:
             raise ValueError("limits must be positive")
+        if self.snapshot_threshold < 0 or self.max_snapshot_bytes < 1:
+            raise ValueError("snapshot limits must be positive")
         if self.max_frame_bytes < MIN_FRAME_BYTES:
             raise ValueError(f"max_frame_bytes must be at least {MIN_FRAME_BYTES}")
 
@@ -138,6 +159,9 @@ ALLOWED: dict[SessionState, frozenset[MessageType]] = {
             MessageType.CREDIT,
             MessageType.BACKLOG,
             MessageType.HAVE,
+            MessageType.SNAPSHOT_PART,
+            MessageType.SNAPSHOT_END,
+            MessageType.CURSOR,
             *_ALWAYS,
         }
     ),
@@ -147,12 +171,16 @@ ALLOWED: dict[SessionState, frozenset[MessageType]] = {
 
 HAVE only once both sides speak protocol 2, LIMITS and PART only with 3 (see
 :data:`SINCE` and :attr:`SyncSession.version`); with 3, LIMITS must come
-(once) before CURSOR.
+(once) before CURSOR. SNAPSHOT_PART and SNAPSHOT_END only with 4, only to a
+side that asked for a snapshot and before any CHANGES; a second CURSOR in
+SYNCING only as the answer to a SNAPSHOT_END this side sent.
 """
 SINCE: dict[MessageType, int] = {
     MessageType.HAVE: HAVE_SINCE,
     MessageType.LIMITS: PARTS_SINCE,
     MessageType.PART: PARTS_SINCE,
+    MessageType.SNAPSHOT_PART: SNAPSHOT_SINCE,
+    MessageType.SNAPSHOT_END: SNAPSHOT_SINCE,
 }
 """The first protocol version that has each message type (others: every version)."""
 
@@ -205,6 +233,34 @@ class BacklogReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotPartReceived:
+    """A piece of the snapshot, in order: the driver writes it, then calls
+    :meth:`SyncSession.frame_applied`."""
+
+    total: int
+    chunk: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEndReceived:
+    """The whole snapshot arrived (its length is checked): the driver checks
+    its hash and contents, installs or refuses it, then calls
+    :meth:`SyncSession.send_snapshot_answer`."""
+
+    size: int
+    sha256: bytes
+    cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotAnswered:
+    """The remote's cursor after the snapshot this side sent (installed or
+    not): the sender goes on with changes above it."""
+
+    cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
 class CreditReceived:
     """The remote allows more CHANGES frames (see SyncSession.credit)."""
 
@@ -230,6 +286,9 @@ Event = (
     | CreditReceived
     | PongReceived
     | RemoteClosed
+    | SnapshotPartReceived
+    | SnapshotEndReceived
+    | SnapshotAnswered
 )
 
 
@@ -269,6 +328,19 @@ class SyncSession:
         """A value arriving in PART frames, until the CHANGES frame that uses it."""
         self._value_total = 0
         self._value_text = False
+        self.snapshot_offered = 0
+        """The snapshot bytes this side said it takes (0: none)."""
+        self._snapshot_in: int | None = None
+        """Bytes of the snapshot received so far (None: none under way)."""
+        self._snapshot_total = 0
+        self._snapshot_in_done = False
+        self._snapshot_out: int | None = None
+        """Bytes of the snapshot sent so far (None: none sent)."""
+        self._snapshot_total_out = 0
+        self._remote_cursor_at_start: Cursor = {}
+        self._snapshot_awaiting_answer = False
+        self._changes_sent = False
+        self._changes_received = False
 
     # -- sending ------------------------------------------------------------------
 
@@ -295,13 +367,91 @@ class SyncSession:
             )
         )
 
-    def send_cursor(self, cursor: Cursor) -> None:
-        """Tell the remote what we hold. Allowed once the remote's hello arrived."""
+    def send_cursor(self, cursor: Cursor, *, snapshot: bool = False) -> None:
+        """Tell the remote what we hold. Allowed once the remote's hello arrived.
+
+        ``snapshot``: this side is a fresh device (nothing in its replicated
+        tables, an empty cursor) and takes a snapshot of up to
+        ``limits.max_snapshot_bytes`` instead of a catch-up (protocol 4 only;
+        ignored with an older remote, or with a non-empty ``cursor``).
+        """
         if self.remote is None or self.state is SessionState.CLOSED:
             raise LocalProtocolError("send_cursor before the remote hello")
         self.announced = dict(cursor)
         if self.version >= PARTS_SINCE:
-            self._queue(LimitsMessage(self.limits.max_frame_bytes, self.limits.max_value_bytes))
+            if snapshot and self.version >= SNAPSHOT_SINCE and not any(cursor.values()):
+                self.snapshot_offered = self.limits.max_snapshot_bytes
+            self._queue(
+                LimitsMessage(
+                    self.limits.max_frame_bytes, self.limits.max_value_bytes, self.snapshot_offered
+                )
+            )
+        self._queue(CursorMessage(dict(cursor)))
+
+    @property
+    def snapshot_wanted(self) -> int:
+        """The largest snapshot the remote takes now, in bytes, or 0.
+
+        Nonzero only in SYNCING with protocol 4, when the remote asked for
+        one, showed the same schema (version and fingerprint) as ours and an
+        empty cursor, and nothing has been sent to it yet.
+        """
+        remote, limits = self.remote, self.remote_limits
+        if (
+            self.state is not SessionState.SYNCING
+            or self.version < SNAPSHOT_SINCE
+            or remote is None
+            or limits is None
+            or self._changes_sent
+            or self._snapshot_out is not None
+            or remote.schema_fingerprint != self.local.schema_fingerprint
+            or remote.schema_version != self.local.schema_version
+            or any(self._remote_cursor_at_start.values())
+        ):
+            return 0
+        return limits.snapshot_bytes
+
+    def send_snapshot_part(self, total: int, chunk: bytes | memoryview) -> None:
+        """One piece of a snapshot of ``total`` bytes (at most a frame's worth
+        of bytes less FRAME_OVERHEAD). Uses one credit.
+
+        Raises LocalProtocolError without credit, when the remote takes no
+        snapshot of ``total`` bytes (see :attr:`snapshot_wanted`), or past
+        ``total``.
+        """
+        if self._snapshot_out is None:
+            if not 0 < total <= self.snapshot_wanted:
+                raise LocalProtocolError("the remote takes no snapshot of this size")
+            self._snapshot_out, self._snapshot_total_out = 0, total
+        elif self._snapshot_awaiting_answer or total != self._snapshot_total_out:
+            raise LocalProtocolError("a snapshot part that does not continue the snapshot")
+        if self.credit < 1:
+            raise LocalProtocolError("no credit: wait for CreditReceived")
+        if not chunk or self._snapshot_out + len(chunk) > total:
+            raise LocalProtocolError("snapshot parts must be non-empty and within the total")
+        self.credit -= 1
+        self._snapshot_out += len(chunk)
+        self._queue(SnapshotPart(total, chunk))
+
+    def send_snapshot_end(self, sha256: bytes, cursor: Cursor) -> None:
+        """Close the snapshot whose parts are all sent; then wait for SnapshotAnswered."""
+        if (
+            self._snapshot_out is None
+            or self._snapshot_awaiting_answer
+            or self._snapshot_out != self._snapshot_total_out
+        ):
+            raise LocalProtocolError("snapshot end before all its parts")
+        self._snapshot_awaiting_answer = True
+        self._queue(SnapshotEnd(self._snapshot_out, sha256, dict(cursor)))
+
+    def send_snapshot_answer(self, cursor: Cursor) -> None:
+        """After SnapshotEndReceived: say what we hold now (the snapshot's
+        cursor if it was installed, the cursor from before if it was refused)."""
+        if not self._snapshot_in_done or self.state is not SessionState.SYNCING:
+            raise LocalProtocolError("no snapshot to answer")
+        self._snapshot_in_done = False
+        self._snapshot_in = -1  # answered: no second snapshot in this session
+        self.announced = dict(cursor)
         self._queue(CursorMessage(dict(cursor)))
 
     def send_have(self, cursor: Cursor) -> None:
@@ -374,6 +524,8 @@ class SyncSession:
             raise LocalProtocolError(f"cannot send changes in state {self.state.value}")
         if self.credit < 1:
             raise LocalProtocolError("no credit: wait for CreditReceived")
+        if self._snapshot_awaiting_answer:
+            raise LocalProtocolError("changes before the answer to the snapshot")
         if len(changes) > self.max_send_rows:
             raise LocalProtocolError(f"{len(changes)} rows exceed {self.max_send_rows} per frame")
         parted = self._value_in_parts(changes)
@@ -395,6 +547,7 @@ class SyncSession:
         for part in parts:
             self._queue(part)
         self.credit -= 1
+        self._changes_sent = True
         _advance(self.remote_cursor, changes)
         _advance(self.announced, changes)
         self._outbox.append(frame)
@@ -459,6 +612,7 @@ class SyncSession:
     def _close(self) -> None:
         self.state = SessionState.CLOSED
         self._value = None  # a value half received is dropped with the session
+        self._snapshot_awaiting_answer = False
 
     @property
     def pending_value_bytes(self) -> int:
@@ -521,11 +675,22 @@ class SyncSession:
                 self._on_part(message)
                 return []
             case CursorMessage():
+                if self.state is SessionState.SYNCING:
+                    if not self._snapshot_awaiting_answer:
+                        raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "second CURSOR")
+                    self._snapshot_awaiting_answer = False
+                    self.remote_cursor = dict(message.cursor)
+                    return [SnapshotAnswered(dict(message.cursor))]
                 if self.version >= PARTS_SINCE and self.remote_limits is None:
                     raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "CURSOR before LIMITS")
                 self.remote_cursor = dict(message.cursor)
+                self._remote_cursor_at_start = dict(message.cursor)
                 self.state = SessionState.SYNCING
                 return [CursorReceived(dict(message.cursor))]
+            case SnapshotPart():
+                return [self._on_snapshot_part(message)]
+            case SnapshotEnd():
+                return [self._on_snapshot_end(message)]
             case Changes():
                 return self._on_changes(message)
             case Eose():
@@ -573,10 +738,48 @@ class SyncSession:
         self.state = SessionState.READY
         return HelloReceived(hello, hello.schema_version > self.local.schema_version)
 
+    def _on_snapshot_part(self, part: SnapshotPart) -> SnapshotPartReceived:
+        if not self.snapshot_offered or self._changes_received or self._snapshot_in_done:
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "a snapshot nobody asked for")
+        if self._snapshot_in is None:
+            if part.total > self.snapshot_offered:
+                raise RemoteProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"a snapshot of {part.total} bytes, limit {self.snapshot_offered}",
+                )
+            self._snapshot_in, self._snapshot_total = 0, part.total
+        elif self._snapshot_in < 0 or part.total != self._snapshot_total:
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED_FRAME, "a SNAPSHOT_PART that does not continue the snapshot"
+            )
+        if self._snapshot_in + len(part.chunk) > self._snapshot_total:
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED_FRAME, "snapshot parts exceed their total"
+            )
+        if self._remote_credit < 1:
+            raise RemoteProtocolError(ErrorCode.FLOW_CONTROL, "snapshot part sent without credit")
+        self._remote_credit -= 1
+        self._snapshot_in += len(part.chunk)
+        return SnapshotPartReceived(part.total, part.chunk)
+
+    def _on_snapshot_end(self, end: SnapshotEnd) -> SnapshotEndReceived:
+        if self._snapshot_in is None or self._snapshot_in < 0 or self._snapshot_in_done:
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "SNAPSHOT_END without parts")
+        if end.size != self._snapshot_total or self._snapshot_in != end.size:
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED_FRAME,
+                f"snapshot of {self._snapshot_in} bytes ended as {end.size}",
+            )
+        self._snapshot_in_done = True
+        return SnapshotEndReceived(end.size, end.sha256, dict(end.cursor))
+
     def _on_changes(self, message: Changes) -> list[Event]:
         if self._remote_credit < 1:
             raise RemoteProtocolError(ErrorCode.FLOW_CONTROL, "changes sent without credit")
+        if self._snapshot_in is not None and self._snapshot_in >= 0:
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "CHANGES inside a snapshot")
         self._remote_credit -= 1
+        self._changes_received = True
         changes = message.changes
         if message.parted is not None or self._value is not None:
             changes = self._with_value(message)
@@ -643,6 +846,8 @@ _TYPE_OF: dict[type, MessageType] = {
     Have: MessageType.HAVE,
     LimitsMessage: MessageType.LIMITS,
     Part: MessageType.PART,
+    SnapshotPart: MessageType.SNAPSHOT_PART,
+    SnapshotEnd: MessageType.SNAPSHOT_END,
 }
 
 

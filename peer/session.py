@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from peer import events
+from peer.bootstrap import IncomingSnapshot, OutgoingSnapshot
 from peer.changes import change_size
 from peer.errors import (
     ChannelClosed,
@@ -29,6 +30,7 @@ from peer.errors import (
     TransportError,
     ValueTooLargeError,
 )
+from peer.messages import FRAME_OVERHEAD
 from peer.protocol import (
     BacklogReceived,
     ChangesReceived,
@@ -38,12 +40,20 @@ from peer.protocol import (
     HelloReceived,
     RemoteClosed,
     SessionState,
+    SnapshotAnswered,
+    SnapshotEndReceived,
+    SnapshotPartReceived,
     SyncSession,
 )
 from peer.store import ApplyResult, Change, Cursor, LargeGroup
 from transports.base import Channel
 
 __all__ = ["Refusal", "SessionDriver", "SessionHost", "SessionStats"]
+
+SNAPSHOT_CHUNK = 1 << 20
+"""Bytes of a snapshot per SNAPSHOT_PART frame (at most; less with a smaller
+frame limit): a window of them in flight keeps a disk-speed stream going
+while the receiver holds a few MiB, not a window of 8 MiB frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,25 @@ class SessionHost(Protocol):
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int: ...
     async def admit(self, driver: SessionDriver) -> Refusal | None:
         """Called after the remote hello: None to go on, or why to refuse it."""
+        ...
+
+    async def takes_snapshot(self) -> bool:
+        """Whether to ask for a snapshot: this side is a fresh device and wants one."""
+        ...
+
+    async def make_snapshot(self) -> OutgoingSnapshot | None:
+        """A copy of the store to send (None if it cannot be made; logged)."""
+        ...
+
+    def incoming_snapshot(self) -> IncomingSnapshot:
+        """A new file to receive a snapshot into (raises SnapshotError)."""
+        ...
+
+    async def install_snapshot(
+        self, driver: SessionDriver, incoming: IncomingSnapshot, end: SnapshotEndReceived
+    ) -> bool:
+        """Check and install a received snapshot; False if it was refused
+        (an event says why; the store is unchanged)."""
         ...
 
     def emit(self, event: events.Event) -> None: ...
@@ -168,6 +197,9 @@ class SessionDriver:
         self._backlog: tuple[int, float, int, int, int] | None = None
         self._page_table_rows = 0
         """The remote's announced backlog: (rows, when, rows and bytes received before)."""
+        self._incoming: IncomingSnapshot | None = None
+        """A snapshot being received (protocol 4)."""
+        self._snapshot_answered = asyncio.Event()
         self._log = logging.getLogger("crpeer.session")
 
     @property
@@ -276,6 +308,10 @@ class SessionDriver:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, CrpeerError):
                         await task
+            if self._incoming is not None:
+                # A snapshot cut off midway: the store never saw it.
+                incoming, self._incoming = self._incoming, None
+                incoming.discard()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.channel.close(), timeout=2.0)
             if self.error is not None:
@@ -344,6 +380,8 @@ class SessionDriver:
                             self._sender.add_done_callback(self._sender_done)
                         case CreditReceived():
                             self._credit.set()
+                        case SnapshotAnswered():
+                            self._snapshot_answered.set()
                         case _:
                             await _put(queue, handler, event)
                 self._flush_soon()
@@ -366,6 +404,14 @@ class SessionDriver:
             match event:
                 case ChangesReceived():
                     await self._on_changes(event.changes, event.final, event.schema)
+                case SnapshotPartReceived():
+                    if self._incoming is None:
+                        self._incoming = self.host.incoming_snapshot()
+                    await asyncio.to_thread(self._incoming.write, event.chunk)
+                    self.session.frame_applied()
+                    self._flush_soon()
+                case SnapshotEndReceived():
+                    await self._on_snapshot_end(event)
                 case BacklogReceived():
                     self._backlog = (
                         event.rows,
@@ -425,8 +471,21 @@ class SessionDriver:
             await self.close(refusal.code, refusal.reason)
             return
         self.host.emit(events.Connected(self.remote))
-        self.session.send_cursor(await self.host.local_cursor())
+        snapshot = await self.host.takes_snapshot()
+        self.session.send_cursor(await self.host.local_cursor(), snapshot=snapshot)
         await self._flush()
+
+    async def _on_snapshot_end(self, end: SnapshotEndReceived) -> None:
+        """Install the snapshot (or refuse it), then tell the remote what we hold now."""
+        incoming, self._incoming = self._incoming, None
+        assert incoming is not None
+        try:
+            await asyncio.to_thread(incoming.finish)
+            await self.host.install_snapshot(self, incoming, end)
+        finally:
+            incoming.discard()
+        self.session.send_snapshot_answer(await self.host.local_cursor())
+        self._flush_soon()
 
     async def _on_changes(self, changes: list[Change], final: bool, schema: int) -> None:
         assert self.remote is not None
@@ -516,10 +575,12 @@ class SessionDriver:
         remote_site = self.session.remote.site_id
         rows_per_frame = self.session.max_send_rows
         bytes_per_frame = self.session.max_send_bytes
-        self.session.send_backlog(
-            await self.host.backlog_estimate(dict(self.session.remote_cursor), remote_site)
-        )
+        backlog = await self.host.backlog_estimate(dict(self.session.remote_cursor), remote_site)
+        self.session.send_backlog(backlog)
         await self._flush()
+        wanted = self.session.snapshot_wanted
+        if wanted and backlog >= self.session.limits.snapshot_threshold:
+            await self._send_snapshot(wanted)
         last_page_short = False
         while True:
             # After a short page, wait until the remote has applied every
@@ -564,6 +625,33 @@ class SessionDriver:
                     await self._flush()
                 continue
             await self._send_page(page)
+
+    async def _send_snapshot(self, wanted: int) -> None:
+        """Send a copy of the store in SNAPSHOT_PART frames (one credit each),
+        then SNAPSHOT_END, and wait for the remote's new cursor. Sends nothing
+        when the copy cannot be made or is larger than ``wanted`` bytes."""
+        outgoing = await self.host.make_snapshot()
+        if outgoing is None:
+            return
+        try:
+            if outgoing.size > wanted:
+                self._log.info(
+                    "session %s: a snapshot of %d bytes is over the remote's limit of %d",
+                    self.address,
+                    outgoing.size,
+                    wanted,
+                )
+                return
+            step = min(self.session.frame_limit - FRAME_OVERHEAD, SNAPSHOT_CHUNK)
+            while chunk := await asyncio.to_thread(outgoing.read, step):
+                await self._wait_credit()
+                self.session.send_snapshot_part(outgoing.size, chunk)
+                await self._flush()
+            self.session.send_snapshot_end(outgoing.sha256, outgoing.cursor)
+            await self._flush()
+        finally:
+            outgoing.discard()  # at once, even when cancelled: a close and an unlink
+        await self._snapshot_answered.wait()
 
     async def _send_page(self, page: list[Change]) -> None:
         """Send ``page`` as one frame. A transaction in it that the remote does

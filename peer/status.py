@@ -325,6 +325,8 @@ class SessionHistory:
                 self.last_error[remote.site_id] = str(error)
             case events.ValueTooLarge(remote=remote, error=error):
                 self.last_error[remote.site_id] = str(error)
+            case events.SnapshotRefused(remote=remote, error=error):
+                self.last_error[remote.site_id] = f"snapshot refused: {error}"
             case _:
                 pass
 

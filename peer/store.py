@@ -294,6 +294,18 @@ class Store:
         )
         if not read_only and self.path != ":memory:" and not self.path.startswith("file:"):
             _create_private_file(self.path)
+        self._group_readers = 0
+        """Connections of read_group iterators still open (file stores)."""
+        separate = not read_only and self.path != ":memory:" and not self.path.startswith("file:")
+        self._read_lock = threading.RLock() if separate else self._lock
+        self._sync_lock = threading.RLock() if separate else self._lock
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open every connection on :attr:`path` (at start, and after
+        :meth:`install_snapshot` replaced the file)."""
+        read_only = self.read_only
+        busy_timeout_ms = self._busy_timeout_ms
         try:
             if read_only:
                 target = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
@@ -343,7 +355,6 @@ class Store:
         # Merges (apply) run on a sync connection of their own, so a page
         # spanning frames can stay open without holding up the app's calls.
         self._reader = self._sync = self._conn
-        self._read_lock = self._sync_lock = self._lock
         # The schema cookie each connection last saw (see peer.store_schema).
         self._main_cookie = self._reader_cookie = self._sync_cookie = store_schema.cookie(
             self._conn
@@ -352,9 +363,7 @@ class Store:
             return
         if self.path != ":memory:" and not self.path.startswith("file:"):
             self._reader = self._open_connection()
-            self._read_lock = threading.RLock()
             self._sync = self._open_connection()
-            self._sync_lock = threading.RLock()
         self._sync.executescript(_MERGE_STAGE)
 
     # -- lifecycle ---------------------------------------------------------
@@ -366,12 +375,7 @@ class Store:
                 return
             self._closed = True
             with self._read_lock, self._sync_lock:
-                connections = {id(c): c for c in (self._reader, self._sync, self._conn)}
-                for conn in connections.values():
-                    try:
-                        conn.execute("SELECT crsql_finalize()")
-                    finally:
-                        conn.close()
+                self._close_connections()
 
     def __enter__(self) -> Store:
         return self
@@ -593,13 +597,7 @@ class Store:
     def schema_fingerprint(self) -> bytes:
         """16 bytes that differ when the CRR tables or their columns differ."""
         with self._lock:
-            digest = hashlib.sha256()
-            for table in sorted(self.crr_columns()):
-                digest.update(table.encode() + b"\0")
-                for row in self._conn.execute(f"PRAGMA table_info({_quote_identifier(table)})"):
-                    _, name, decl_type, notnull, _, pk = row
-                    digest.update(f"{name}|{decl_type}|{notnull}|{pk}\0".encode())
-            return digest.digest()[:16]
+            return schema_fingerprint_of(self._conn, self.crr_columns())
 
     @_translate_errors
     def cursor(self) -> Cursor:
@@ -906,6 +904,7 @@ class Store:
         conn = self._open_connection() if dedicated else self._reader
         lock = threading.RLock() if dedicated else self._read_lock
         rows: Any = None
+        self._group_readers += dedicated
         try:
             with lock:
                 rows = conn.execute(
@@ -935,6 +934,7 @@ class Store:
                 if rows is not None:
                     rows.close()
                 if dedicated:
+                    self._group_readers -= 1
                     conn.execute("SELECT crsql_finalize()")
                     conn.close()
 
@@ -1005,6 +1005,99 @@ class Store:
             finally:
                 self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         return busy == 0, int(log), int(done)
+
+    # -- snapshots (a fresh device bootstraps from a copy) ---------------------
+
+    @_translate_errors
+    def is_fresh(self) -> bool:
+        """Whether this database holds nothing to sync: an empty cursor, no
+        held rows, and no clock rows (nothing written, not even deleted)."""
+        with self._lock:
+            self._guard_main()
+            return self._is_fresh()
+
+    def _is_fresh(self) -> bool:
+        """:meth:`is_fresh`; the caller holds ``_lock``."""
+        clocks = " UNION ALL ".join(
+            f"SELECT 1 FROM {_quote_identifier(table + '__crsql_clock')}"
+            for table in self.crr_columns()
+        )
+        checks = ["SELECT 1 FROM crpeer_cursor", "SELECT 1 FROM crpeer_held"]
+        if clocks:
+            checks.append(clocks)
+        found = self._conn.execute(f"SELECT EXISTS ({' UNION ALL '.join(checks)})").fetchone()
+        return not found[0]
+
+    @_translate_errors
+    def copy_into(self, out: str | Path) -> None:
+        """Write a consistent copy of the database to ``out`` (created empty
+        with mode 0600 first; it must not exist) with ``VACUUM INTO``, through
+        the read connection: one read transaction, writers go on."""
+        _create_private_file(out)
+        with self._read_lock:
+            self._reader.execute("VACUUM INTO ?", (os.fspath(out),))
+
+    @_translate_errors
+    def install_snapshot(self, snapshot: str | Path) -> None:
+        """Replace the database file with ``snapshot`` (checked and made this
+        site's by :func:`peer.store_snapshot.prepare_received`), in place.
+
+        Under every lock of the store: checks that the database is still
+        fresh (:meth:`is_fresh`), copies ``crpeer_sites`` into the snapshot,
+        closes every connection (the last close checkpoints and removes the
+        ``-wal`` file), moves the snapshot over the database file with
+        ``os.replace`` (atomic), removes a stale ``-shm``, and opens every
+        connection again on the new file. No connection of the store ever
+        points at the replaced file. Raises StoreError, leaving the database
+        as it was, when it is not fresh, a page or a group read is open, or
+        another connection (another process, the app's own) keeps the old file
+        open (its ``-wal`` file stays).
+        """
+        if self.read_only or not self.can_stream_pages:
+            raise StoreError("only a writable file store installs a snapshot")
+        with self._lock, self._read_lock, self._sync_lock:
+            self._guard_main()
+            if self._page_open or self._group_readers:
+                raise StoreError("the store is busy (a page or a group read is open)")
+            if not self._is_fresh():
+                raise StoreError("the database is no longer fresh")
+            sites = self._conn.execute("SELECT site_id, peer_id FROM crpeer_sites").fetchall()
+            target = sqlite3.connect(os.fspath(snapshot), isolation_level=None)
+            try:
+                target.execute("BEGIN IMMEDIATE")
+                target.execute("DELETE FROM crpeer_sites")
+                target.executemany(
+                    "INSERT INTO crpeer_sites (site_id, peer_id) VALUES (?, ?)", sites
+                )
+                target.execute("COMMIT")
+            finally:
+                target.close()
+            _sync_file(snapshot)
+            site_before = self.site_id
+            self._close_connections()
+            try:
+                wal = Path(f"{self.path}-wal")
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise StoreError(
+                        "another connection keeps the database open: cannot replace it"
+                    )
+                os.replace(snapshot, self.path)
+                Path(f"{self.path}-shm").unlink(missing_ok=True)
+                wal.unlink(missing_ok=True)
+                _sync_file(Path(self.path).parent)
+            finally:
+                self._connect()
+            if self.site_id != site_before:
+                raise StoreError("the installed snapshot has another site id")
+
+    def _close_connections(self) -> None:
+        """Finalize cr-sqlite and close every connection (caller holds every lock)."""
+        connections = {id(c): c for c in (self._reader, self._sync, self._conn)}
+        for conn in connections.values():
+            try:
+                conn.execute("SELECT crsql_finalize()")
+            finally:
+                conn.close()
 
     def _own_changes(
         self, after: int, limit: int, max_bytes: int | None
@@ -1482,6 +1575,18 @@ def file_integrity_problems(path: str | Path, limit: int = 10) -> list[str]:
     return [] if found == ["ok"] else found
 
 
+def schema_fingerprint_of(conn: Any, tables: Iterable[str]) -> bytes:
+    """The schema fingerprint (see :meth:`Store.schema_fingerprint`) of the
+    CRR ``tables`` of the database on ``conn`` (which needs no cr-sqlite)."""
+    digest = hashlib.sha256()
+    for table in sorted(tables):
+        digest.update(table.encode() + b"\0")
+        for row in conn.execute(f"PRAGMA table_info({_quote_identifier(table)})"):
+            _, name, decl_type, notnull, _, pk = row
+            digest.update(f"{name}|{decl_type}|{notnull}|{pk}\0".encode())
+    return digest.digest()[:16]
+
+
 def _create_private_file(path: str | os.PathLike[str]) -> None:
     """Create ``path`` empty with mode 0600 if nothing is there yet.
 
@@ -1498,6 +1603,15 @@ def _create_private_file(path: str | os.PathLike[str]) -> None:
     except OSError as exc:
         raise StoreError(f"cannot open database {os.fspath(path)}: {exc.strerror or exc}") from exc
     os.close(descriptor)
+
+
+def _sync_file(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a directory, so a rename that follows (or preceded) lasts."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _fetch_within(

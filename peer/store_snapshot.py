@@ -20,6 +20,12 @@ changes, resumes with the delta since the snapshot instead of everything.
 
 Two devices never share a site id this way, even when the same snapshot is
 restored twice.
+
+Over the wire (protocol 4, see PROTOCOL.md) a fresh device receives such a
+copy from a peer: :func:`snapshot_cursor` says what the copy holds,
+:func:`prepare_received` checks a received copy against the receiver
+(:func:`snapshot_reference`) and relabels it with the receiver's own site
+id, and :meth:`peer.store.Store.install_snapshot` puts it in place.
 """
 
 from __future__ import annotations
@@ -28,14 +34,31 @@ import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pysqlite3.dbapi2 as sqlite3
 
-from peer.errors import ConfigError, StoreError
-from peer.store import SITE_ID_LENGTH, Store, _create_private_file
+from peer.errors import ConfigError, SnapshotError, StoreError
+from peer.store import (
+    SITE_ID_LENGTH,
+    Cursor,
+    Store,
+    _create_private_file,
+    _persisted_cursor,
+    schema_fingerprint_of,
+)
 
-__all__ = ["restore_snapshot", "take_snapshot"]
+__all__ = [
+    "SnapshotReference",
+    "prepare_received",
+    "restore_snapshot",
+    "snapshot_cursor",
+    "snapshot_reference",
+    "take_snapshot",
+]
 
 _REQUIRED_TABLES = ("crsql_site_id", "crpeer_cursor", "crpeer_versions")
 
@@ -91,10 +114,11 @@ def restore_snapshot(snapshot: Path, database: Path) -> bytes:
     return new_site
 
 
-def _resite(path: Path, new_site: bytes) -> None:
+def _resite(path: Path, new_site: bytes, *, checked: bool = False) -> None:
     """Give the database at ``path`` a new local site id, keeping the old one's changes.
 
-    Uses a plain connection (no extension): only cr-sqlite's and crpeer's own
+    ``checked``: the caller already ran an integrity check on it. Uses a
+    plain connection (no extension): only cr-sqlite's and crpeer's own
     tables are touched, never an app table (whose triggers need cr-sqlite).
     """
     try:
@@ -102,7 +126,7 @@ def _resite(path: Path, new_site: bytes) -> None:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the snapshot copy: {exc}") from exc
     try:
-        _resite_in(connection, path, new_site)
+        _resite_in(connection, path, new_site, checked)
     except sqlite3.DatabaseError as exc:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
@@ -112,16 +136,29 @@ def _resite(path: Path, new_site: bytes) -> None:
             connection.close()
 
 
-def _resite_in(connection: sqlite3.Connection, path: Path, new_site: bytes) -> None:
-    (check,) = connection.execute("PRAGMA quick_check").fetchone()
-    if check != "ok":
-        raise StoreError(f"the snapshot is corrupt: {check}")
+def _resite_in(connection: sqlite3.Connection, path: Path, new_site: bytes, checked: bool) -> None:
+    if not checked:
+        (check,) = connection.execute("PRAGMA quick_check").fetchone()
+        if check != "ok":
+            raise StoreError(f"the snapshot is corrupt: {check}")
     tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
     missing = [table for table in _REQUIRED_TABLES if table not in tables]
     if missing:
         raise ConfigError(f"the snapshot is not a crpeer database (no {', '.join(missing)})")
     clocks = sorted(name for name in tables if name.endswith("__crsql_clock"))
     connection.execute("BEGIN IMMEDIATE")
+    # Relabeling rewrites every clock row's site_id: dropping the index
+    # crpeer keeps on (site_id, db_version) and making it again afterwards
+    # (with its own SQL) is several times faster than updating it row by row.
+    indexes = [
+        (str(name), str(sql))
+        for name, table, sql in connection.execute(
+            "SELECT name, tbl_name, sql FROM sqlite_schema WHERE type = 'index'"
+        )
+        if sql and table in clocks and str(name).endswith("__crpeer_site_version")
+    ]
+    for name, _ in indexes:
+        connection.execute(f"DROP INDEX {_quote(name)}")
     row = connection.execute("SELECT site_id FROM crsql_site_id WHERE ordinal = 0").fetchone()
     if row is None or len(row[0]) != SITE_ID_LENGTH:
         raise ConfigError("the snapshot has no local site id")
@@ -143,6 +180,8 @@ def _resite_in(connection: sqlite3.Connection, path: Path, new_site: bytes) -> N
         (highest,) = connection.execute(f"SELECT max(db_version) FROM {quoted}").fetchone()
         top = max(top, int(highest or 0))
         connection.execute(f"UPDATE {quoted} SET site_id = ? WHERE site_id = 0", (old_ordinal,))
+    for _, sql in indexes:
+        connection.execute(sql)
     connection.executemany(
         "INSERT INTO crpeer_versions (origin, local_version, origin_version, replay) "
         "VALUES (?, ?, ?, 0) ON CONFLICT (origin, local_version) DO NOTHING",
@@ -157,3 +196,201 @@ def _resite_in(connection: sqlite3.Connection, path: Path, new_site: bytes) -> N
             (old_site, top),
         )
     connection.execute("COMMIT")
+
+
+# -- snapshots over the wire (a fresh device bootstraps from a copy) ---------------
+
+_SCHEMA_EXTRAS = frozenset({"sqlite_sequence", "sqlite_stat1", "sqlite_stat4"})
+"""SQLite's own tables, which a copy may hold and the receiver may lack (data only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReference:
+    """What a received snapshot must match: the receiving database's facts."""
+
+    site_id: bytes
+    schema_version: int
+    schema_fingerprint: bytes
+    objects: dict[tuple[str, str], tuple[str, str | None, tuple[tuple[Any, ...], ...]]]
+    """Every schema object by (type, name): its table, SQL and (tables) columns."""
+
+
+def snapshot_reference(store: Store) -> SnapshotReference:
+    """The facts of ``store`` that a snapshot for it must match (call on its thread)."""
+    return SnapshotReference(
+        store.site_id,
+        store.schema_version(),
+        store.schema_fingerprint(),
+        _schema_objects(store.execute),
+    )
+
+
+def snapshot_cursor(snapshot: Path) -> Cursor:
+    """The version vector a copy made by :meth:`Store.copy_into` holds: its
+    ``crpeer_cursor``, plus its own site's changes up to its highest
+    db_version (what :func:`prepare_received` records for it)."""
+    connection = _open_plain(snapshot)
+    try:
+        cursor = _persisted_cursor(connection)
+        (site,) = connection.execute(
+            "SELECT site_id FROM crsql_site_id WHERE ordinal = 0"
+        ).fetchone()
+        top = _highest_version(connection, _clock_tables(connection))
+        if top:
+            cursor[bytes(site)] = max(cursor.get(bytes(site), 0), top)
+        return cursor
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the snapshot: {exc}") from exc
+    finally:
+        connection.close()
+
+
+def prepare_received(snapshot: Path, reference: SnapshotReference) -> Cursor:
+    """Check a snapshot received from a peer and make it this site's copy.
+
+    Checks, without cr-sqlite loaded (it may crash on a damaged file):
+    ``PRAGMA integrity_check``; the same schema version and fingerprint as
+    the receiver; the same schema objects, one for one, with the same SQL
+    (a trigger, view, index or table the receiver lacks is refused: it would
+    run or shape code in the receiver's database; crpeer's bookkeeping tables
+    may differ in SQL text, not in columns); cr-sqlite's and crpeer's
+    bookkeeping well-formed. Then relabels it as :func:`restore_snapshot`
+    does, with the receiver's own site id at ordinal 0 (so the site id its
+    HELLO showed stays true), empties tables that are not replicated (the
+    sender's local data stays the sender's), and returns the cursor it now
+    holds. Raises SnapshotError (the file is then unusable; delete it).
+    """
+    try:
+        connection = _open_plain(snapshot)
+    except StoreError as exc:
+        raise SnapshotError(str(exc)) from exc
+    try:
+        _check_received(connection, reference)
+    except sqlite3.Error as exc:
+        raise SnapshotError(f"the snapshot is not a usable database: {exc}") from exc
+    finally:
+        connection.close()
+    try:
+        _resite(snapshot, reference.site_id, checked=True)
+    except (StoreError, ConfigError) as exc:
+        raise SnapshotError(str(exc)) from exc
+    connection = _open_plain(snapshot)
+    try:
+        local_tables = _local_tables(connection)
+        connection.execute("BEGIN IMMEDIATE")
+        for table in local_tables:
+            connection.execute(f"DELETE FROM {_quote(table)}")
+        connection.execute("DELETE FROM crpeer_sites")
+        connection.execute("COMMIT")
+        return _persisted_cursor(connection)
+    except sqlite3.Error as exc:
+        raise SnapshotError(f"cannot prepare the snapshot: {exc}") from exc
+    finally:
+        connection.close()
+
+
+def _check_received(connection: sqlite3.Connection, reference: SnapshotReference) -> None:
+    problems = [str(line) for (line,) in connection.execute("PRAGMA integrity_check(10)")]
+    if problems != ["ok"]:
+        raise SnapshotError(f"the snapshot is corrupt: {'; '.join(problems)}")
+    objects = _schema_objects(lambda sql: connection.execute(sql).fetchall())
+    extra = sorted(f"{kind} {name}" for kind, name in objects.keys() - reference.objects.keys())
+    missing = sorted(f"{kind} {name}" for kind, name in reference.objects.keys() - objects.keys())
+    if extra or missing:
+        raise SnapshotError(
+            f"the snapshot's schema differs: extra {extra or 'none'}, missing {missing or 'none'}"
+        )
+    for key, (table, sql, columns) in objects.items():
+        ref_table, ref_sql, ref_columns = reference.objects[key]
+        same_shape = key[0] == "table" and key[1].startswith("crpeer_") and columns == ref_columns
+        if table != ref_table or (sql != ref_sql and not same_shape):
+            raise SnapshotError(f"the snapshot's {key[0]} {key[1]} differs from ours")
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    clocks = _clock_tables(connection)
+    crrs = [clock.removesuffix("__crsql_clock") for clock in clocks]
+    fingerprint = schema_fingerprint_of(connection, crrs)
+    if (version, fingerprint) != (reference.schema_version, reference.schema_fingerprint):
+        raise SnapshotError("the snapshot's schema version or fingerprint differs from ours")
+    checks = [
+        "SELECT count(*) FROM crsql_site_id WHERE typeof(site_id) != 'blob' "
+        "OR length(site_id) != 16 OR typeof(ordinal) != 'integer' OR ordinal < 0",
+        "SELECT count(*) != 1 FROM crsql_site_id WHERE ordinal = 0",
+        "SELECT count(*) FROM crpeer_cursor WHERE typeof(origin) != 'blob' "
+        "OR length(origin) != 16 OR typeof(version) != 'integer' OR version < 0",
+        "SELECT count(*) FROM crpeer_versions WHERE typeof(origin) != 'blob' "
+        "OR length(origin) != 16 OR typeof(local_version) != 'integer' "
+        "OR typeof(origin_version) != 'integer' OR origin_version < 0",
+        "SELECT count(*) FROM crpeer_held WHERE typeof(origin) != 'blob' OR length(origin) != 16",
+        *(
+            f"SELECT count(*) FROM {_quote(clock)} WHERE typeof(db_version) != 'integer' "
+            "OR typeof(col_version) != 'integer' OR db_version < 0 "
+            "OR site_id NOT IN (SELECT ordinal FROM crsql_site_id)"
+            for clock in clocks
+        ),
+    ]
+    for check in checks:
+        (bad,) = connection.execute(check).fetchone()
+        if bad:
+            raise SnapshotError(f"the snapshot's bookkeeping is malformed ({check.split()[3]})")
+    taken = connection.execute(
+        "SELECT 1 FROM crsql_site_id WHERE site_id = ?", (reference.site_id,)
+    ).fetchone()
+    if taken:
+        raise SnapshotError("the snapshot already knows our site id")
+
+
+def _schema_objects(
+    run: Callable[[str], list[tuple[Any, ...]]],
+) -> dict[tuple[str, str], tuple[str, str | None, tuple[tuple[Any, ...], ...]]]:
+    objects: dict[tuple[str, str], tuple[str, str | None, tuple[tuple[Any, ...], ...]]] = {}
+    for kind, name, table, sql in run("SELECT type, name, tbl_name, sql FROM sqlite_schema"):
+        if name.startswith("sqlite_autoindex_") or name in _SCHEMA_EXTRAS:
+            continue
+        columns: tuple[tuple[Any, ...], ...] = ()
+        if kind == "table":
+            columns = tuple(tuple(row) for row in run(f"PRAGMA table_xinfo({_quote(name)})"))
+        objects[(str(kind), str(name))] = (str(table), sql, columns)
+    return objects
+
+
+def _open_plain(path: Path) -> sqlite3.Connection:
+    """A connection without cr-sqlite (only crsql_* and crpeer_* tables are touched)."""
+    try:
+        return sqlite3.connect(os.fspath(path), isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the snapshot: {exc}") from exc
+
+
+def _clock_tables(connection: sqlite3.Connection) -> list[str]:
+    return sorted(
+        name
+        for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        if name.endswith("__crsql_clock")
+    )
+
+
+def _local_tables(connection: sqlite3.Connection) -> list[str]:
+    """The app's tables that are not replicated (no clock table)."""
+    names = {
+        str(name)
+        for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+    }
+    return sorted(
+        name
+        for name in names
+        if not name.startswith(("sqlite_", "crsql_", "crpeer_"))
+        and not name.endswith(("__crsql_clock", "__crsql_pks"))
+        and f"{name}__crsql_clock" not in names
+    )
+
+
+def _highest_version(connection: sqlite3.Connection, clocks: list[str]) -> int:
+    top = 0
+    for clock in clocks:
+        (highest,) = connection.execute(f"SELECT max(db_version) FROM {_quote(clock)}").fetchone()
+        top = max(top, int(highest or 0))
+    return top
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

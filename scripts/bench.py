@@ -43,6 +43,19 @@ What each figure is (BENCHMARKS.md has results and profiles):
   frames and applies atomically, so a write waits for all of it.
 - ``write_overhead``: plain-table insert rate over CRR insert rate (both
   shown in the table), executemany in one transaction.
+- ``bootstrap_ratio``: a fresh device joining a peer that holds
+  ``bootstrap_rows`` rows (100,000 in both modes) of a 4-column table
+  (300,000 change rows, 1,000 rows per transaction), over WebSocket+TLS in
+  separate processes: seconds of a change replay (the receiver declines
+  snapshots) over seconds of a snapshot bootstrap (it takes one), both timed
+  from just before the receiver's ``Peer.start()`` until it holds every row
+  (replay: its Changed events count every change row; bootstrap: its EOSE
+  after the Bootstrapped event). ``bootstrap_mb_s`` is the snapshot's size
+  over the bootstrap's seconds, ``file_copy_mb_s`` a plain copy (and fsync)
+  of the same database file on the same disk, the physical limit;
+  ``bootstrap_peak_rss_mb`` the receiver's peak RSS in the bootstrap.
+  ``bootstrap_1m_ratio`` (and its ``_mb_s``, ``_peak_rss_mb``): the same at
+  1,000,000 rows, full mode only.
 - ``mesh_converge_s``: 20 peers in a seeded random mesh (one process, memory
   transport), random upserts spread over the peers; seconds from the first
   write until every table is the same.
@@ -75,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 import pysqlite3.dbapi2 as sqlite3
-from bench_node import SCHEMA, TABLE, TRANSPORTS
+from bench_node import SCHEMA, TABLE, TRANSPORTS, WIDE_SCHEMA, WIDE_TABLE
 from rich.console import Console
 from rich.table import Table
 
@@ -114,6 +127,10 @@ class Mode:
     big_txn_rows: int
     """Rows of the one transaction the write_wait big-transaction sender holds."""
     runs: int
+    bootstrap_rows: int = 100_000
+    """Rows of the 4-column table the bootstrap sender holds."""
+    bootstrap_1m_rows: int = 0
+    """The same for bootstrap_1m (0: not in this mode)."""
 
 
 FULL = Mode(
@@ -126,6 +143,7 @@ FULL = Mode(
     wait_rows=100_000,
     big_txn_rows=60_000,
     runs=3,
+    bootstrap_1m_rows=1_000_000,
 )
 QUICK = Mode(
     "quick",
@@ -148,6 +166,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "write_overhead": ("write_overhead",),
     "mesh_converge_s": ("mesh_converge_s",),
     "write_wait": ("write_wait_p99_ms", "write_wait_big_txn_max_ms"),
+    "bootstrap": ("bootstrap_ratio", "bootstrap_mb_s", "file_copy_mb_s"),
+    "bootstrap_1m": ("bootstrap_1m_ratio", "bootstrap_1m_mb_s", "bootstrap_1m_peak_rss_mb"),
 }
 """Benchmarks (run order) and the JSON keys each produces."""
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -164,6 +184,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "peak_rss_mb": ("<=", 250.0),
     "mesh_converge_s": ("<=", 30.0),
     "write_wait_p99_ms": ("<=", 100.0),
+    "bootstrap_ratio": (">=", 3.0),
+    "bootstrap_1m_ratio": (">=", 5.0),
+    "bootstrap_1m_peak_rss_mb": ("<=", 150.0),
 }
 """Full-mode targets (peak_rss_mb for 1,000,000 rows)."""
 
@@ -177,6 +200,12 @@ UNITS: dict[str, str] = {
     "mesh_converge_s": "s",
     "write_wait_p99_ms": "ms",
     "write_wait_big_txn_max_ms": "ms",
+    "bootstrap_ratio": "x (replay s / bootstrap s)",
+    "bootstrap_1m_ratio": "x (replay s / bootstrap s)",
+    "bootstrap_mb_s": "MB/s",
+    "bootstrap_1m_mb_s": "MB/s",
+    "file_copy_mb_s": "MB/s",
+    "bootstrap_1m_peak_rss_mb": "MB",
     **{f"initial_sync_{t}": "change rows/s" for t in TRANSPORTS},
     **{f"initial_sync_{t}_ratio": "x apply_limit" for t in TRANSPORTS},
 }
@@ -283,17 +312,23 @@ def disconnect(conn: Any) -> None:
         conn.close()
 
 
-def build_source(path: Path, rows: int, per_transaction: int = ROWS_PER_TRANSACTION) -> int:
+def build_source(
+    path: Path, rows: int, per_transaction: int = ROWS_PER_TRANSACTION, *, wide: bool = False
+) -> int:
     """The sender's database: ``rows`` rows written through Store,
-    ``per_transaction`` per transaction. Returns its number of change rows."""
+    ``per_transaction`` per transaction (``wide``: of the 4-column table).
+    Returns its number of change rows."""
+    table = WIDE_TABLE if wide else TABLE
+    columns, values = "id, name, score", "i, 'name-' || i, (i * 7919) % 1000003"
+    if wide:
+        columns, values = f"{columns}, note", f"{values}, 'note ' || hex(i * 31)"
     with Store(path) as store:
-        store.execute(SCHEMA)
-        store.make_crr(TABLE)
+        store.execute(WIDE_SCHEMA if wide else SCHEMA)
+        store.make_crr(table)
         for start in range(1, rows + 1, per_transaction):
             store.execute(
                 "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-                f"INSERT INTO {TABLE} (id, name, score) "
-                "SELECT i, 'name-' || i, (i * 7919) % 1000003 FROM n",
+                f"INSERT INTO {table} ({columns}) SELECT {values} FROM n",
                 (start, min(rows, start + per_transaction - 1)),
             )
         (count,) = store.execute("SELECT count(*) FROM crsql_changes")[0]
@@ -307,6 +342,21 @@ class Source:
     path: Path
     rows: int
     change_rows: int
+
+
+def measure_file_copy(source: Path, target: Path) -> float:
+    """MB/s of a plain copy of the database file (then fsync), on the same disk."""
+    started = time.perf_counter()
+    shutil.copyfile(source, target)
+    descriptor = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    seconds = time.perf_counter() - started
+    size = target.stat().st_size
+    target.unlink()
+    return size / 1e6 / seconds
 
 
 def copy_database(source: Path, target: Path) -> None:
@@ -431,6 +481,10 @@ class Bench:
         self.source = Source(workdir / "source.db", mode.rows, 0)
         self.wait_source = self.source
         self.big_txn_source = Source(workdir / "big-txn-source.db", mode.big_txn_rows, 0)
+        self.boot_sources: dict[str, Source] = {
+            "bootstrap": Source(workdir / "boot-source.db", mode.bootstrap_rows, 0),
+            "bootstrap_1m": Source(workdir / "boot-1m-source.db", mode.bootstrap_1m_rows, 0),
+        }
         self._keys: dict[str, tuple[Path, Path]] = {}
 
     # setup
@@ -448,9 +502,13 @@ class Bench:
                     trust.add(peer_id, other)
         return paths
 
-    def _build(self, source: Source, per_transaction: int = ROWS_PER_TRANSACTION) -> Source:
+    def _build(
+        self, source: Source, per_transaction: int = ROWS_PER_TRANSACTION, *, wide: bool = False
+    ) -> Source:
         started = time.perf_counter()
-        built = replace(source, change_rows=build_source(source.path, source.rows, per_transaction))
+        built = replace(
+            source, change_rows=build_source(source.path, source.rows, per_transaction, wide=wide)
+        )
         err.print(
             f"source {source.path.name}: {built.rows:,} rows = {built.change_rows:,} change "
             f"rows, {per_transaction:,} per transaction, in {time.perf_counter() - started:.1f} s"
@@ -471,6 +529,9 @@ class Bench:
                     Source(self.workdir / "wait-source.db", self.mode.wait_rows, 0)
                 )
             self.big_txn_source = self._build(self.big_txn_source, self.mode.big_txn_rows)
+        for group, source in self.boot_sources.items():
+            if group in self.selected and source.rows:
+                self.boot_sources[group] = self._build(source, wide=True)
         self._keys = self._identities(["sender", "receiver"])
 
     async def run(self) -> Results:
@@ -540,6 +601,8 @@ class Bench:
             r.add("mesh_busy", outcome["cpu_s"] / outcome["seconds"])
         elif group == "write_wait":
             await self._write_wait(rep)
+        elif group in self.boot_sources:
+            await self._bootstrap(group, rep)
         else:  # pragma: no cover - GROUPS and this dispatch go together
             raise AssertionError(group)
 
@@ -574,6 +637,28 @@ class Bench:
             r.add(f"{prefix}_max_ms", max(waits))
             r.add(f"{prefix}_writes", len(waits))
             r.add(f"{prefix}_catchup_s", outcome["seconds"])
+
+    async def _bootstrap(self, group: str, rep: int) -> None:
+        """A change replay, then a snapshot bootstrap, of the same source."""
+        r = self.results
+        source = self.boot_sources[group]
+        if not source.rows:
+            raise BenchError(f"{group}: full mode only")
+        replay = await self.initial_sync(
+            "websocket", rep, source, ["--wide"], f"{group}-replay-{rep}"
+        )
+        boot = await self.initial_sync(
+            "websocket", rep, source, ["--wide", "--bootstrap"], f"{group}-boot-{rep}"
+        )
+        r.add(f"{group}_ratio", replay["seconds"] / boot["seconds"])
+        r.add(f"{group}_replay_s", replay["seconds"])
+        r.add(f"{group}_s", boot["seconds"])
+        r.add(f"{group}_mb_s", boot["snapshot_bytes"] / 1e6 / boot["seconds"])
+        r.add(f"{group}_peak_rss_mb", boot["peak_rss_mb"])
+        r.add(f"{group}_replay_peak_rss_mb", replay["peak_rss_mb"])
+        if group == "bootstrap":
+            copied = self.workdir / "file-copy.db"
+            r.add("file_copy_mb_s", await asyncio.to_thread(measure_file_copy, source.path, copied))
 
     def _sync_timeout(self, change_rows: int) -> float:
         return 60.0 + change_rows / 5_000
@@ -717,6 +802,18 @@ def busy(value: float | None) -> str:
 
 
 def notes_for(key: str, mode: Mode, results: Results) -> str:
+    if key.startswith("bootstrap"):
+        group = "bootstrap_1m" if key.startswith("bootstrap_1m") else "bootstrap"
+        rows = mode.bootstrap_1m_rows if group == "bootstrap_1m" else mode.bootstrap_rows
+        return (
+            f"{rows:,} rows of 4 columns; WebSocket+TLS, separate processes; replay "
+            f"{fmt(results.median(f'{group}_replay_s'))} s, bootstrap "
+            f"{fmt(results.median(f'{group}_s'))} s; receiver peak RSS "
+            f"{fmt(results.median(f'{group}_peak_rss_mb'))} MB (replay "
+            f"{fmt(results.median(f'{group}_replay_peak_rss_mb'))} MB)"
+        )
+    if key == "file_copy_mb_s":
+        return "plain copy + fsync of the bootstrap source file, same disk"
     if key == "apply_limit" or key.endswith("_ratio"):
         return f"{mode.rows:,} rows"
     if key.startswith("initial_sync_"):
@@ -870,6 +967,10 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Mode, list[str]]:
         groups = selection(args.only)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    if not mode.bootstrap_1m_rows and "bootstrap_1m" in groups:
+        if args.only:
+            parser.error("bootstrap_1m runs in full mode only")
+        groups.remove("bootstrap_1m")
     return args, mode, groups
 
 

@@ -15,7 +15,10 @@ Roles (the parent, scripts/bench.py, holds the timing contract):
   "change_rows", "rows", "peak_rss_mb"}`` once ``--expect`` change rows have
   merged, timed from just before ``Peer.start()``. With
   ``--app-write-interval S`` the app writes meanwhile (see :class:`AppWrites`)
-  and the line adds ``"write_waits_ms"``.
+  and the line adds ``"write_waits_ms"``. It replays changes (it declines
+  snapshots) unless ``--bootstrap``: then it takes a snapshot and the line
+  comes at the EOSE after it, adding ``"snapshot_bytes"``. ``--wide``: the
+  4-column table :data:`WIDE_TABLE` instead of :data:`TABLE`.
 - ``memory-sync``: ``serve`` and ``catchup`` in this one process over the
   memory transport (in-process by nature).
 - ``live-reader`` / ``live-writer``: one-row writes over TCP+TLS, one every
@@ -66,13 +69,19 @@ from transports.memory import MemoryNetwork, MemoryTransport
 from transports.tcp import TcpTransport
 from transports.websocket import WebSocketTransport
 
-__all__ = ["SCHEMA", "TABLE", "TRANSPORTS", "main"]
+__all__ = ["SCHEMA", "TABLE", "TRANSPORTS", "WIDE_SCHEMA", "WIDE_TABLE", "main"]
 
 TABLE = "bench"
 SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} "
     "(id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER)"
 )
+WIDE_TABLE = "bench_wide"
+WIDE_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {WIDE_TABLE} "
+    "(id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER, note TEXT)"
+)
+"""The 4-column table of the bootstrap benchmark (3 change rows per row)."""
 TRANSPORTS = ("memory", "tcp", "websocket", "http_sse")
 APP_TABLE = "app_log"
 APP_SCHEMA = f"CREATE TABLE IF NOT EXISTS {APP_TABLE} (id INTEGER PRIMARY KEY NOT NULL, at INTEGER)"
@@ -99,10 +108,10 @@ def emit(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-def open_store(path: Path) -> Store:
+def open_store(path: Path, *, wide: bool = False) -> Store:
     store = Store(path)
-    store.execute(SCHEMA)
-    store.make_crr(TABLE)
+    store.execute(WIDE_SCHEMA if wide else SCHEMA)
+    store.make_crr(WIDE_TABLE if wide else TABLE)
     return store
 
 
@@ -149,6 +158,8 @@ def secure_peer(
     trust: Path,
     args: argparse.Namespace | None = None,
     connect: Sequence[str] = (),
+    *,
+    accept_snapshot: bool = False,
 ) -> Peer:
     return Peer(
         store,
@@ -157,6 +168,7 @@ def secure_peer(
         identity=Identity.load_or_create(key),
         trust=TrustStore.load(trust),
         backoff=_FAST,
+        accept_snapshot=accept_snapshot,
         **tuning(args),
     )
 
@@ -169,6 +181,7 @@ class Arrivals:
         self.pages: list[tuple[int, int]] = []
         """``(monotonic_ns at the event, change rows merged)`` in arrival order."""
         self.eose = asyncio.Event()
+        self.snapshot_bytes = 0
         self._changed = asyncio.Event()
 
     def __call__(self, event: events.Event) -> None:
@@ -178,6 +191,8 @@ class Arrivals:
             self._changed.set()
         elif isinstance(event, events.Eose):
             self.eose.set()
+        elif isinstance(event, events.Bootstrapped):
+            self.snapshot_bytes = event.bytes
 
     async def wait_rows(self, goal: int, within: float) -> None:
         """Until ``goal`` change rows merged; raises Failed after ``within`` s."""
@@ -291,12 +306,20 @@ async def role_serve(args: argparse.Namespace) -> None:
 
 
 async def role_catchup(args: argparse.Namespace) -> None:
-    store = open_store(args.db)
+    store = open_store(args.db, wide=args.wide)
     try:
         if args.app_write_interval:
             store.execute(APP_SCHEMA)
         transport = make_transport(args.transport, Identity.load_or_create(args.key), listen=False)
-        peer = secure_peer(store, transport, args.key, args.trust, args, connect=[args.connect])
+        peer = secure_peer(
+            store,
+            transport,
+            args.key,
+            args.trust,
+            args,
+            connect=[args.connect],
+            accept_snapshot=args.bootstrap,
+        )
         await _catch_up(peer, store, args)
     finally:
         store.close()
@@ -318,6 +341,7 @@ async def role_memory_sync(args: argparse.Namespace) -> None:
             connect=["memory://sender"],
             insecure=True,
             backoff=_FAST,
+            accept_snapshot=args.bootstrap,
             **tuning(args),
         )
         async with sender:
@@ -335,13 +359,23 @@ async def _catch_up(peer: Peer, store: Store, args: argparse.Namespace) -> None:
         writes = AppWrites(peer, args.app_write_interval) if args.app_write_interval else None
         if writes is not None:
             writes.start()
-        await arrivals.wait_rows(args.expect, args.timeout)
+        extra: dict[str, Any] = {}
+        if args.bootstrap:
+            try:
+                await asyncio.wait_for(arrivals.eose.wait(), args.timeout)
+            except TimeoutError:
+                raise Failed(f"no EOSE within {args.timeout} s") from None
+            if not arrivals.snapshot_bytes:
+                raise Failed("caught up without a snapshot")
+            extra["snapshot_bytes"] = arrivals.snapshot_bytes
+        else:
+            await arrivals.wait_rows(args.expect, args.timeout)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         rss = peak_rss_mb()
-        extra: dict[str, Any] = {}
         if writes is not None:
             extra["write_waits_ms"] = await writes.stop(args.timeout)
-        (rows,) = (await peer.run_in_store(store.execute, f"SELECT count(*) FROM {TABLE}"))[0]
+        table = WIDE_TABLE if args.wide else TABLE
+        (rows,) = (await peer.run_in_store(store.execute, f"SELECT count(*) FROM {table}"))[0]
         emit(
             seconds=seconds,
             change_rows=arrivals.rows,
@@ -581,6 +615,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--batch-rows", type=int, default=0, help="Limits.max_batch_rows")
     parser.add_argument("--window", type=int, default=0, help="Limits.window")
     parser.add_argument("--poll-interval", type=float, default=0.0, help="Peer poll_interval")
+    parser.add_argument(
+        "--bootstrap", action="store_true", help="catchup: take a snapshot (not changes)"
+    )
+    parser.add_argument("--wide", action="store_true", help="catchup: the 4-column table")
     parser.add_argument(
         "--app-write-interval",
         type=float,

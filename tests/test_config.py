@@ -22,6 +22,7 @@ tcp = "127.0.0.1:4000"
 ws = "127.0.0.1:4001"
 http = "127.0.0.1:4002"
 lan = false
+snapshot = false
 connect = ["tcp://127.0.0.1:5000", "ws://127.0.0.1:5001/crpeer"]
 insecure = false
 name = "laptop"
@@ -78,6 +79,7 @@ def test_the_file_gives_every_option_and_flags_override_it(tmp_path: Path) -> No
     assert params["ws"] == ("127.0.0.1", 4001)
     assert params["http"] == ("127.0.0.1", 4002)
     assert params["lan"] is False
+    assert params["snapshot"] is False
     assert params["connect"] == ("tcp://127.0.0.1:5000", "ws://127.0.0.1:5001/crpeer")
     assert params["name"] == "laptop"
     assert params["as_json"] is True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from peer.errors import ConfigError
+from peer.protocol import Limits
 from peer.testing import (
     ClusterSpec,
     Crash,
+    Join,
     LinkFault,
     LinkFaults,
     Migrate,
@@ -270,6 +273,43 @@ async def test_ten_peers_converge_through_partitions_and_crashes() -> None:
     assert report.peers == 10
 
 
+async def test_fresh_peers_joining_mid_run_under_faults_bootstrap_and_converge() -> None:
+    """Bootstraps mixed into a run: two peers join late, fresh, during
+    partitions and a crash; every catch-up of one row or more goes by snapshot."""
+    faults = (
+        *fault_preset("partitions", peers=5, duration=4.0, seed=31),
+        Crash(at=1.6, duration=0.6, peer=0),
+        Join(at=1.5, peer=3, quiet=0.8),
+        Join(at=2.5, peer=4, quiet=0.8),
+    )
+    report = await run_async(
+        Scenario(
+            ClusterSpec(peers=5, topology="random", limits=Limits(snapshot_threshold=1)),
+            Workload(rate=40, keys=50),
+            faults=faults,
+            seed=31,
+            duration=4.0,
+            converge_timeout=30.0,
+        )
+    )
+    assert_converged(report)
+    assert report.faults_by_kind["join"] == 2
+    assert report.sessions["bootstrapped"] >= 1
+
+
+def test_a_plan_writes_nothing_to_a_peer_before_it_joins() -> None:
+    plan = make_plan(
+        Scenario(
+            ClusterSpec(peers=3), Workload(rate=50), faults=(Join(at=2.0, peer=1),), duration=3.0
+        )
+    )
+    writes = [step for step in plan.writes if step.peer == 1]
+    assert writes
+    assert all(step.at >= 2.0 for step in writes)
+    with pytest.raises(ConfigError):
+        Scenario(ClusterSpec(peers=3), faults=(Crash(0.5, 0.5, 1), Join(at=2.0, peer=1)))
+
+
 # -- process mode ---------------------------------------------------------------------
 
 
@@ -295,6 +335,30 @@ async def test_three_processes_over_tcp_converge_after_a_sigkill_and_restart(
     assert report.traffic["restarts"] == 1
     assert report.bytes_sent > 0
     assert (tmp_path / "p1.log").exists()
+
+
+@pytest.mark.parametrize("victim", [0, 2], ids=["source", "joiner"])
+async def test_a_process_joining_fresh_bootstraps_through_a_sigkill(
+    tmp_path: Path, victim: int
+) -> None:
+    """SIGKILL of a snapshot's source or of the fresh peer around its
+    bootstrap: the joiner ends unchanged or bootstrapped, never half (the
+    oracle check), and a partial download is gone after its restart."""
+    report = await run_async(
+        Scenario(
+            ClusterSpec(peers=3, topology="mesh", limits=Limits(snapshot_threshold=1)),
+            Workload(rate=20, keys=30),
+            faults=(Join(at=1.0, peer=2, quiet=1.5), Crash(at=1.05, duration=0.8, peer=victim)),
+            seed=13,
+            duration=3.0,
+            converge_timeout=30.0,
+        ),
+        mode="process",
+        directory=tmp_path,
+    )
+    assert_converged(report)
+    assert report.sessions["bootstrapped"] >= 1
+    assert not [p for p in os.listdir(tmp_path) if ".snapshot-" in p]
 
 
 async def test_processes_in_a_line_converge_through_live_migrations(tmp_path: Path) -> None:

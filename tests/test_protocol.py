@@ -28,6 +28,8 @@ from peer.messages import (
     Part,
     Ping,
     Pong,
+    SnapshotEnd,
+    SnapshotPart,
     decode,
     encode,
 )
@@ -43,6 +45,9 @@ from peer.protocol import (
     LocalInfo,
     RemoteClosed,
     SessionState,
+    SnapshotAnswered,
+    SnapshotEndReceived,
+    SnapshotPartReceived,
     SyncSession,
 )
 from peer.store import Change
@@ -278,6 +283,8 @@ def sample_message(kind: MessageType) -> Message:
         MessageType.HAVE: Have({C_SITE: 5}),
         MessageType.LIMITS: LimitsMessage(1 << 20, 1 << 20),
         MessageType.PART: Part(10, False, b"0123"),
+        MessageType.SNAPSHOT_PART: SnapshotPart(10, b"0123"),
+        MessageType.SNAPSHOT_END: SnapshotEnd(10, bytes(32), {C_SITE: 3}),
     }
     return samples[kind]
 
@@ -300,7 +307,16 @@ def session_in(state: SessionState) -> tuple[SyncSession, int]:
     return pair.a, 3
 
 
-@settings(max_examples=200, deadline=None)
+ONLY_IN_A_SNAPSHOT = {
+    (SessionState.SYNCING, MessageType.CURSOR),
+    (SessionState.SYNCING, MessageType.SNAPSHOT_PART),
+    (SessionState.SYNCING, MessageType.SNAPSHOT_END),
+}
+"""Allowed in SYNCING only around a snapshot (see test_snapshot_*); a session
+that asked for none refuses them."""
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(list(SessionState)), st.sampled_from(list(MessageType)))
 def test_every_state_and_message_pair_is_handled(state: SessionState, kind: MessageType) -> None:
     s, received = session_in(state)
@@ -309,7 +325,11 @@ def test_every_state_and_message_pair_is_handled(state: SessionState, kind: Mess
         with pytest.raises(LocalProtocolError):
             s.receive(frame)
         return
-    if kind not in ALLOWED[state] or s.version < SINCE.get(kind, 0):
+    if (
+        kind not in ALLOWED[state]
+        or s.version < SINCE.get(kind, 0)
+        or (state, kind) in ONLY_IN_A_SNAPSHOT
+    ):
         with pytest.raises(RemoteProtocolError) as caught:
             s.receive(frame)
         assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
@@ -432,3 +452,136 @@ def test_a_protocol_2_peer_gets_no_schema_field() -> None:
     a.send_changes([change(1)], final=True, schema=5)
     *_, frame = a.data_to_send()
     assert len(msgpack.unpackb(frame)) == 5
+
+
+# -- snapshots (protocol 4) -----------------------------------------------------------
+
+
+def snapshot_pair(
+    *, receiver_fresh: bool = True, receiver_cursor: dict[bytes, int] | None = None
+) -> tuple[SyncSession, SyncSession]:
+    """a sends, b is a fresh device that asks for a snapshot of up to 100 bytes."""
+    a = session(A_SITE)
+    b = session(B_SITE, limits=Limits(max_snapshot_bytes=100))
+    a.hello()
+    b.hello()
+    deliver(a, b)
+    deliver(b, a)
+    a.send_cursor({C_SITE: 9})
+    b.send_cursor(receiver_cursor or {}, snapshot=receiver_fresh)
+    deliver(a, b)
+    deliver(b, a)
+    return a, b
+
+
+def test_snapshot_then_changes_from_its_cursor() -> None:
+    a, b = snapshot_pair()
+    assert a.snapshot_wanted == 100
+    assert b.snapshot_wanted == 0  # a asked for none
+    a.send_snapshot_part(7, b"abcd")
+    a.send_snapshot_part(7, b"efg")
+    a.send_snapshot_end(b"h" * 32, {A_SITE: 5})
+    with pytest.raises(LocalProtocolError):
+        a.send_changes([change(6)], final=True)  # not before b's answer
+    events = deliver(a, b)
+    assert events == [
+        SnapshotPartReceived(7, b"abcd"),
+        SnapshotPartReceived(7, b"efg"),
+        SnapshotEndReceived(7, b"h" * 32, {A_SITE: 5}),
+    ]
+    b.frame_applied()
+    b.frame_applied()
+    b.send_snapshot_answer({A_SITE: 5})
+    assert deliver(b, a) == [CreditReceived(), CreditReceived(), SnapshotAnswered({A_SITE: 5})]
+    assert a.remote_cursor == {A_SITE: 5}
+    a.send_changes([change(6)], final=True)
+    assert [type(e) for e in deliver(a, b)] == [ChangesReceived]
+    assert a.snapshot_wanted == 0
+    with pytest.raises(LocalProtocolError):
+        a.send_snapshot_part(7, b"again")
+
+
+def test_snapshot_parts_use_credit() -> None:
+    a, _ = snapshot_pair()
+    for _ in range(Limits().window):
+        a.send_snapshot_part(100, b"x")
+    with pytest.raises(LocalProtocolError, match="credit"):
+        a.send_snapshot_part(100, b"x")
+
+
+@pytest.mark.parametrize(
+    ("fresh", "cursor"), [(False, None), (True, {C_SITE: 1})], ids=["declined", "not fresh"]
+)
+def test_no_snapshot_unless_the_remote_is_fresh_and_asks(
+    fresh: bool, cursor: dict[bytes, int] | None
+) -> None:
+    a, b = snapshot_pair(receiver_fresh=fresh, receiver_cursor=cursor)
+    assert a.snapshot_wanted == 0
+    with pytest.raises(LocalProtocolError):
+        a.send_snapshot_part(7, b"abcd")
+    # A remote that sends one anyway fails the session.
+    frame = encode(SnapshotPart(7, b"abcd"), 3)
+    with pytest.raises(RemoteProtocolError) as caught:
+        b.receive(frame)
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
+
+
+def test_no_snapshot_to_a_remote_with_another_schema() -> None:
+    a = session(A_SITE)
+    b = session(B_SITE, schema=2)
+    a.hello()
+    b.hello()
+    deliver(a, b)
+    deliver(b, a)
+    a.send_cursor({})
+    b.send_cursor({}, snapshot=True)
+    deliver(a, b)
+    deliver(b, a)
+    assert a.snapshot_wanted == 0
+
+
+def test_a_protocol_3_remote_is_never_offered_a_snapshot() -> None:
+    a = session(A_SITE)
+    a.hello()
+    a.data_to_send()
+    a.receive(encode(Hello(1, 3, B_SITE, "b", 0, FINGERPRINT, 100, 4, 9), 0))
+    a.receive(encode(LimitsMessage(1 << 20, 1 << 20), 1))
+    a.receive(encode(CursorMessage({}), 2))
+    assert a.version == 3
+    assert a.snapshot_wanted == 0
+    a.send_cursor({}, snapshot=True)  # a fresh device talking to a protocol 3 peer
+    limits = decode(a.data_to_send()[0], max_frame_bytes=1 << 20, max_batch_rows=10)
+    assert limits.message == LimitsMessage(Limits().max_frame_bytes, Limits().max_value_bytes)
+    with pytest.raises(RemoteProtocolError):  # snapshot frames do not exist in 3
+        a.receive(encode(SnapshotPart(7, b"abcd"), 3))
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [SnapshotPart(101, b"x")],  # over the announced limit
+        [SnapshotPart(7, b"abcd"), SnapshotPart(8, b"efg")],  # the total changes
+        [SnapshotPart(3, b"abcd")],  # more than the total
+        [SnapshotPart(7, b"abcd"), SnapshotEnd(7, bytes(32), {})],  # ends short
+        [SnapshotEnd(7, bytes(32), {})],  # ends before it began
+        [SnapshotPart(7, b"abcd"), Changes([change(1)], True)],  # changes inside it
+    ],
+)
+def test_malformed_snapshots_fail_the_session(frames: list[Message]) -> None:
+    _, b = snapshot_pair()
+    *before, last = frames
+    for number, message in enumerate(before, start=3):  # after HELLO, LIMITS, CURSOR
+        b.receive(encode(message, number))
+    with pytest.raises(RemoteProtocolError):
+        b.receive(encode(last, 3 + len(before)))
+    assert b.state is SessionState.CLOSED
+
+
+def test_snapshot_frames_round_trip() -> None:
+    for message in (
+        SnapshotPart(10, b"0123"),
+        SnapshotEnd(10, bytes(range(32)), {C_SITE: 3, A_SITE: 1}),
+        LimitsMessage(1 << 20, 1 << 21, 1 << 30),
+    ):
+        frame = decode(encode(message, 5), max_frame_bytes=1 << 20, max_batch_rows=10)
+        assert (frame.number, frame.message) == (5, message)

@@ -27,13 +27,21 @@ class HarnessError(CrpeerError):
 
 
 class SessionCounts:
-    """Sessions opened (handshake done), ended, and ended by a failure."""
+    """Sessions opened (handshake done), ended, and ended by a failure; and
+    snapshots installed (a fresh peer bootstrapped) or refused."""
 
     def __init__(self) -> None:
         self.opened = self.ended = self.failed = 0
+        self.bootstrapped = self.snapshots_refused = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"opened": self.opened, "ended": self.ended, "failed": self.failed}
+        return {
+            "opened": self.opened,
+            "ended": self.ended,
+            "failed": self.failed,
+            "bootstrapped": self.bootstrapped,
+            "snapshots_refused": self.snapshots_refused,
+        }
 
 
 class ClusterDriver(abc.ABC):

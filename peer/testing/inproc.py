@@ -37,7 +37,7 @@ from peer.testing.database import (
 )
 from peer.testing.driver import ClusterDriver, HarnessError, SessionCounts
 from peer.testing.plan import Plan
-from peer.testing.scenario import Scenario
+from peer.testing.scenario import Join, Scenario
 from transports.memory import LinkFaults, MemoryNetwork, MemoryTransport
 
 __all__ = ["InProcessDriver"]
@@ -72,8 +72,12 @@ class InProcessDriver(ClusterDriver):
             self._dials[dialer].append(f"memory://{self.names[listener]}")
         for index in range(self.spec.peers):
             prepare_database(self._path(index), self.spec.schema)
+        late = {f.peer for f in self.scenario.faults if isinstance(f, Join)}
+        self._down |= late  # started by their Join (restart)
+        self._apply_blocks()
         for index in range(self.spec.peers):
-            await self._launch(index)
+            if index not in late:
+                await self._launch(index)
 
     async def write(self, peer: int, sql: str, params: Mapping[str, SqlValue]) -> list[Change]:
         node = self._alive(peer)
@@ -208,3 +212,7 @@ class InProcessDriver(ClusterDriver):
             self._counts.ended += 1
             if event.error is not None:
                 self._counts.failed += 1
+        elif isinstance(event, events.Bootstrapped):
+            self._counts.bootstrapped += 1
+        elif isinstance(event, events.SnapshotRefused):
+            self._counts.snapshots_refused += 1

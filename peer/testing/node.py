@@ -46,6 +46,7 @@ from typing import Any
 from peer import events
 from peer.errors import ChannelClosed, ConnectError, CrpeerError
 from peer.peer import Peer
+from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.testing.database import (
     capture_write,
@@ -202,6 +203,7 @@ class _Node:
             backoff=self.base_backoff,
             seed=args.seed,
             insecure=True,
+            limits=Limits(snapshot_threshold=args.snapshot_threshold),
         )
         self.rules.peer = self.peer
         self.peer.subscribe(self._on_event)
@@ -215,6 +217,10 @@ class _Node:
         elif isinstance(event, events.Disconnected):
             self.counts.ended += 1
             self.counts.failed += event.error is not None
+        elif isinstance(event, events.Bootstrapped):
+            self.counts.bootstrapped += 1
+        elif isinstance(event, events.SnapshotRefused):
+            self.counts.snapshots_refused += 1
 
     async def _close_blocked(self) -> None:
         for driver in self.peer.sessions:
@@ -321,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backoff-initial", type=float, default=0.02)
     parser.add_argument("--backoff-max", type=float, default=0.5)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--snapshot-threshold", type=int, default=Limits().snapshot_threshold)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -22,6 +22,7 @@ from peer.testing.scenario import (
     ClockSkew,
     Crash,
     Fault,
+    Join,
     Scenario,
     fault_to_dict,
     topology_edges,
@@ -121,6 +122,8 @@ def make_plan(scenario: Scenario) -> Plan:
         timed.append((end, 0, FaultStep(end, index, fault, False)))
 
     crashes = [f for f in scenario.faults if isinstance(f, Crash)]
+    # A peer that joins late is down from the start until it joins.
+    crashes += [Crash(0.0, f.at + f.quiet, f.peer) for f in scenario.faults if isinstance(f, Join)]
     skews = [f for f in scenario.faults if isinstance(f, ClockSkew)]
     t, count = 0.0, 0
     while work.writes is None or count < work.writes:

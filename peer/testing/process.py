@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from peer.testing.database import (
 )
 from peer.testing.driver import ClusterDriver, HarnessError, SessionCounts
 from peer.testing.plan import Plan
-from peer.testing.scenario import Scenario
+from peer.testing.scenario import Join, Scenario
 from transports.memory import LinkFaults
 
 __all__ = ["ProcessDriver"]
@@ -182,10 +183,15 @@ class ProcessDriver(ClusterDriver):
         self._edges = list(plan.edges)
         for index in range(self.spec.peers):
             prepare_database(self._path(index), self.spec.schema)
+        late = {f.peer for f in self.scenario.faults if isinstance(f, Join)}
+        for index in sorted(late):  # started by their Join (restart), on a port known now
+            self._ports[index] = _free_port()
         for index in range(self.spec.peers):
-            await self._spawn(index)
+            if index not in late:
+                await self._spawn(index)
         for index in range(self.spec.peers):
-            await self._configure(index)
+            if index not in late:
+                await self._configure(index)
 
     async def write(self, peer: int, sql: str, params: Mapping[str, SqlValue]) -> list[Change]:
         answer = await self._alive(peer).request("write", sql=sql, params=dict(params))
@@ -323,6 +329,7 @@ class ProcessDriver(ClusterDriver):
             f"--idle-timeout={spec.idle_timeout}",
             f"--backoff-initial={spec.backoff.initial}",
             f"--backoff-max={spec.backoff.maximum}",
+            f"--snapshot-threshold={spec.limits.snapshot_threshold}",
         ]
         # Popen rather than asyncio's subprocesses: the driver owns the pipes
         # (connect_read_pipe) and reaps the child itself, with no watcher thread.
@@ -352,3 +359,12 @@ class ProcessDriver(ClusterDriver):
         if self._rates[index] != 1.0:
             await node.request("rate", rate=self._rates[index])
         await node.request("dial", peers=dials)
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a peer that
+    starts late: the others dial it, and fail, until it listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

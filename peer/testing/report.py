@@ -47,7 +47,8 @@ class Report:
     counters), ``sessions`` (``opened``: handshakes done; ``ended``: every
     session that ended after a hello, i.e. the resets, refused duplicates
     included; ``failed``: those that ended with an error, such as a frame
-    gap; a cut connection ends a session without one), ``digests`` (per peer, per table),
+    gap; a cut connection ends a session without one; ``bootstrapped``:
+    snapshots a fresh peer installed, ``snapshots_refused``), ``digests`` (per peer, per table),
     ``oracle_digests``, ``behind`` (per peer, the origins it still missed
     at the end), ``problems`` (why it did not converge), ``plan_digest``,
     ``write_log_digest``, ``lag`` (per peer, ``[[t, lag or null], ...]``).

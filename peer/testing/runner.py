@@ -27,7 +27,15 @@ from peer.testing.driver import ClusterDriver, HarnessError
 from peer.testing.migrations import Migrate
 from peer.testing.plan import MARK_SQL, FaultStep, Plan, WriteStep, make_plan
 from peer.testing.report import Report, lag_of, union_of
-from peer.testing.scenario import ClockSkew, Crash, LinkFault, Partition, Scenario, Schema
+from peer.testing.scenario import (
+    ClockSkew,
+    Crash,
+    Join,
+    LinkFault,
+    Partition,
+    Scenario,
+    Schema,
+)
 from transports.memory import LinkFaults
 
 __all__ = ["Mode", "Progress", "ProgressCallback", "run", "run_async"]
@@ -275,7 +283,10 @@ class _Run:
             self.report.faults_injected += 1
             kinds = self.report.faults_by_kind
             kinds[fault.kind] = kinds.get(fault.kind, 0) + 1
-        if isinstance(fault, Crash):
+        if isinstance(fault, Join):
+            if step.start:
+                await self.driver.restart(fault.peer)
+        elif isinstance(fault, Crash):
             if step.start:
                 await self.driver.kill(fault.peer)
             else:

@@ -31,6 +31,7 @@ __all__ = [
     "ClusterSpec",
     "Crash",
     "Fault",
+    "Join",
     "LinkFault",
     "Partition",
     "Scenario",
@@ -184,6 +185,22 @@ class Crash:
 
 
 @dataclass(frozen=True, slots=True)
+class Join:
+    """Peer ``peer`` is not running from the start: at ``at`` it starts for
+    the first time, a fresh device (its replicated tables empty), and catches
+    up; with a low ``Limits.snapshot_threshold`` (``ClusterSpec.limits``) it
+    bootstraps from a snapshot of a neighbour. No write goes to it before
+    ``at + quiet`` (a write of its own makes it no longer fresh: a snapshot
+    under way is then refused and it replays changes)."""
+
+    at: float
+    peer: int
+    quiet: float = 0.0
+    duration: float = 0.0
+    kind: Literal["join"] = "join"
+
+
+@dataclass(frozen=True, slots=True)
 class ClockSkew:
     """From ``at`` for ``duration`` seconds, peer ``peer``'s clock reads
     ``offset`` seconds off and runs at ``rate`` times real speed.
@@ -205,7 +222,7 @@ class ClockSkew:
     kind: Literal["skew"] = "skew"
 
 
-Fault: TypeAlias = Partition | LinkFault | Crash | ClockSkew | Migrate
+Fault: TypeAlias = Partition | LinkFault | Crash | ClockSkew | Migrate | Join
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +289,10 @@ class Scenario:
         for fault in self.faults:
             if fault.at < 0 or fault.duration < 0 or fault.at + fault.duration > self.duration:
                 raise ConfigError(f"{fault.kind} fault must lie within [0, duration]: {fault}")
-            if isinstance(fault, Crash | ClockSkew | Migrate) and not 0 <= fault.peer < count:
+            if (
+                isinstance(fault, Crash | ClockSkew | Migrate | Join)
+                and not 0 <= fault.peer < count
+            ):
                 raise ConfigError(f"{fault.kind} fault names peer {fault.peer} of {count}")
             if isinstance(fault, ClockSkew) and not fault.rate > 0:
                 raise ConfigError("clock skew rate must be positive")
@@ -287,6 +307,15 @@ class Scenario:
             ):
                 raise ConfigError(f"link fault names a bad link: {fault.links}")
         self._check_migrations()
+        joins = [f for f in self.faults if isinstance(f, Join)]
+        if len({f.peer for f in joins}) != len(joins):
+            raise ConfigError("a peer joins at most once")
+        for join in joins:
+            if any(
+                isinstance(f, Crash | Migrate) and f.peer == join.peer and f.at < join.at
+                for f in self.faults
+            ):
+                raise ConfigError(f"peer {join.peer} crashes or migrates before it joins")
 
     def _check_migrations(self) -> None:
         """Every migration step names a version the schema has, and every peer
@@ -398,6 +427,8 @@ def fault_to_dict(fault: Fault) -> dict[str, object]:
         out["links"] = None if fault.links is None else [list(link) for link in fault.links]
     elif isinstance(fault, Crash):
         out["peer"] = fault.peer
+    elif isinstance(fault, Join):
+        out.update(peer=fault.peer, quiet=fault.quiet)
     elif isinstance(fault, Migrate):
         out.update(peer=fault.peer, version=fault.version, own_connection=fault.own_connection)
     else:
