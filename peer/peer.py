@@ -65,6 +65,8 @@ __all__ = ["Peer"]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 EventCallback = ev.EventCallback
+TimingObserver = Callable[[str, float], None]
+"""``observer(kind, seconds)``: see :attr:`Peer.timing_observers`."""
 
 
 class Peer:
@@ -169,6 +171,12 @@ class Peer:
         self.history = SessionHistory()
         """Each remote's last EOSE time and last error, for :meth:`status`."""
         self._subscribers.append(self.history.record)
+        self.timing_observers: list[TimingObserver] = []
+        """Called on the worker thread as ``observer(kind, seconds)`` after each
+        apply (``kind`` ``"apply"``: one :meth:`apply` or :meth:`apply_in_page`
+        call) and each read of changes to send (``"read"``: one
+        :meth:`next_page` or one chunk of :meth:`read_group`). Must be quick
+        and thread-safe; none by default, and then nothing is timed."""
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -375,7 +383,10 @@ class Peer:
     ) -> list[Change] | LargeGroup:
         store = self.store
         return await self._in_read_thread(
-            lambda: store.next_page(cursor, limit, exclude=exclude, max_bytes=max_bytes)
+            self._timed(
+                "read",
+                lambda: store.next_page(cursor, limit, exclude=exclude, max_bytes=max_bytes),
+            )
         )
 
     async def read_group(
@@ -383,14 +394,16 @@ class Peer:
     ) -> AsyncIterator[list[Change]]:
         chunks = self.store.read_group(group, chunk, max_bytes)
         try:
-            while batch := await self._in_read_thread(lambda: next(chunks, [])):
+            while batch := await self._in_read_thread(
+                self._timed("read", lambda: next(chunks, []))
+            ):
                 yield batch
         finally:
             await self._in_read_thread(chunks.close)
 
     async def apply(self, changes: list[Change], hold_for: int) -> ApplyResult:
         async with self._apply_lock:
-            return await self._in_store_thread(self._merge, changes, hold_for)
+            return await self._in_store_thread(self._timed("apply", self._merge), changes, hold_for)
 
     @property
     def can_stream_pages(self) -> bool:
@@ -407,7 +420,7 @@ class Peer:
             raise
 
     async def apply_in_page(self, changes: list[Change], hold_for: int) -> ApplyResult:
-        return await self._in_store_thread(self._merge, changes, hold_for)
+        return await self._in_store_thread(self._timed("apply", self._merge), changes, hold_for)
 
     @property
     def served_schema(self) -> int:
@@ -514,6 +527,26 @@ class Peer:
                     driver.wake()
 
     # -- internals ----------------------------------------------------------------
+
+    def _timed(self, kind: str, fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        """``fn``, reporting its run time to :attr:`timing_observers` (``fn``
+        itself when nobody observes)."""
+        if not self.timing_observers:
+            return fn
+
+        def timed(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                for observer in list(self.timing_observers):
+                    try:
+                        observer(kind, elapsed)
+                    except Exception:
+                        self.log.exception("timing observer %r failed", observer)
+
+        return timed
 
     async def _in_store_thread(
         self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
