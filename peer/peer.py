@@ -741,13 +741,17 @@ class Peer:
 
     def _make_discovery_handler(self, transport: SupportsDiscovery) -> Callable[[str, str], None]:
         dialing: dict[str, asyncio.Task[None]] = {}
+        # The last address each peer was found at: a peer that moved to
+        # another network is redialed there, not at the address it left.
+        addresses: dict[str, str] = {}
 
         def found(address: str, peer_id: str) -> None:
+            addresses[peer_id] = address
             task = dialing.get(peer_id)
             if self._stopping or (task is not None and not task.done()):
                 return
             task = asyncio.get_running_loop().create_task(
-                self._dial_discovered(transport, address, peer_id), name=f"crpeer-lan {peer_id}"
+                self._dial_discovered(transport, addresses, peer_id), name=f"crpeer-lan {peer_id}"
             )
             dialing[peer_id] = task
             self._tasks.add(task)
@@ -756,14 +760,18 @@ class Peer:
         return found
 
     async def _dial_discovered(
-        self, discovery: SupportsDiscovery, address: str, peer_id: str
+        self, discovery: SupportsDiscovery, addresses: dict[str, str], peer_id: str
     ) -> None:
-        """Dial a peer found on the LAN for as long as it stays advertised."""
-        transport = self._transport_for(address)
+        """Dial a peer found on the LAN, at its latest address in ``addresses``,
+        for as long as it stays advertised."""
         while not self._stopping and discovery.is_discovered(peer_id):
+            address = addresses[peer_id]
+            transport = self._transport_for(address)
             try:
                 channel = await self._dial(transport, address, attempts=6)
             except ConnectError as exc:
+                if addresses[peer_id] != address:
+                    continue  # it moved while the old address was being dialed
                 self.log.info("giving up on %s (%s) for now: %s", address, peer_id, exc)
                 return
             driver = await self._run_channel(channel, outbound=True)

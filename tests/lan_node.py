@@ -68,9 +68,9 @@ async def _wait_for_end(seconds: float) -> None:
     asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
 
 
-async def run_discovery(peer_id: str, seconds: float) -> None:
+async def run_discovery(peer_id: str, seconds: float, watch_interval: float) -> None:
     """Advertise a dummy port and report what is found until the end."""
-    discovery = MdnsDiscovery(peer_id, 9)
+    discovery = MdnsDiscovery(peer_id, 9, watch_interval=watch_interval)
 
     def found(peer: DiscoveredPeer) -> None:
         emit(event="found", peer_id=peer.peer_id, addresses=list(peer.addresses), port=peer.port)
@@ -109,9 +109,9 @@ async def _ping(transport: LanTransport, address: str, peer_id: str) -> None:
         emit(event="echo", peer_id=peer_id, address=address, ok=False, error=repr(exc))
 
 
-async def run_lan(peer_id: str, seconds: float) -> None:
+async def run_lan(peer_id: str, seconds: float, watch_interval: float) -> None:
     """Run a LanTransport that echoes inbound frames and pings discovered peers."""
-    transport = LanTransport(peer_id)
+    transport = LanTransport(peer_id, watch_interval=watch_interval)
     pings: set[asyncio.Task[None]] = set()
 
     def discovered(address: str, remote_id: str) -> None:
@@ -138,9 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-id", required=True)
     parser.add_argument("--lan", action="store_true", help="LanTransport with echo and dial")
     parser.add_argument("--seconds", type=float, default=30.0, help="hard bound on the run")
+    parser.add_argument(
+        "--watch-interval", type=float, default=3.0, help="seconds between looks at the addresses"
+    )
     args = parser.parse_args(argv)
     runner = run_lan if args.lan else run_discovery
-    asyncio.run(runner(args.peer_id, args.seconds))
+    asyncio.run(runner(args.peer_id, args.seconds, args.watch_interval))
 
 
 if __name__ == "__main__":
