@@ -189,3 +189,55 @@ def test_lan_transports_find_and_echo_across_namespaces(
         inbound = sorted(e["host"] for e in group.events[j] if e["event"] == "inbound")
         assert inbound == sorted(lan.addresses[:j]), "dialed once by each smaller id, no other"
     assert group.close() == [0] * NODES
+
+
+def move(lan: Lan, index: int) -> str:
+    """Move node ``index`` to another address on the same LAN, as after a
+    reconnection that got a new lease: the old address goes, then the new one comes."""
+    old = lan.addresses[index]
+    new = f"{old.rsplit('.', 1)[0]}.{index + 101}"
+    ip("-n", lan.nodes[index], "addr", "del", f"{old}/24", "dev", "eth0")
+    ip("-n", lan.nodes[index], "addr", "add", f"{new}/24", "dev", "eth0")
+    return new
+
+
+WATCH = ["--watch-interval", "0.3"]
+SETTLE_S = 2.0
+"""Longer than the startup announcements plus 1 s, so the move's cache-flush
+reaches the old address record (RFC 6762 10.2)."""
+
+
+def test_a_moved_node_is_seen_at_its_new_address(
+    lan: Lan, nodes: Callable[[list[str]], Nodes]
+) -> None:
+    group = nodes(WATCH)
+    ids = [f"node{i}" for i in range(NODES)]
+    group.wait_for(lambda: all(ids[-1] in group.seen(i, "found") for i in range(NODES - 1)))
+    time.sleep(SETTLE_S)
+    new = move(lan, NODES - 1)
+    group.wait_for(
+        lambda: all(group.seen(i, "found")[ids[-1]]["addresses"] == [new] for i in range(NODES - 1))
+    )
+    for i in range(NODES - 1):
+        assert ids[-1] not in group.seen(i, "lost"), "a move is an update, not a goodbye"
+    assert group.close() == [0] * NODES
+
+
+def test_lan_transports_dial_a_moved_node_at_its_new_address(
+    lan: Lan, nodes: Callable[[list[str]], Nodes]
+) -> None:
+    group = nodes(["--lan", *WATCH])
+    ids = [f"node{i}" for i in range(NODES)]
+    last = NODES - 1  # the largest id: every other node dials it
+    group.wait_for(lambda: all(ids[last] in group.seen(i, "echo") for i in range(last)))
+    time.sleep(SETTLE_S)
+    new = move(lan, last)
+
+    def echoed_at_new_address(i: int) -> bool:
+        echo = group.seen(i, "echo").get(ids[last], {})
+        return bool(echo.get("ok")) and echo["address"].startswith(f"tcp://{new}:")
+
+    group.wait_for(lambda: all(echoed_at_new_address(i) for i in range(last)))
+    inbound = {e["host"] for e in group.events[last] if e["event"] == "inbound"}
+    assert inbound == set(lan.addresses[:last]), "the others dialed in, at old and new address"
+    assert group.close() == [0] * NODES
