@@ -4,7 +4,9 @@
 :class:`~peer.peer.Peer` exposes and nothing more: its status
 (:meth:`Peer.status <peer.peer.Peer.status>`), its events (it subscribes
 when built, so build it before ``peer.start()`` to see every session), each
-live session's counters (``SessionDriver.stats``) and the database files.
+live session's counters (``SessionDriver.stats``), the database files, and
+how long applies and reads take (it adds itself to
+:attr:`Peer.timing_observers <peer.peer.Peer.timing_observers>`).
 
 ``prometheus_client`` collectors are synchronous and the status is read on
 the peer's store thread, so a scrape is two steps, both on the peer's event
@@ -21,6 +23,7 @@ node started: a session's last counts are kept when it ends.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
     from peer.peer import Peer
     from peer.session import SessionStats
 
-__all__ = ["METRICS", "NodeMetrics", "database_path", "error_code", "file_size"]
+__all__ = ["METRICS", "TIME_BUCKETS", "NodeMetrics", "database_path", "error_code", "file_size"]
 
 METRICS: dict[str, str] = {
     "crpeer_node": "This node: peer id, site id and name (value 1).",
@@ -85,7 +88,31 @@ METRICS: dict[str, str] = {
     "crpeer_session_failures": "Sessions that ended with an error, by error code.",
     "crpeer_database_size_bytes": "Size of the database file.",
     "crpeer_wal_size_bytes": "Size of the database's write-ahead log (-wal) file.",
+    "crpeer_apply_seconds": (
+        "Time the store takes to apply one frame of a peer's changes (on the store thread)."
+    ),
+    "crpeer_read_seconds": (
+        "Time the store takes to read one page or chunk of changes to send (on the read thread)."
+    ),
 }
+
+TIME_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""Upper bounds (seconds) of the apply and read time histograms' buckets."""
 
 _CLASSIFICATIONS = ("in_sync", "local_ahead", "remote_ahead", "diverged")
 _STATES = ("catching_up", "live")
@@ -152,14 +179,28 @@ class NodeMetrics(Collector):
         self._status: PeerStatus | None = None
         self._transports: tuple[str, ...] = ()
         self._sizes = (0, 0)
+        self._timings = {
+            kind: Histogram(name, METRICS[name], buckets=TIME_BUCKETS, registry=None)
+            for kind, name in (("apply", "crpeer_apply_seconds"), ("read", "crpeer_read_seconds"))
+        }
+        peer.timing_observers.append(self.observe)
         self.registry = CollectorRegistry(auto_describe=False)
         """A registry holding this collector alone: what ``GET /metrics`` renders."""
         self.registry.register(self)
 
     def close(self) -> None:
-        """Stop listening to the peer's events. Idempotent."""
+        """Stop listening to the peer's events and timings. Idempotent."""
         self._unsubscribe()
         self._unsubscribe = lambda: None
+        with contextlib.suppress(ValueError):
+            self.peer.timing_observers.remove(self.observe)
+
+    def observe(self, kind: str, seconds: float) -> None:
+        """Add one apply or read time (a :data:`~peer.peer.TimingObserver`;
+        thread-safe). Other kinds are ignored."""
+        histogram = self._timings.get(kind)
+        if histogram is not None:
+            histogram.observe(seconds)
 
     # -- events -------------------------------------------------------------------
 
@@ -270,6 +311,8 @@ class NodeMetrics(Collector):
             for key in sorted(set(known) | set(counts)):
                 family.add_metric([key], counts[key])
             yield family
+        for histogram in self._timings.values():
+            yield from histogram.collect()
 
     def _session_metrics(self, status: PeerStatus) -> Iterator[Metric]:
         sessions = GaugeMetricFamily(

@@ -69,6 +69,8 @@ __all__ = ["Peer"]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 EventCallback = ev.EventCallback
+TimingObserver = Callable[[str, float], None]
+"""``observer(kind, seconds)``: see :attr:`Peer.timing_observers`."""
 
 
 class Peer:
@@ -184,6 +186,12 @@ class Peer:
         self.history = SessionHistory()
         """Each remote's last EOSE time and last error, for :meth:`status`."""
         self._subscribers.append(self.history.record)
+        self.timing_observers: list[TimingObserver] = []
+        """Called on the worker thread as ``observer(kind, seconds)`` after each
+        apply (``kind`` ``"apply"``: one :meth:`apply` or :meth:`apply_in_page`
+        call) and each read of changes to send (``"read"``: one
+        :meth:`next_page` or one chunk of :meth:`read_group`). Must be quick
+        and thread-safe; none by default, and then nothing is timed."""
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -393,7 +401,10 @@ class Peer:
     ) -> list[Change] | LargeGroup:
         store = self.store
         return await self._in_read_thread(
-            lambda: store.next_page(cursor, limit, exclude=exclude, max_bytes=max_bytes)
+            self._timed(
+                "read",
+                lambda: store.next_page(cursor, limit, exclude=exclude, max_bytes=max_bytes),
+            )
         )
 
     async def read_group(
@@ -401,14 +412,16 @@ class Peer:
     ) -> AsyncIterator[list[Change]]:
         chunks = self.store.read_group(group, chunk, max_bytes)
         try:
-            while batch := await self._in_read_thread(lambda: next(chunks, [])):
+            while batch := await self._in_read_thread(
+                self._timed("read", lambda: next(chunks, []))
+            ):
                 yield batch
         finally:
             await self._in_read_thread(chunks.close)
 
     async def apply(self, changes: list[Change], hold_for: int) -> ApplyResult:
         async with self._apply_lock:
-            return await self._in_store_thread(self._merge, changes, hold_for)
+            return await self._in_store_thread(self._timed("apply", self._merge), changes, hold_for)
 
     @property
     def can_stream_pages(self) -> bool:
@@ -425,7 +438,7 @@ class Peer:
             raise
 
     async def apply_in_page(self, changes: list[Change], hold_for: int) -> ApplyResult:
-        return await self._in_store_thread(self._merge, changes, hold_for)
+        return await self._in_store_thread(self._timed("apply", self._merge), changes, hold_for)
 
     @property
     def served_schema(self) -> int:
@@ -579,6 +592,26 @@ class Peer:
                     driver.wake()
 
     # -- internals ----------------------------------------------------------------
+
+    def _timed(self, kind: str, fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        """``fn``, reporting its run time to :attr:`timing_observers` (``fn``
+        itself when nobody observes)."""
+        if not self.timing_observers:
+            return fn
+
+        def timed(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                for observer in list(self.timing_observers):
+                    try:
+                        observer(kind, elapsed)
+                    except Exception:
+                        self.log.exception("timing observer %r failed", observer)
+
+        return timed
 
     async def _in_store_thread(
         self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
@@ -773,13 +806,17 @@ class Peer:
 
     def _make_discovery_handler(self, transport: SupportsDiscovery) -> Callable[[str, str], None]:
         dialing: dict[str, asyncio.Task[None]] = {}
+        # The last address each peer was found at: a peer that moved to
+        # another network is redialed there, not at the address it left.
+        addresses: dict[str, str] = {}
 
         def found(address: str, peer_id: str) -> None:
+            addresses[peer_id] = address
             task = dialing.get(peer_id)
             if self._stopping or (task is not None and not task.done()):
                 return
             task = asyncio.get_running_loop().create_task(
-                self._dial_discovered(transport, address, peer_id), name=f"crpeer-lan {peer_id}"
+                self._dial_discovered(transport, addresses, peer_id), name=f"crpeer-lan {peer_id}"
             )
             dialing[peer_id] = task
             self._tasks.add(task)
@@ -788,14 +825,18 @@ class Peer:
         return found
 
     async def _dial_discovered(
-        self, discovery: SupportsDiscovery, address: str, peer_id: str
+        self, discovery: SupportsDiscovery, addresses: dict[str, str], peer_id: str
     ) -> None:
-        """Dial a peer found on the LAN for as long as it stays advertised."""
-        transport = self._transport_for(address)
+        """Dial a peer found on the LAN, at its latest address in ``addresses``,
+        for as long as it stays advertised."""
         while not self._stopping and discovery.is_discovered(peer_id):
+            address = addresses[peer_id]
+            transport = self._transport_for(address)
             try:
                 channel = await self._dial(transport, address, attempts=6)
             except ConnectError as exc:
+                if addresses[peer_id] != address:
+                    continue  # it moved while the old address was being dialed
                 self.log.info("giving up on %s (%s) for now: %s", address, peer_id, exc)
                 return
             driver = await self._run_channel(channel, outbound=True)

@@ -186,6 +186,35 @@ async def test_pairing_attempts_are_counted(nodes: Any, admin_of: Any) -> None:
     assert value(samples, "crpeer_refusals_total", reason="pairing") >= 1
 
 
+async def test_apply_and_read_times_are_histograms(nodes: Any, admin_of: Any) -> None:
+    a, b = nodes("a"), nodes("b")
+    a.trust.add(b.identity.peer_id)
+    b.trust.add(a.identity.peer_id)
+    pa = a.peer()
+    rows = a.rows
+    assert pa._timed("apply", rows) is rows  # nothing observes: nothing is timed
+    admin = admin_of(pa, a)
+    async with pa:
+        await admin.start()
+        for n in range(20):
+            await pa.execute("INSERT INTO notes VALUES (?, ?)", (n, f"from a {n}"))
+        pb = b.peer([address(pa)])
+        async with pb:
+            for n in range(20, 50):
+                await pb.execute("INSERT INTO notes VALUES (?, ?)", (n, f"from b {n}"))
+            await wait_for(lambda: len(a.rows()) == 50 and len(b.rows()) == 50)
+            samples, names = parse((await scrape(admin.url))[1])
+    assert {"crpeer_apply_seconds", "crpeer_read_seconds"} <= names
+    for name in ("crpeer_apply_seconds", "crpeer_read_seconds"):
+        count = value(samples, f"{name}_count")
+        assert count > 0  # a applied b's rows and read its own to send to b
+        assert value(samples, f"{name}_sum") > 0
+        assert value(samples, f"{name}_bucket", le="+Inf") == count
+        assert value(samples, f"{name}_bucket", le="10.0") <= count
+    await admin.stop()
+    assert pa.timing_observers == []  # the admin server's collector let go
+
+
 def test_error_codes_name_the_wire_code_or_the_error_class() -> None:
     assert error_code(RemoteProtocolError(ErrorCode.INVALID_CHANGE, "x")) == "invalid_change"
     assert error_code(StoreError("disk")) == "store"

@@ -83,7 +83,9 @@ def lan() -> Iterator[Lan]:
 
 
 class Nodes:
-    """``tests.lan_node`` processes, one per namespace, and the JSON events they print."""
+    """``tests.lan_node`` processes, one per namespace, and the JSON events they print.
+
+    ``{i}`` in an ``extra`` argument becomes the node's index."""
 
     def __init__(self, lan: Lan, extra: list[str]) -> None:
         self.events: list[list[dict[str, Any]]] = [[] for _ in lan.nodes]
@@ -92,8 +94,9 @@ class Nodes:
         self.procs: list[subprocess.Popen[bytes]] = []
         for i, namespace in enumerate(lan.nodes):
             command = ["ip", "netns", "exec", namespace, sys.executable, "-m", "tests.lan_node"]
+            own = [arg.replace("{i}", str(i)) for arg in extra]
             proc = subprocess.Popen(
-                [*command, "--peer-id", f"node{i}", "--seconds", str(WAIT_S + 10), *extra],
+                [*command, "--peer-id", f"node{i}", "--seconds", str(WAIT_S * 2 + 10), *own],
                 cwd=REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -121,6 +124,13 @@ class Nodes:
         lines = (self._buffers[index] + chunk).split(b"\n")
         self._buffers[index] = lines.pop()
         self.events[index].extend(json.loads(line) for line in lines if line)
+
+    def send(self, index: int, line: str) -> None:
+        """Write one command line to node ``index``'s stdin."""
+        stdin = self.procs[index].stdin
+        assert stdin is not None
+        stdin.write(line.encode() + b"\n")
+        stdin.flush()
 
     def seen(self, index: int, event: str) -> dict[str, dict[str, Any]]:
         return {e["peer_id"]: e for e in self.events[index] if e["event"] == event}
@@ -188,4 +198,93 @@ def test_lan_transports_find_and_echo_across_namespaces(
     for j in range(NODES):
         inbound = sorted(e["host"] for e in group.events[j] if e["event"] == "inbound")
         assert inbound == sorted(lan.addresses[:j]), "dialed once by each smaller id, no other"
+    assert group.close() == [0] * NODES
+
+
+def move(lan: Lan, index: int) -> str:
+    """Move node ``index`` to another address on the same LAN, as after a
+    reconnection that got a new lease: the old address goes, then the new one comes."""
+    old = lan.addresses[index]
+    new = f"{old.rsplit('.', 1)[0]}.{index + 101}"
+    ip("-n", lan.nodes[index], "addr", "del", f"{old}/24", "dev", "eth0")
+    ip("-n", lan.nodes[index], "addr", "add", f"{new}/24", "dev", "eth0")
+    return new
+
+
+WATCH = ["--watch-interval", "0.3"]
+SETTLE_S = 2.0
+"""Longer than the startup announcements plus 1 s, so the move's cache-flush
+reaches the old address record (RFC 6762 10.2)."""
+
+
+def test_a_moved_node_is_seen_at_its_new_address(
+    lan: Lan, nodes: Callable[[list[str]], Nodes]
+) -> None:
+    group = nodes(WATCH)
+    ids = [f"node{i}" for i in range(NODES)]
+    group.wait_for(lambda: all(ids[-1] in group.seen(i, "found") for i in range(NODES - 1)))
+    time.sleep(SETTLE_S)
+    new = move(lan, NODES - 1)
+    group.wait_for(
+        lambda: all(group.seen(i, "found")[ids[-1]]["addresses"] == [new] for i in range(NODES - 1))
+    )
+    for i in range(NODES - 1):
+        assert ids[-1] not in group.seen(i, "lost"), "a move is an update, not a goodbye"
+    assert group.close() == [0] * NODES
+
+
+def test_lan_transports_dial_a_moved_node_at_its_new_address(
+    lan: Lan, nodes: Callable[[list[str]], Nodes]
+) -> None:
+    group = nodes(["--lan", *WATCH])
+    ids = [f"node{i}" for i in range(NODES)]
+    last = NODES - 1  # the largest id: every other node dials it
+    group.wait_for(lambda: all(ids[last] in group.seen(i, "echo") for i in range(last)))
+    time.sleep(SETTLE_S)
+    new = move(lan, last)
+
+    def echoed_at_new_address(i: int) -> bool:
+        echo = group.seen(i, "echo").get(ids[last], {})
+        return bool(echo.get("ok")) and echo["address"].startswith(f"tcp://{new}:")
+
+    group.wait_for(lambda: all(echoed_at_new_address(i) for i in range(last)))
+    inbound = {e["host"] for e in group.events[last] if e["event"] == "inbound"}
+    assert inbound == set(lan.addresses[:last]), "the others dialed in, at old and new address"
+    assert group.close() == [0] * NODES
+
+
+def test_peers_sync_with_a_moved_node_at_its_new_address(
+    lan: Lan, nodes: Callable[[list[str]], Nodes], tmp_path: Path
+) -> None:
+    group = nodes(["--peer", str(tmp_path / "node{i}.db"), *WATCH])
+    last = NODES - 1  # the largest id: every other node dials it
+
+    def dialed(i: int, host: str) -> bool:
+        events = [e for e in group.events[i] if e["event"] == "connected"]
+        return any(
+            e["remote"] == f"node{last}" and e["address"].startswith(f"tcp://{host}:")
+            for e in events
+        )
+
+    group.wait_for(lambda: all(dialed(i, lan.addresses[last]) for i in range(last)))
+    assert not any(e["event"] == "changed" for events in group.events for e in events)
+    time.sleep(SETTLE_S)
+    new = move(lan, last)
+    group.send(last, "insert 1 written after the move")
+
+    def has_the_row(i: int) -> bool:
+        return any(e["event"] == "changed" for e in group.events[i])
+
+    # The row can leave node2 only through its new address: the old one is gone.
+    group.wait_for(
+        lambda: all(dialed(i, new) and has_the_row(i) for i in range(last)), within=WAIT_S * 2
+    )
+    direct = [
+        e
+        for events in group.events[:last]
+        for e in events
+        if e["event"] == "changed" and e["remote"] == f"node{last}"
+    ]
+    assert direct
+    assert all(e["address"].startswith(f"tcp://{new}:") for e in direct)
     assert group.close() == [0] * NODES

@@ -288,6 +288,51 @@ async def test_failing_callback_does_not_stop_discovery(
     assert "callback bug" in caplog.text
 
 
+async def test_a_moved_peer_is_reported_at_its_new_address_only(
+    loopback_multicast: None, service_type: str
+) -> None:
+    """The advertiser's address source changes (as a laptop's network does):
+    the other side reports it again with the new address, and not the old."""
+    current = ["127.0.0.1"]
+    seen_a, seen_b = Seen(), Seen()
+    a = MdnsDiscovery(
+        "alpha",
+        4701,
+        service_type=service_type,
+        interfaces=LOOPBACK,
+        address_source=lambda: current,
+        watch_interval=0.05,
+    )
+    b = MdnsDiscovery("bravo", 4702, service_type=service_type, interfaces=LOOPBACK)
+    try:
+        await asyncio.gather(
+            a.start(seen_a.on_found, seen_a.on_lost), b.start(seen_b.on_found, seen_b.on_lost)
+        )
+        await seen_b.until(lambda: "alpha" in seen_b.ids())
+        assert seen_b.found[-1].addresses == ("127.0.0.1",)
+        # A record the new advert supersedes is flushed only if it was last
+        # heard over a second ago (RFC 6762 10.2): let the startup announcements end.
+        await asyncio.sleep(1.5)
+        current = ["127.0.0.2", "127.0.0.3"]
+        await seen_b.until(lambda: seen_b.found[-1].addresses != ("127.0.0.1",))
+        assert sorted(seen_b.found[-1].addresses) == ["127.0.0.2", "127.0.0.3"]
+        assert seen_b.found[-1].port == 4701
+        await asyncio.sleep(1.5)
+        current = []  # no address at all: the last advert stays
+        await asyncio.sleep(0.5)
+        current = ["127.0.0.4"]
+        await seen_b.until(lambda: seen_b.found[-1].addresses == ("127.0.0.4",))
+        assert a.advertised_addresses() == ["127.0.0.4"]
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
+    assert [sorted(p.addresses) for p in seen_b.found] == [
+        ["127.0.0.1"],
+        ["127.0.0.2", "127.0.0.3"],
+        ["127.0.0.4"],
+    ]
+    assert seen_b.lost == [], "a move is an update, not a goodbye"
+
+
 def test_peer_from_properties() -> None:
     accepted = {1}
     good: dict[bytes, bytes | None] = {b"id": b"p1", b"pv": b"1", b"extra": None}
@@ -322,6 +367,8 @@ def test_peer_from_properties() -> None:
         ("p", 1, {"interfaces": "eth0"}),
         ("p", 1, {"interfaces": ["not-an-ip"]}),
         ("p", 1, {"addresses": ["localhost"]}),
+        ("p", 1, {"addresses": ["127.0.0.1"], "address_source": lambda: ["127.0.0.1"]}),
+        ("p", 1, {"watch_interval": 0}),
     ],
 )
 def test_bad_configuration_is_refused(peer_id: str, port: int, kwargs: dict[str, object]) -> None:

@@ -44,6 +44,7 @@ from transports.mdns import (
     MdnsDiscovery,
     local_interfaces,
 )
+from transports.netwatch import DEFAULT_WATCH_INTERVAL
 from transports.tcp import TcpTransport
 
 __all__ = ["DiscoveryHandler", "LanTransport", "choose_address", "should_dial", "tcp_address"]
@@ -112,7 +113,10 @@ class LanTransport(Transport):
     ``host``/``port`` are where TCP listens (``port=0``: any free port, which
     is then advertised); a specific ``host`` is also the only address
     advertised, a wildcard host advertises this machine's addresses on
-    ``interfaces`` (see :class:`~transports.mdns.MdnsDiscovery`). ``max_frame``,
+    ``interfaces`` (see :class:`~transports.mdns.MdnsDiscovery`) and follows
+    them: they are polled every ``watch_interval`` seconds (``None``: never)
+    and re-advertised when they change. The listener stays as it is: a
+    wildcard host accepts on every address, old and new. ``max_frame``,
     ``server_ssl``, ``client_ssl``, ``handshake_timeout`` and ``preauth`` go to
     :class:`~transports.tcp.TcpTransport` unchanged. Raises ConfigError when
     ``host`` is neither a wildcard nor an IP address.
@@ -138,6 +142,7 @@ class LanTransport(Transport):
         service_type: str = DEFAULT_SERVICE_TYPE,
         protocol_version: int = 1,
         ip_version: IPVersion = IPVersion.V4Only,
+        watch_interval: float | None = DEFAULT_WATCH_INTERVAL,
     ) -> None:
         if host not in _WILDCARDS:
             try:
@@ -150,6 +155,7 @@ class LanTransport(Transport):
         self._service_type = service_type
         self._protocol_version = protocol_version
         self._ip_version = ip_version
+        self._watch_interval = watch_interval
         self._tcp = TcpTransport(
             host,
             port,
@@ -208,6 +214,7 @@ class LanTransport(Transport):
             protocol_version=self._protocol_version,
             ip_version=self._ip_version,
             addresses=None if self._host in _WILDCARDS else [self._host],
+            watch_interval=self._watch_interval,
         )
         await self._discovery.start(self._found, self._lost)
 

@@ -11,6 +11,15 @@ Lifecycle: ``await start(on_found, on_lost)`` once, then ``await stop()``
 (idempotent; to abandon a ``start()`` still probing, cancel its task). The
 callbacks run on the event loop; an exception one raises is logged, and
 discovery goes on.
+
+Network changes: unless the advertised addresses are fixed (explicit
+``addresses`` or an interface list), the host's addresses are polled
+(:class:`~transports.netwatch.AddressWatch`); when their set changes the
+registration is updated in place with the new addresses and zeroconf's
+sockets are reconciled with the new interfaces, so peers see the new
+addresses within seconds. On the browsing side a changed advert is resolved
+once the superseded address records have been flushed from the cache
+(RFC 6762 10.2 keeps them one second), so it reports only the new addresses.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from peer.errors import ConfigError, TransportError
+from transports.netwatch import DEFAULT_WATCH_INTERVAL, AddressWatch
 
 __all__ = [
     "DEFAULT_SERVICE_TYPE",
@@ -53,6 +63,7 @@ _log = logging.getLogger(__name__)
 _MAX_LABEL = 56  # a DNS label holds 63 bytes; leave room for zeroconf's "-N" rename
 _RESOLVE_TIMEOUT_MS = 3000
 _GOODBYE_TIMEOUT_S = 2.0
+_FLUSH_SETTLE_S = 1.2  # a cache-flushed record lingers 1 s (RFC 6762 10.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +162,16 @@ class MdnsDiscovery:
     when there is nothing else). Peers whose ``pv`` is not in
     ``accepted_versions`` (default: only ``protocol_version``) are ignored.
 
+    ``address_source``, instead, supplies the advertised addresses (a
+    callable returning IP addresses). Derived addresses and
+    ``address_source`` are polled every ``watch_interval`` seconds and
+    re-advertised when they change (``None``: never). Explicit
+    ``addresses`` and an interface list are not watched.
+
     Raises ConfigError at construction for an empty, unprintable or too long
-    peer id, a port outside 1..65535, a bad service type, or an interface or
-    advertised address that is not an IP address.
+    peer id, a port outside 1..65535, a bad service type, an interface or
+    advertised address that is not an IP address, both ``addresses`` and
+    ``address_source``, or a ``watch_interval`` that is not positive.
     """
 
     def __init__(
@@ -167,7 +185,11 @@ class MdnsDiscovery:
         accepted_versions: Collection[int] | None = None,
         ip_version: IPVersion = IPVersion.V4Only,
         addresses: Sequence[str] | None = None,
+        address_source: Callable[[], Sequence[str]] | None = None,
+        watch_interval: float | None = DEFAULT_WATCH_INTERVAL,
     ) -> None:
+        if addresses is not None and address_source is not None:
+            raise ConfigError("pass either fixed addresses or an address source, not both")
         if not peer_id or not peer_id.isprintable() or len(peer_id.encode("utf-8")) > 250:
             raise ConfigError(f"peer id {peer_id!r} cannot be advertised")
         if not 0 < port < 65536:
@@ -182,6 +204,13 @@ class MdnsDiscovery:
         self._ip_version = ip_version
         self._interfaces = _interface_choice(interfaces)
         self._addresses = None if addresses is None else _ip_literals(addresses, "advertised")
+        self._address_source = address_source
+        self._watch: AddressWatch | None = None
+        derived = address_source is not None or not isinstance(self._interfaces, list)
+        if watch_interval is not None and self._addresses is None and derived:
+            self._watch = AddressWatch(self._watched_addresses, self._readvertise, watch_interval)
+        self._properties: dict[str, str] = {}
+        self._updating: asyncio.Future[Any] | None = None
         self._aiozc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
@@ -198,15 +227,25 @@ class MdnsDiscovery:
         return self._info.name if self._info is not None else None
 
     def advertised_addresses(self) -> list[str]:
-        """The addresses this instance advertises (explicit, else derived from the interfaces)."""
+        """The addresses to advertise now: explicit, else from ``address_source``, else
+        derived from the interfaces. Raises ConfigError for a non-IP address from the source."""
         if self._addresses is not None:
             return list(self._addresses)
+        if self._address_source is not None:
+            return _ip_literals(self._address_source(), "advertised")
         if isinstance(self._interfaces, list):
             wanted = {IPVersion.V4Only: {4}, IPVersion.V6Only: {6}}.get(self._ip_version, {4, 6})
             return [a for a in self._interfaces if ipaddress.ip_address(a).version in wanted]
         ips = [iface.ip for iface in local_interfaces(self._ip_version)]
         routable = [ip for ip in ips if not ip.is_loopback]
         return [str(ip) for ip in routable or ips]
+
+    def _watched_addresses(self) -> list[str]:
+        """What the address watch compares: loopback is never re-advertised in
+        place of lost addresses (other hosts would dial themselves)."""
+        if self._address_source is not None:
+            return self.advertised_addresses()
+        return [str(i.ip) for i in local_interfaces(self._ip_version) if not i.ip.is_loopback]
 
     async def start(
         self, on_found: Callable[[DiscoveredPeer], None], on_lost: Callable[[str], None]
@@ -228,6 +267,7 @@ class MdnsDiscovery:
         self._on_found, self._on_lost = on_found, on_lost
         label = _instance_label(self.peer_id)
         properties = {"id": self.peer_id, "pv": str(self.protocol_version)}
+        self._properties = properties
         try:
             self._aiozc = AsyncZeroconf(interfaces=self._interfaces, ip_version=self._ip_version)
             self._browser = AsyncServiceBrowser(
@@ -243,6 +283,8 @@ class MdnsDiscovery:
             announce = await self._aiozc.async_register_service(info, allow_name_change=True)
             self._announce = asyncio.ensure_future(announce)
             self._info = info
+            if self._watch is not None:
+                self._watch.start(addresses)
         except (OSError, ZeroconfError, ValueError, RuntimeError) as exc:
             await self.stop()
             raise TransportError(f"mDNS could not start: {exc}") from exc
@@ -253,6 +295,8 @@ class MdnsDiscovery:
     async def stop(self) -> None:
         """Say goodbye, stop browsing, close the sockets. Idempotent; never raises."""
         self._closed = True
+        if self._watch is not None:
+            await self._watch.stop()
         if self._browser is not None:
             await self._browser.async_cancel()
             self._browser = None
@@ -264,15 +308,46 @@ class MdnsDiscovery:
         aiozc, self._aiozc = self._aiozc, None
         if aiozc is None:
             return
-        if self._announce is not None and not self._announce.done():
-            self._announce.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ZeroconfError):
-                await self._announce
+        for pending in (self._announce, self._updating):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ZeroconfError, OSError):
+                    await pending
         if self._info is not None:
             with contextlib.suppress(ZeroconfError, OSError, TimeoutError):
                 goodbye = await aiozc.async_unregister_service(self._info)
                 await asyncio.wait_for(goodbye, _GOODBYE_TIMEOUT_S)
         await aiozc.async_close()
+
+    async def _readvertise(self, addresses: list[str]) -> None:
+        """Advertise ``addresses`` instead of the old ones (an AddressWatch change)."""
+        aiozc, old = self._aiozc, self._info
+        if aiozc is None or old is None or self._closed:
+            return
+        if not addresses:
+            _log.info("mDNS: no address left; keeping the advert until one appears")
+            return
+        addresses = _ip_literals(addresses, "advertised")
+        info = AsyncServiceInfo(
+            self.service_type,
+            old.name,
+            port=self.port,
+            properties=self._properties,
+            server=old.server,
+            parsed_addresses=addresses,
+        )
+        if self._updating is not None and not self._updating.done():
+            self._updating.cancel()
+        try:
+            # The registry first, so the sockets for new interfaces announce the new records.
+            self._updating = asyncio.ensure_future(await aiozc.async_update_service(info))
+            self._info = info
+            if not isinstance(self._interfaces, list):
+                await aiozc.async_update_interfaces()
+        except (OSError, ZeroconfError, RuntimeError) as exc:
+            _log.warning("mDNS: could not advertise the new addresses %s: %s", addresses, exc)
+            return
+        _log.info("mDNS: now advertising %s", ", ".join(addresses))
 
     def _on_state_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -288,7 +363,8 @@ class MdnsDiscovery:
         if state_change is ServiceStateChange.Removed:
             self._forget(name)
             return
-        task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name))
+        settle = _FLUSH_SETTLE_S if state_change is ServiceStateChange.Updated else 0.0
+        task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name, settle))
         self._resolving[name] = task
         task.add_done_callback(lambda done: self._resolved(name, done))
 
@@ -296,7 +372,9 @@ class MdnsDiscovery:
         if self._resolving.get(name) is task:
             del self._resolving[name]
 
-    async def _resolve(self, zeroconf: Zeroconf, name: str) -> None:
+    async def _resolve(self, zeroconf: Zeroconf, name: str, settle: float = 0.0) -> None:
+        if settle:
+            await asyncio.sleep(settle)
         try:
             info = AsyncServiceInfo(self.service_type, name)
             resolved = await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS)
