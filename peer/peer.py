@@ -57,6 +57,7 @@ from peer.retry import Backoff
 from peer.session import Refusal, SessionDriver
 from peer.status import PeerStatus, SessionHistory, peer_status
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
+from peer.store_jobs import StoreJobs
 from peer.trust import TrustStore, default_trust_path
 from transports.base import Channel, SupportsDiscovery, Transport
 
@@ -147,9 +148,13 @@ class Peer:
         self._no_open_page = asyncio.Event()
         """Clear while a page spanning frames holds its transaction open: app
         writes wait for it (their connection would wait on its write lock, on
-        the very thread that must finish the page). A page in one frame is its
-        own transaction within one store call, so writes do not wait for it."""
+        the very thread that must finish the page). A page in one frame is
+        applied within one store call, which runs waiting writes between its
+        slices (see :attr:`_store_jobs`)."""
         self._no_open_page.set()
+        self._store_jobs = StoreJobs()
+        """App writes (:meth:`execute`) waiting for the store thread; an
+        apply runs them between slices of its batch."""
         self._drivers: set[SessionDriver] = set()
         self._by_site: dict[bytes, SessionDriver] = {}
         self._site_owners: dict[bytes, str] = {}
@@ -250,18 +255,29 @@ class Peer:
     # -- app API ------------------------------------------------------------------
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one statement on the store thread and push any change at once."""
+        """Run one statement on the store thread and push any change at once.
+
+        It waits for no more than a slice of a page being applied (see
+        :data:`~peer.store.APPLY_SLICE_ROWS`), except a page spanning frames
+        (one transaction larger than a frame), which it waits for whole.
+        """
         store = self.store
 
         def run() -> tuple[list[tuple[Any, ...]], int]:
             return store.execute(sql, params), store.db_version()
 
         # Wait while a page spanning frames is open (checked again on waking:
-        # another may open first). The call below is queued on the store thread
-        # before this task yields, so no page can open ahead of it.
+        # another may open first). The drain below is queued on the store
+        # thread before this task yields, so no page can open ahead of it.
         while not self._no_open_page.is_set():
             await self._no_open_page.wait()
-        rows, db_version = await self._in_store_thread(run)
+        if self._executor is None:
+            raise ConfigError("the peer is not started")
+        # Queued as a job, so that an apply under way runs it between two
+        # slices of its batch (see Store.apply); else the drain runs it.
+        job = self._store_jobs.submit(run)
+        self._executor.submit(self._store_jobs.run_waiting)
+        rows, db_version = await asyncio.wrap_future(job)
         # The sessions are woken here for this write and all before it; the
         # watcher need not wake them again.
         self._woken_through = max(self._woken_through, db_version)
@@ -422,6 +438,7 @@ class Peer:
             types_checked=True,
             skip_known=True,
             held_schema=hold_for,
+            yield_to=self._store_jobs,
         )
 
     async def end_page(self, commit: bool) -> None:
