@@ -74,7 +74,11 @@ class Peer:
     ``database`` is a Store or a path. ``connect`` lists addresses to dial
     and keep dialing (``tcp://host:port``, ``ws://…``, ``memory://name``): each
     gets a session, redialed with exponential backoff and full jitter whenever
-    it ends. Raises ConfigError for an address no transport handles.
+    it ends. Raises ConfigError for an address no transport handles. When
+    two peers dial each other, the connection dialed by the one with the
+    smaller site id is kept at both ends; the other one, after a session
+    between them ends, waits up to ``redial_grace`` seconds for the remote to
+    dial again before it dials itself.
 
     Security is on by default: pass ``identity`` (and build the transports
     with its TLS contexts) and a ``trust`` store (default: next to the
@@ -100,6 +104,7 @@ class Peer:
         ping_interval: float = 15.0,
         idle_timeout: float = 45.0,
         backoff: Backoff | None = None,
+        redial_grace: float = 2.0,
         seed: int | None = None,
         identity: Identity | None = None,
         trust: TrustStore | None = None,
@@ -130,6 +135,7 @@ class Peer:
         self.name = name or ""
         self.limits = limits or Limits()
         self.backoff = backoff or Backoff()
+        self._redial_grace = redial_grace
         self._poll_interval = poll_interval
         self._woken_through = 0
         """The sessions were woken for every local write at or below this db_version."""
@@ -157,6 +163,8 @@ class Peer:
         apply runs them between slices of its batch."""
         self._drivers: set[SessionDriver] = set()
         self._by_site: dict[bytes, SessionDriver] = {}
+        self._admitted = asyncio.Event()
+        """Set (and replaced) whenever a session is admitted into ``_by_site``."""
         self._site_owners: dict[bytes, str] = {}
         """Each site id a remote showed, and the peer id that showed it first
         (mirrors the store's ``crpeer_sites``)."""
@@ -473,8 +481,11 @@ class Peer:
                     "another session with this site wins",
                     "refused by admission: another session with this site wins the tie-break",
                 )
+            self.log.debug("session %s replaces a duplicate it wins against", driver.address)
             self._spawn(existing.close(ErrorCode.DUPLICATE_SESSION), "crpeer-close-duplicate")
         self._by_site[site] = driver
+        self._admitted.set()
+        self._admitted = asyncio.Event()
         return None
 
     async def _claim_site(self, site: bytes, peer_id: str) -> Refusal | None:
@@ -667,17 +678,53 @@ class Peer:
     async def _session_ended(
         self, driver: SessionDriver | None, pausing: Callable[[float], None] | None = None
     ) -> None:
-        """Wait before redialing: for a duplicate's end, or a jittered pause after a
-        failure (``pausing`` hears its length first)."""
+        """Wait before redialing: while another session serves the same peer
+        (see :meth:`_follow_duplicates`), or a jittered pause after a failure
+        (``pausing`` hears its length first)."""
         remote = driver.session.remote if driver else None
-        duplicate = self._by_site.get(remote.site_id) if remote else None
-        if duplicate is not None and duplicate is not driver:
-            await duplicate.done.wait()  # the other session serves this peer
-        elif driver is None or not driver.eose_received.is_set():
+        if driver is not None and remote is not None:
+            other = self._by_site.get(remote.site_id)
+            if driver.duplicate or (other is not None and other is not driver):
+                await self._follow_duplicates(remote.site_id)
+                return
+        if driver is None or not driver.eose_received.is_set():
             pause = self._random.uniform(0, self.backoff.maximum)
             if pausing is not None:
                 pausing(pause)
             await asyncio.sleep(pause)
+
+    async def _follow_duplicates(self, site: bytes) -> None:
+        """Our dial to ``site`` lost the tie-break (or was closed as a
+        duplicate): wait while another session serves that peer.
+
+        When the remote dials us and its dial wins against ours (its site id
+        is the smaller, :meth:`SessionDriver.tie_break_key`), it redials too
+        once a session ends: give it ``redial_grace`` seconds to come first,
+        and follow its new session, so that our dial does not meet it in
+        another round of refused duplicates. Returns when it is our turn to
+        dial.
+        """
+        other = self._by_site.get(site)
+        if other is None:  # refused: the winner's handshake here may still be under way
+            other = await self._next_session(site, self._redial_grace)
+        while other is not None:
+            await other.done.wait()
+            if other.outbound or site > self.site_id:
+                return  # the remote's dial does not beat ours: redial now
+            other = await self._next_session(site, self._redial_grace)
+
+    async def _next_session(self, site: bytes, within: float) -> SessionDriver | None:
+        """The session admitted with ``site``, waiting up to ``within`` seconds
+        for one; None if none came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while (driver := self._by_site.get(site)) is None or driver.done.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._stopping:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._admitted.wait(), remaining)
+        return driver
 
     def _report_dial(self, state: ev.DialState) -> None:
         """Keep ``state`` in :attr:`dials`, log it (INFO: the event says it) and emit it."""
