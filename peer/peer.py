@@ -165,6 +165,8 @@ class Peer:
         self._by_site: dict[bytes, SessionDriver] = {}
         self._admitted = asyncio.Event()
         """Set (and replaced) whenever a session is admitted into ``_by_site``."""
+        self._dialed_by: set[bytes] = set()
+        """The site ids of remotes that dialed this peer (since it started)."""
         self._site_owners: dict[bytes, str] = {}
         """Each site id a remote showed, and the peer id that showed it first
         (mirrors the store's ``crpeer_sites``)."""
@@ -484,6 +486,8 @@ class Peer:
             self.log.debug("session %s replaces a duplicate it wins against", driver.address)
             self._spawn(existing.close(ErrorCode.DUPLICATE_SESSION), "crpeer-close-duplicate")
         self._by_site[site] = driver
+        if not driver.outbound:
+            self._dialed_by.add(site)
         self._admitted.set()
         self._admitted = asyncio.Event()
         return None
@@ -682,35 +686,48 @@ class Peer:
         (see :meth:`_follow_duplicates`), or a jittered pause after a failure
         (``pausing`` hears its length first)."""
         remote = driver.session.remote if driver else None
-        if driver is not None and remote is not None:
-            other = self._by_site.get(remote.site_id)
-            if driver.duplicate or (other is not None and other is not driver):
-                await self._follow_duplicates(remote.site_id)
-                return
-        if driver is None or not driver.eose_received.is_set():
-            pause = self._random.uniform(0, self.backoff.maximum)
-            if pausing is not None:
-                pausing(pause)
-            await asyncio.sleep(pause)
+        site = remote.site_id if remote is not None else None
+        if site is None or self._live_session(site) is None:
+            if (
+                driver is not None
+                and site is not None
+                and self._wins(site)
+                and (driver.duplicate or driver.eose_received.is_set())
+            ):
+                # The remote's dial is on its way (refused for it, its
+                # handshake here still under way), or comes soon (a cut).
+                await self._next_session(site, self._redial_grace)
+            elif driver is None or not driver.eose_received.is_set():
+                pause = self._random.uniform(0, self.backoff.maximum)
+                if pausing is not None:
+                    pausing(pause)
+                await asyncio.sleep(pause)
+        if site is not None:
+            await self._follow_duplicates(site)
+
+    def _wins(self, site: bytes) -> bool:
+        """Whether the remote ``site`` dials us and its dial beats ours (its
+        site id is the smaller, see :meth:`SessionDriver.tie_break_key`)."""
+        return site < self.site_id and site in self._dialed_by
+
+    def _live_session(self, site: bytes) -> SessionDriver | None:
+        driver = self._by_site.get(site)
+        return None if driver is None or driver.done.is_set() else driver
 
     async def _follow_duplicates(self, site: bytes) -> None:
-        """Our dial to ``site`` lost the tie-break (or was closed as a
-        duplicate): wait while another session serves that peer.
+        """Wait while another session serves the peer ``site``; return when it
+        is our turn to dial it.
 
-        When the remote dials us and its dial wins against ours (its site id
-        is the smaller, :meth:`SessionDriver.tie_break_key`), it redials too
-        once a session ends: give it ``redial_grace`` seconds to come first,
-        and follow its new session, so that our dial does not meet it in
-        another round of refused duplicates. Returns when it is our turn to
-        dial.
+        When that session is the remote's dial and the remote's dial beats
+        ours (:meth:`_wins`), the remote dials again once it ends: give it
+        ``redial_grace`` seconds to come first, and follow its new session,
+        so that our dial does not meet it in a round of refused duplicates.
         """
-        other = self._by_site.get(site)
-        if other is None:  # refused: the winner's handshake here may still be under way
-            other = await self._next_session(site, self._redial_grace)
+        other = self._live_session(site)
         while other is not None:
             await other.done.wait()
-            if other.outbound or site > self.site_id:
-                return  # the remote's dial does not beat ours: redial now
+            if other.outbound or not self._wins(site):
+                return
             other = await self._next_session(site, self._redial_grace)
 
     async def _next_session(self, site: bytes, within: float) -> SessionDriver | None:
@@ -718,7 +735,7 @@ class Peer:
         for one; None if none came."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while (driver := self._by_site.get(site)) is None or driver.done.is_set():
+        while (driver := self._live_session(site)) is None:
             remaining = deadline - loop.time()
             if remaining <= 0 or self._stopping:
                 return None
