@@ -68,10 +68,11 @@ def test_the_batch_spans_several_slices() -> None:
     assert len(batch) > 2 * APPLY_SLICE_ROWS
 
 
-def test_a_waiting_call_runs_after_the_first_slice_commits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_a_waiting_call_runs_after_the_first_slice_commits(tmp_path: Path, in_memory: bool) -> None:
     origin, batch = source_batch()
     jobs = StoreJobs()
-    with new_store(tmp_path / "b.db") as b:
+    with new_store(":memory:" if in_memory else tmp_path / "b.db") as b:
         seen: list[Any] = []
 
         def app_write() -> None:
