@@ -122,7 +122,9 @@ class Outdated:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    """A session ended; ``error`` says why when it was not a clean close."""
+    """A session that was :class:`Connected` ended; ``error`` says why when it
+    was not a clean close (a session closed as a duplicate of another with
+    the same peer is a clean close)."""
 
     remote: RemotePeer
     error: CrpeerError | None

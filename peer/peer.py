@@ -60,6 +60,7 @@ from peer.retry import Backoff
 from peer.session import Refusal, SessionDriver
 from peer.status import PeerStatus, SessionHistory, peer_status
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
+from peer.store_jobs import StoreJobs
 from peer.store_snapshot import prepare_received, snapshot_reference
 from peer.trust import TrustStore, default_trust_path
 from transports.base import Channel, SupportsDiscovery, Transport
@@ -79,7 +80,11 @@ class Peer:
     ``database`` is a Store or a path. ``connect`` lists addresses to dial
     and keep dialing (``tcp://host:port``, ``ws://…``, ``memory://name``): each
     gets a session, redialed with exponential backoff and full jitter whenever
-    it ends. Raises ConfigError for an address no transport handles.
+    it ends. Raises ConfigError for an address no transport handles. When
+    two peers dial each other, the connection dialed by the one with the
+    smaller site id is kept at both ends; the other one, after a session
+    between them ends, waits up to ``redial_grace`` seconds for the remote to
+    dial again before it dials itself.
 
     Security is on by default: pass ``identity`` (and build the transports
     with its TLS contexts) and a ``trust`` store (default: next to the
@@ -114,6 +119,7 @@ class Peer:
         ping_interval: float = 15.0,
         idle_timeout: float = 45.0,
         backoff: Backoff | None = None,
+        redial_grace: float = 2.0,
         seed: int | None = None,
         identity: Identity | None = None,
         trust: TrustStore | None = None,
@@ -146,6 +152,7 @@ class Peer:
         self.name = name or ""
         self.limits = limits or Limits()
         self.backoff = backoff or Backoff()
+        self._redial_grace = redial_grace
         self._poll_interval = poll_interval
         self._woken_through = 0
         """The sessions were woken for every local write at or below this db_version."""
@@ -164,11 +171,19 @@ class Peer:
         self._no_open_page = asyncio.Event()
         """Clear while a page spanning frames holds its transaction open: app
         writes wait for it (their connection would wait on its write lock, on
-        the very thread that must finish the page). A page in one frame is its
-        own transaction within one store call, so writes do not wait for it."""
+        the very thread that must finish the page). A page in one frame is
+        applied within one store call, which runs waiting writes between its
+        slices (see :attr:`_store_jobs`)."""
         self._no_open_page.set()
+        self._store_jobs = StoreJobs()
+        """App writes (:meth:`execute`) waiting for the store thread; an
+        apply runs them between slices of its batch."""
         self._drivers: set[SessionDriver] = set()
         self._by_site: dict[bytes, SessionDriver] = {}
+        self._admitted = asyncio.Event()
+        """Set (and replaced) whenever a session is admitted into ``_by_site``."""
+        self._dialed_by: set[bytes] = set()
+        """The site ids of remotes that dialed this peer (since it started)."""
         self._site_owners: dict[bytes, str] = {}
         """Each site id a remote showed, and the peer id that showed it first
         (mirrors the store's ``crpeer_sites``)."""
@@ -276,18 +291,29 @@ class Peer:
     # -- app API ------------------------------------------------------------------
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one statement on the store thread and push any change at once."""
+        """Run one statement on the store thread and push any change at once.
+
+        It waits for no more than a slice of a page being applied (see
+        :data:`~peer.store.APPLY_SLICE_ROWS`), except a page spanning frames
+        (one transaction larger than a frame), which it waits for whole.
+        """
         store = self.store
 
         def run() -> tuple[list[tuple[Any, ...]], int]:
             return store.execute(sql, params), store.db_version()
 
         # Wait while a page spanning frames is open (checked again on waking:
-        # another may open first). The call below is queued on the store thread
-        # before this task yields, so no page can open ahead of it.
+        # another may open first). The drain below is queued on the store
+        # thread before this task yields, so no page can open ahead of it.
         while not self._no_open_page.is_set():
             await self._no_open_page.wait()
-        rows, db_version = await self._in_store_thread(run)
+        if self._executor is None:
+            raise ConfigError("the peer is not started")
+        # Queued as a job, so that an apply under way runs it between two
+        # slices of its batch (see Store.apply); else the drain runs it.
+        job = self._store_jobs.submit(run)
+        self._executor.submit(self._store_jobs.run_waiting)
+        rows, db_version = await asyncio.wrap_future(job)
         # The sessions are woken here for this write and all before it; the
         # watcher need not wake them again.
         self._woken_through = max(self._woken_through, db_version)
@@ -453,6 +479,7 @@ class Peer:
             types_checked=True,
             skip_known=True,
             held_schema=hold_for,
+            yield_to=self._store_jobs,
         )
 
     async def end_page(self, commit: bool) -> None:
@@ -534,8 +561,13 @@ class Peer:
                     "another session with this site wins",
                     "refused by admission: another session with this site wins the tie-break",
                 )
+            self.log.debug("session %s replaces a duplicate it wins against", driver.address)
             self._spawn(existing.close(ErrorCode.DUPLICATE_SESSION), "crpeer-close-duplicate")
         self._by_site[site] = driver
+        if not driver.outbound:
+            self._dialed_by.add(site)
+        self._admitted.set()
+        self._admitted = asyncio.Event()
         return None
 
     async def _claim_site(self, site: bytes, peer_id: str) -> Refusal | None:
@@ -748,17 +780,66 @@ class Peer:
     async def _session_ended(
         self, driver: SessionDriver | None, pausing: Callable[[float], None] | None = None
     ) -> None:
-        """Wait before redialing: for a duplicate's end, or a jittered pause after a
-        failure (``pausing`` hears its length first)."""
+        """Wait before redialing: while another session serves the same peer
+        (see :meth:`_follow_duplicates`), or a jittered pause after a failure
+        (``pausing`` hears its length first)."""
         remote = driver.session.remote if driver else None
-        duplicate = self._by_site.get(remote.site_id) if remote else None
-        if duplicate is not None and duplicate is not driver:
-            await duplicate.done.wait()  # the other session serves this peer
-        elif driver is None or not driver.eose_received.is_set():
-            pause = self._random.uniform(0, self.backoff.maximum)
-            if pausing is not None:
-                pausing(pause)
-            await asyncio.sleep(pause)
+        site = remote.site_id if remote is not None else None
+        if site is None or self._live_session(site) is None:
+            if (
+                driver is not None
+                and site is not None
+                and self._wins(site)
+                and (driver.duplicate or driver.eose_received.is_set())
+            ):
+                # The remote's dial is on its way (refused for it, its
+                # handshake here still under way), or comes soon (a cut).
+                await self._next_session(site, self._redial_grace)
+            elif driver is None or not driver.eose_received.is_set():
+                pause = self._random.uniform(0, self.backoff.maximum)
+                if pausing is not None:
+                    pausing(pause)
+                await asyncio.sleep(pause)
+        if site is not None:
+            await self._follow_duplicates(site)
+
+    def _wins(self, site: bytes) -> bool:
+        """Whether the remote ``site`` dials us and its dial beats ours (its
+        site id is the smaller, see :meth:`SessionDriver.tie_break_key`)."""
+        return site < self.site_id and site in self._dialed_by
+
+    def _live_session(self, site: bytes) -> SessionDriver | None:
+        driver = self._by_site.get(site)
+        return None if driver is None or driver.done.is_set() else driver
+
+    async def _follow_duplicates(self, site: bytes) -> None:
+        """Wait while another session serves the peer ``site``; return when it
+        is our turn to dial it.
+
+        When that session is the remote's dial and the remote's dial beats
+        ours (:meth:`_wins`), the remote dials again once it ends: give it
+        ``redial_grace`` seconds to come first, and follow its new session,
+        so that our dial does not meet it in a round of refused duplicates.
+        """
+        other = self._live_session(site)
+        while other is not None:
+            await other.done.wait()
+            if other.outbound or not self._wins(site):
+                return
+            other = await self._next_session(site, self._redial_grace)
+
+    async def _next_session(self, site: bytes, within: float) -> SessionDriver | None:
+        """The session admitted with ``site``, waiting up to ``within`` seconds
+        for one; None if none came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while (driver := self._live_session(site)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._stopping:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._admitted.wait(), remaining)
+        return driver
 
     def _report_dial(self, state: ev.DialState) -> None:
         """Keep ``state`` in :attr:`dials`, log it (INFO: the event says it) and emit it."""

@@ -172,6 +172,11 @@ class SessionDriver:
         self.stats = SessionStats()
         self.remote: events.RemotePeer | None = None
         self.error: CrpeerError | None = None
+        self.duplicate = False
+        """The session ended because another session with the same remote
+        wins the tie-break (see :meth:`tie_break_key`), closed by either
+        side. Not an error: the other session serves that peer."""
+        self._connected = False
         self.eose_received = asyncio.Event()
         self.eose_at: float | None = None
         """Wall-clock time of the remote's EOSE, for status reports."""
@@ -243,7 +248,8 @@ class SessionDriver:
         """Of two sessions with one peer, both sides keep the smaller key.
 
         The key is the dialing side's site id and connection nonce, which both
-        ends know alike.
+        ends know alike: when two peers dial each other, the connection
+        dialed by the one with the smaller site id survives.
         """
         remote = self.session.remote
         assert remote is not None
@@ -254,6 +260,8 @@ class SessionDriver:
     async def close(self, code: ErrorCode | None = None, reason: str = "") -> None:
         """End the session (with an error code and a short public ``reason``, or
         cleanly), then the channel."""
+        if code is ErrorCode.DUPLICATE_SESSION:
+            self.duplicate = True
         with contextlib.suppress(CrpeerError, TimeoutError):
             if self.session.state.value != "closed" or code is not None:
                 if code is not None:
@@ -316,7 +324,7 @@ class SessionDriver:
                 await asyncio.wait_for(self.channel.close(), timeout=2.0)
             if self.error is not None:
                 self.host.emit(events.SessionFailed(self.remote, self.address, self.error))
-            if self.remote is not None:
+            if self.remote is not None and self._connected:
                 self.host.emit(events.Disconnected(self.remote, self.error, discarded))
             self.done.set()
 
@@ -426,7 +434,10 @@ class SessionDriver:
                     self.eose_at = time.time()
                     self.host.emit(events.Eose(self.remote))
                 case RemoteClosed():
-                    if event.error is not None and event.error.code != ErrorCode.SHUTDOWN:
+                    if event.error is not None and event.error.code == ErrorCode.DUPLICATE_SESSION:
+                        self.duplicate = True
+                        self._log.debug("session %s: the remote keeps another one", self.address)
+                    elif event.error is not None and event.error.code != ErrorCode.SHUTDOWN:
                         self.error = RemoteProtocolError(
                             event.error.code,
                             f"remote closed: {event.error.reason or 'no reason given'}",
@@ -467,9 +478,13 @@ class SessionDriver:
         if refusal is not None:
             if refusal.code is ErrorCode.SITE_ID_CLAIMED:
                 self.remote = None  # the site id is not its own: report it by address only
-            self.error = RemoteProtocolError(refusal.code, refusal.detail)
+            if refusal.code is ErrorCode.DUPLICATE_SESSION:
+                self._log.debug("session %s: %s", self.address, refusal.detail)
+            else:
+                self.error = RemoteProtocolError(refusal.code, refusal.detail)
             await self.close(refusal.code, refusal.reason)
             return
+        self._connected = True
         self.host.emit(events.Connected(self.remote))
         snapshot = await self.host.takes_snapshot()
         self.session.send_cursor(await self.host.local_cursor(), snapshot=snapshot)

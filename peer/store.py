@@ -88,8 +88,10 @@ from peer.changes import (
 )
 from peer.errors import InvalidChangeError, SchemaError, StoreError
 from peer.packed_pk import KeyColumn, KeyShape, PackedKeyError, check_key
+from peer.store_jobs import StoreJobs
 
 __all__ = [
+    "APPLY_SLICE_ROWS",
     "JOURNAL_SIZE_LIMIT",
     "SENTINEL_CID",
     "SITE_ID_LENGTH",
@@ -203,6 +205,11 @@ _INSERT_HELD = (
 
 _MAX_COMBINED_ORIGINS = 500
 """Past this many origins to serve, pages are read origin by origin (SQL variables)."""
+
+APPLY_SLICE_ROWS = 1_000
+"""Change rows :meth:`Store.apply` merges between two looks for waiting app
+calls (``yield_to``): about 15 ms of merging, which bounds how long an app
+write waits behind a batch (a group larger than this is still merged whole)."""
 
 _COMBINED_READS = 4
 """Reads of the log in one page before falling back to per-origin reads."""
@@ -1334,6 +1341,7 @@ class Store:
         types_checked: bool = False,
         skip_known: bool = False,
         held_schema: int = 0,
+        yield_to: StoreJobs | None = None,
     ) -> ApplyResult:
         """Merge ``changes`` and advance the persisted cursor, in one transaction.
 
@@ -1359,13 +1367,28 @@ class Store:
         applied and the cursor does not move; applying the same batch again
         is harmless.
 
+        ``yield_to`` lets app calls cut in (outside a page only): the batch
+        merges in slices of whole groups of about :data:`APPLY_SLICE_ROWS`
+        rows, and when a call waits in ``yield_to`` at the end of a slice,
+        the slices so far commit with their cursor, the waiting calls run,
+        and the rest merges in a new transaction (with none waiting, it stays
+        one transaction). A group never spans two transactions. The whole
+        batch is validated first, so a malformed row still lands nothing;
+        but should the database itself refuse a row (a constraint or
+        trigger of the app's) after a commit for a waiting call, or the
+        process die there, the slices committed before stay, whole groups
+        with their cursor, and the sender sends the rest again. Should a
+        waiting call change the CRR tables, the rest is validated again
+        against the new schema before it merges.
+
         Raises InvalidChangeError for a malformed row, StoreError if SQLite
         fails.
         """
-        columns, keys = self._crr_schema()
-        groups = plan_groups(changes, columns, keys, self.site_id, hold_unknown, types_checked)
+        schema = self._crr_schema()
+        groups = plan_groups(changes, *schema, self.site_id, hold_unknown, types_checked)
         with self._sync_lock:
             result_cursor: Cursor = {}
+            unsaved: Cursor = {}  # of the groups merged since the transaction began
             tables: set[str] = set()
             merged = held = 0
             in_page = self._page_open
@@ -1377,19 +1400,40 @@ class Store:
                 if skip_known:
                     known = self._page_known if in_page else _persisted_cursor(self._sync)
                 fresh = [group for group in groups if group[1] > known.get(group[0], 0)]
-                for origin, version, rows, held_rows in fresh:
-                    tables.update(row[0] for row in rows)
-                    result_cursor[origin] = max(version, result_cursor.get(origin, 0))
-                    merged += len(rows)
-                    held += len(held_rows)
-                if held and held_schema < 1:
-                    # Needs a newer schema than this one, whichever it is.
-                    held_schema = store_schema.user_version(self._sync) + 1
-                if held or merged > _STAGED_GROUP_ROWS * len(fresh):
-                    impacted = self._merge_group_by_group(fresh, impacted, held_schema)
+                rest: list[Group] = []
+                if yield_to is None or in_page:
+                    yield_to, part = None, fresh
                 else:
-                    impacted = self._merge_staged(fresh, impacted, in_page)
-                _insert(self._sync, _CURSOR_INTO, list(result_cursor.items()), _CURSOR_UPSERT)
+                    part, rest = _first_slice(fresh, APPLY_SLICE_ROWS)
+                while True:
+                    part_merged = part_held = 0
+                    for origin, version, rows, held_rows in part:
+                        tables.update(row[0] for row in rows)
+                        result_cursor[origin] = max(version, result_cursor.get(origin, 0))
+                        unsaved[origin] = max(version, unsaved.get(origin, 0))
+                        part_merged += len(rows)
+                        part_held += len(held_rows)
+                    merged += part_merged
+                    held += part_held
+                    if part_held and held_schema < 1:
+                        # Needs a newer schema than this one, whichever it is.
+                        held_schema = store_schema.user_version(self._sync) + 1
+                    if part_held or part_merged > _STAGED_GROUP_ROWS * len(part):
+                        impacted = self._merge_group_by_group(part, impacted, held_schema)
+                    else:
+                        impacted = self._merge_staged(part, impacted)
+                    if not rest or yield_to is None:
+                        break
+                    if yield_to.waiting:
+                        self._commit_slice(unsaved, held_schema if held else 0)
+                        unsaved, impacted = {}, 0
+                        yield_to.run_waiting()
+                        self._begin_sync()
+                        if self._crr_schema() != schema:
+                            schema = self._crr_schema()
+                            rest = _replan(rest, schema, self.site_id, hold_unknown)
+                    part, rest = _first_slice(rest, APPLY_SLICE_ROWS)
+                _insert(self._sync, _CURSOR_INTO, list(unsaved.items()), _CURSOR_UPSERT)
                 if in_page:
                     self._page_impacted = impacted
                 else:
@@ -1414,9 +1458,16 @@ class Store:
             skipped = len(changes) - merged - held
             return ApplyResult(merged, held, skipped, frozenset(tables), result_cursor)
 
-    def _merge_staged(self, groups: Sequence[Group], impacted: int, in_page: bool) -> int:
+    def _commit_slice(self, cursor: Cursor, held_schema: int) -> None:
+        """Commit the slices merged so far with their ``cursor`` (outside a
+        page), so that a waiting app call can write."""
+        _insert(self._sync, _CURSOR_INTO, list(cursor.items()), _CURSOR_UPSERT)
+        self._sync.execute("COMMIT")
+        self._held_schema = max(self._held_schema, held_schema)
+
+    def _merge_staged(self, groups: Sequence[Group], impacted: int) -> int:
         """Merge groups without held rows in one statement (see ``_MERGE_STAGE``);
-        return ``crsql_rows_impacted()`` after them when inside a page."""
+        return ``crsql_rows_impacted()`` after them."""
         staged = [
             (*row, version, index == len(rows) - 1)
             for _, version, rows, _ in groups
@@ -1425,8 +1476,6 @@ class Store:
         self._sync.execute("UPDATE temp.crpeer_merge_state SET impacted = ?", (impacted,))
         _insert(self._sync, _STAGED_INTO, staged)
         self._sync.execute("DELETE FROM temp.crpeer_incoming")
-        if not in_page:
-            return impacted
         (impacted,) = self._sync.execute("SELECT impacted FROM temp.crpeer_merge_state").fetchone()
         return int(impacted)
 
@@ -1682,6 +1731,31 @@ def _whole_versions_within(
         if total > max_bytes:
             return rows[:cut]
     return rows
+
+
+def _first_slice(groups: list[Group], max_rows: int) -> tuple[list[Group], list[Group]]:
+    """The first groups of ``groups`` with at most ``max_rows`` rows in all
+    (at least one group, whatever its size), and the rest."""
+    total = 0
+    for index, (_, _, rows, held_rows) in enumerate(groups):
+        total += len(rows) + len(held_rows)
+        if total > max_rows and index:
+            return groups[:index], groups[index:]
+    return groups, []
+
+
+def _replan(
+    groups: list[Group],
+    schema: tuple[dict[str, frozenset[str]], dict[str, KeyShape]],
+    own_site: bytes,
+    hold_unknown: bool,
+) -> list[Group]:
+    """``groups`` validated again against ``schema`` (the CRR tables changed
+    while a batch was merging); raises InvalidChangeError as plan_groups does."""
+    rows: list[Change] = []
+    for _, _, mergeable, held_rows in groups:
+        rows += sorted(mergeable + held_rows, key=lambda row: row[8]) if held_rows else mergeable
+    return plan_groups(rows, *schema, own_site, hold_unknown, types_checked=True)
 
 
 def _persisted_cursor(conn: Any) -> Cursor:
