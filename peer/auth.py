@@ -49,7 +49,6 @@ from peer.errors import (
     IdentityError,
     PairingError,
     RemoteProtocolError,
-    SecurityError,
     UntrustedPeerError,
 )
 from peer.identity import Identity, peer_id_from_certificate
@@ -292,8 +291,3 @@ def _expire(gate: Gate, secret: str, address: str) -> None:
             trust.clear_join_secret()
         except ConfigError as exc:  # the guard keeps refusing it in memory
             log.error("could not clear the expired join secret: %s", exc)
-
-
-def describe(error: SecurityError) -> str:
-    """A one-line reason for logs and events."""
-    return f"{type(error).__name__}: {error}"

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -757,6 +757,3 @@ def _merge_results(before: ApplyResult | None, after: ApplyResult) -> ApplyResul
         before.tables | after.tables,
         cursor,
     )
-
-
-ChannelRunner = Callable[[Channel], Awaitable[None]]

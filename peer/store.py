@@ -51,6 +51,7 @@ worker thread so its event loop never waits on SQLite.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -250,14 +251,13 @@ class LargeGroup:
 def _translate_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn raw sqlite errors escaping a public method into StoreError."""
 
+    @functools.wraps(method)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(*args, **kwargs)
         except sqlite3.Error as exc:
             raise StoreError(f"{method.__name__}: {exc}") from exc
 
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
     return wrapper
 
 

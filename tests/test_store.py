@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,6 +275,15 @@ def test_a_batch_failing_half_way_leaves_nothing_behind(stores: list[Store]) -> 
     assert contents(b) == ([], [])
     assert b.cursor() == {}
     assert b.db_version() == 0
+
+
+def test_public_methods_keep_their_own_signature_and_name(stores: list[Store]) -> None:
+    """The error-translating wrapper is transparent to introspection and help()."""
+    assert list(inspect.signature(Store.execute).parameters) == ["self", "sql", "params"]
+    assert Store.execute.__qualname__ == "Store.execute"
+    assert "autocommit" in (Store.execute.__doc__ or "")
+    with pytest.raises(StoreError, match=r"^execute: "):
+        stores[0].execute("SELECT * FROM no_such_table")
 
 
 def test_applying_the_same_batch_twice_changes_nothing_the_second_time(

@@ -14,8 +14,10 @@ import ssl
 from collections.abc import Callable
 
 import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from peer.errors import ChannelClosed, ConnectError, TransportError
+from peer.retry import Backoff
 from transports._channel import ChannelBase, peer_certificate
 from transports._queues import FrameQueue
 from transports._sse_wire import ACK, SEQ, EventParser, parse_offer
@@ -27,7 +29,18 @@ log = logging.getLogger("transports.http_sse")
 
 _RAW_BODY_BYTES = 1 << 20
 _ATTEMPTS = 4  # per request, when the connection breaks; then the channel is closed
-_BACKOFF = 0.05  # seconds, doubled on every further attempt
+_BACKOFF = Backoff(initial=0.05, maximum=1.0)
+_BROKEN = (aiohttp.ClientError, TimeoutError)  # a broken connection: worth another attempt
+
+
+def _retrying() -> AsyncRetrying:
+    """Up to ``_ATTEMPTS`` attempts while the connection breaks, then the last error."""
+    return AsyncRetrying(
+        wait=_BACKOFF.wait(),
+        retry=retry_if_exception_type(_BROKEN),
+        stop=stop_after_attempt(_ATTEMPTS),
+        reraise=True,
+    )
 
 
 async def open_session(
@@ -160,29 +173,29 @@ class ClientChannel(ChannelBase):
 
     async def _post(self, suffix: str, body: bytes, headers: dict[str, str]) -> None:
         """POST with retries on broken connections; any answer but 204 fails the channel."""
-        for attempt in range(_ATTEMPTS):
-            self._check_open()
-            try:
-                # aiohttp warns about (and writes in one go) a body of raw bytes
-                # over 1 MiB; a BytesIO goes in chunks, yielding to the loop.
-                data = io.BytesIO(body) if len(body) > _RAW_BODY_BYTES else body
-                async with self._http.post(
-                    self._url + suffix, data=data, headers=headers, proxy=self._proxy
-                ) as response:
-                    await response.read()
-                    status = response.status
-                break
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt == _ATTEMPTS - 1:
-                    error = ChannelClosed(f"{self._remote.address} unreachable: {exc!r}")
-                    self._inbox.close(error)
-                    raise error from exc
-                await asyncio.sleep(_BACKOFF * 2**attempt)
+        try:
+            status: int = await _retrying()(self._post_once, suffix, body, headers)
+        except _BROKEN as exc:
+            error = ChannelClosed(f"{self._remote.address} unreachable: {exc!r}")
+            self._inbox.close(error)
+            raise error from exc
         if status != 204:
             self._ended = self._ended or status in (404, 410, 413)
             error = ChannelClosed(f"{self._remote.address} answered {status} to {suffix}")
             self._inbox.close(error)
             raise error
+
+    async def _post_once(self, suffix: str, body: bytes, headers: dict[str, str]) -> int:
+        """One POST attempt; its answer's status."""
+        self._check_open()
+        # aiohttp warns about (and writes in one go) a body of raw bytes over
+        # 1 MiB; a BytesIO goes in chunks, yielding to the loop.
+        data = io.BytesIO(body) if len(body) > _RAW_BODY_BYTES else body
+        async with self._http.post(
+            self._url + suffix, data=data, headers=headers, proxy=self._proxy
+        ) as response:
+            await response.read()
+            return response.status
 
     async def _acknowledge(self) -> None:
         with_error = False
@@ -196,27 +209,31 @@ class ClientChannel(ChannelBase):
 
     async def _follow(self, stream: aiohttp.ClientResponse | None) -> None:
         """Follow the event stream (``stream`` first) until the session ends
-        or it cannot be resumed."""
-        failures = 0
+        or it cannot be resumed.
+
+        A stream that drops is resumed; ``_ATTEMPTS`` breaks in a row without
+        a stream in between close the channel.
+        """
         error: TransportError
         try:
             while True:
                 try:
-                    stream = stream or await _get_events(
-                        self._http, self._url, self._received, self._proxy, self._timeout
-                    )
-                    await self._stream(stream)
-                    failures = 0
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    failures += 1
-                    if failures >= _ATTEMPTS:
-                        error = ChannelClosed(f"event stream from {self._remote.address}: {exc!r}")
-                        break
+                    async for attempt in _retrying():
+                        with attempt:
+                            stream = stream or await _get_events(
+                                self._http, self._url, self._received, self._proxy, self._timeout
+                            )
+                            response, stream = stream, None
+                            await self._stream(response)
+                except _BROKEN as exc:
+                    error = ChannelClosed(f"event stream from {self._remote.address}: {exc!r}")
+                    break
                 except TransportError as exc:
                     error = exc
                     break
-                stream = None
-                await asyncio.sleep(_BACKOFF * 2**failures)
+                # The stream dropped after it was open: resume it, after a
+                # pause so a server ending every stream at once is not hammered.
+                await asyncio.sleep(_BACKOFF.initial)
         finally:
             if stream is not None:
                 stream.release()

@@ -13,7 +13,6 @@ harness writes one final mark per peer and waits for convergence.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -433,12 +432,4 @@ def fault_to_dict(fault: Fault) -> dict[str, object]:
         out.update(peer=fault.peer, version=fault.version, own_connection=fault.own_connection)
     else:
         out.update(peer=fault.peer, offset=fault.offset, rate=fault.rate)
-    return out
-
-
-def counts_by_kind(faults: tuple[Fault, ...]) -> Mapping[str, int]:
-    """How many faults of each kind."""
-    out: dict[str, int] = {}
-    for fault in faults:
-        out[fault.kind] = out.get(fault.kind, 0) + 1
     return out
