@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,12 +70,41 @@ class Node:
         self.store.close()
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
+def _timeout_scale() -> float:
+    raw = os.environ.get("CRPEER_TEST_TIMEOUT_SCALE", "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not scale > 0 or scale == float("inf"):
+        raise ValueError(f"CRPEER_TEST_TIMEOUT_SCALE must be a positive number, not {raw!r}")
+    return scale
+
+
+TIMEOUT_SCALE = _timeout_scale()
+"""How much longer than written the tests wait: ``CRPEER_TEST_TIMEOUT_SCALE``
+from the environment (default 1), raised on slow or loaded machines."""
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` times :data:`TIMEOUT_SCALE`: use it for every timeout a test waits on."""
+    return seconds * TIMEOUT_SCALE
+
+
+async def wait_for(
+    predicate: Callable[[], bool], within: float = 10.0, *, interval: float = 0.02
+) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until it holds.
+
+    Raises AssertionError if it still does not after ``scaled(within)`` seconds
+    (by the event loop's clock).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scaled(within)
     while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {scaled(within):g} s")
+        await asyncio.sleep(interval)
 
 
 def address(peer: Peer) -> str:

@@ -21,7 +21,7 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from peer.store_snapshot import prepare_received, snapshot_reference
-from tests.support import Node, address
+from tests.support import Node, address, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 from transports.websocket import WebSocketTransport
 
@@ -64,14 +64,6 @@ def changes(store: Store) -> list[Any]:
 
 def leftovers(directory: Path) -> list[str]:
     return [name for name in os.listdir(directory) if ".snapshot-" in name]
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 class Pair:
@@ -146,7 +138,7 @@ async def replayed(tmp_path: Path, source: Store) -> list[Any]:
     await a.start()
     await b.start()
     try:
-        await wait_for(lambda: any(isinstance(e, events.Eose) for e in seen))
+        await wait_for(lambda: any(isinstance(e, events.Eose) for e in seen), within=20)
         assert not any(isinstance(e, events.Bootstrapped) for e in seen)
         return changes(store)
     finally:
@@ -158,7 +150,7 @@ async def replayed(tmp_path: Path, source: Store) -> list[Any]:
 async def test_fresh_peer_bootstraps_and_equals_change_replay(tmp_path: Path) -> None:
     pair = Pair(tmp_path)
     async with pair.running(close=False):
-        await wait_for(pair.converged)
+        await wait_for(pair.converged, within=20)
         (boot,) = pair.seen(events.Bootstrapped)
         assert boot.cursor == {pair.source_store.site_id: pair.source_store.db_version()}
         assert pair.receiver.store is pair.store  # the app's Store, reopened in place
@@ -169,9 +161,9 @@ async def test_fresh_peer_bootstraps_and_equals_change_replay(tmp_path: Path) ->
         assert leftovers(tmp_path / "source") == []
         # The replica goes on as a peer: a write of its own reaches the source.
         await pair.receiver.execute("INSERT INTO notes VALUES (100000, 'mine', 1, 0.5)")
-        await wait_for(lambda: notes(pair.source_store) == notes(pair.store))
+        await wait_for(lambda: notes(pair.source_store) == notes(pair.store), within=20)
         await pair.source.execute("DELETE FROM notes WHERE id = 100000")
-        await wait_for(lambda: notes(pair.source_store) == notes(pair.store))
+        await wait_for(lambda: notes(pair.source_store) == notes(pair.store), within=20)
         booted = changes(pair.store)
     try:
         expected = await replayed(tmp_path, pair.source_store)
@@ -195,7 +187,7 @@ async def test_writes_on_the_source_during_the_snapshot_arrive_after(
 
     monkeypatch.setattr(OutgoingSnapshot, "make", staticmethod(make_then_write))
     async with pair.running():
-        await wait_for(pair.converged)
+        await wait_for(pair.converged, within=20)
         (boot,) = pair.seen(events.Bootstrapped)
         assert boot.cursor[pair.source_store.site_id] < pair.source_store.db_version()
         assert pair.store.execute("SELECT body FROM notes WHERE id IN (3, 5000) ORDER BY id") == [
@@ -273,7 +265,7 @@ async def _refused_then_replayed(tmp_path: Path) -> None:
 
     pair.receiver.subscribe(check)
     async with pair.running():
-        await wait_for(pair.converged)
+        await wait_for(pair.converged, within=20)
         assert pair.seen(events.SnapshotRefused)
         assert not pair.seen(events.Bootstrapped)
         # Refused before anything touched the database; the file is gone after.
@@ -289,7 +281,7 @@ async def test_a_peer_that_speaks_protocol_3_replays_changes(
     monkeypatch.setattr(peer.protocol, "PROTOCOL_VERSION", 3)
     pair = Pair(tmp_path)
     async with pair.running():
-        await wait_for(pair.converged)
+        await wait_for(pair.converged, within=20)
         assert not pair.seen(events.Bootstrapped)
         assert not pair.seen(events.SnapshotRefused)
         assert pair.receiver.sessions[0].session.version == 3
@@ -298,7 +290,7 @@ async def test_a_peer_that_speaks_protocol_3_replays_changes(
 async def test_receiver_that_declines_snapshots_replays_changes(tmp_path: Path) -> None:
     pair = Pair(tmp_path, accept=False)
     async with pair.running():
-        await wait_for(pair.converged)
+        await wait_for(pair.converged, within=20)
         assert not pair.seen(events.Bootstrapped)
         assert sum(event.rows for event in pair.seen(events.Changed)) >= 400 * 3
 
@@ -328,12 +320,12 @@ async def test_interrupted_transfer_leaves_receiver_unchanged(
     pair.receiver.subscribe(check)
     async with pair.running():
         loop = asyncio.get_running_loop()
-        await wait_for(lambda: bool(at_cut))
+        await wait_for(lambda: bool(at_cut), within=20)
         # Cut mid-stream: nothing installed, the partial file removed.
         assert at_cut[0] == (True, [])
         assert not pair.seen(events.Bootstrapped)
         # The next session starts over and bootstraps.
-        await wait_for(pair.converged)
+        await wait_for(pair.converged, within=20)
         assert len(pair.seen(events.Bootstrapped)) == 1
         assert parts > 3
 
@@ -436,11 +428,11 @@ async def test_bootstrap_over_tls(tmp_path: Path, kind: str) -> None:
         limits = Limits(snapshot_threshold=100, max_frame_bytes=32 * 1024)
         async with a.peer(transports=[transport(a)], limits=limits) as pa:  # noqa: SIM117
             async with b.peer([address(pa)], transports=[transport(b)]) as pb:
-                await wait_for(lambda: any(isinstance(e, events.Eose) for e in b.seen))
+                await wait_for(lambda: any(isinstance(e, events.Eose) for e in b.seen), within=20)
                 assert any(isinstance(e, events.Bootstrapped) for e in b.seen)
                 assert b.rows() == a.rows()
                 await pb.execute("INSERT INTO notes VALUES (5000, 'from b')")
-                await wait_for(lambda: a.rows() == b.rows())
+                await wait_for(lambda: a.rows() == b.rows(), within=20)
                 assert pb.sessions[0].peer_id == a.identity.peer_id
     finally:
         a.close()

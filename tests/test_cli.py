@@ -30,6 +30,7 @@ from peer.pairing import format_peer_id, peer_id_from_public_key
 from peer.peer import Peer
 from peer.retry import Backoff
 from peer.store import Store
+from tests.support import wait_for
 from transports.http_sse import HttpSseTransport
 from transports.lan import LanTransport
 from transports.memory import MemoryNetwork, MemoryTransport
@@ -288,14 +289,6 @@ def rows(store: Store) -> list[Any]:
     return store.execute("SELECT * FROM notes ORDER BY id")
 
 
-async def wait_async(predicate: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 async def test_a_restored_snapshot_syncs_only_the_delta(db: Path, tmp_path: Path) -> None:
     with Store(db) as store:
         store.executescript(
@@ -339,13 +332,14 @@ async def test_a_restored_snapshot_syncs_only_the_delta(db: Path, tmp_path: Path
             backoff=fast,
         )
         async with a, b:
-            await wait_async(lambda: rows(source) == rows(copy) and len(rows(copy)) == 58)
-            await wait_async(lambda: bool(a.sessions) and bool(b.sessions))
-            await wait_async(
+            await wait_for(lambda: rows(source) == rows(copy) and len(rows(copy)) == 58, within=15)
+            await wait_for(lambda: bool(a.sessions) and bool(b.sessions), within=15)
+            await wait_for(
                 lambda: (
                     a.sessions[0].stats.rows_sent == delta_from_source
                     and b.sessions[0].stats.rows_sent == delta_from_copy
-                )
+                ),
+                within=15,
             )
             await asyncio.sleep(0.2)
             assert a.sessions[0].stats.rows_sent == delta_from_source

@@ -11,8 +11,8 @@ import pytest
 
 from peer import events
 from peer.peer import Peer
-from tests.support import Node, address
-from tests.test_peer import Cluster, wait_for
+from tests.support import Node, address, wait_for
+from tests.test_peer import Cluster
 from transports.memory import MemoryTransport
 
 

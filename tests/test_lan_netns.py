@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import scaled
+
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
@@ -33,7 +35,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parent.parent
 NODES = 3
-WAIT_S = 20.0
+WAIT_S = scaled(20.0)
 
 
 def ip(*args: str) -> None:
@@ -106,8 +108,9 @@ class Nodes:
             os.set_blocking(proc.stdout.fileno(), False)
             self._selector.register(proc.stdout, selectors.EVENT_READ, i)
 
-    def wait_for(self, condition: Callable[[], bool], within: float = WAIT_S) -> None:
-        """Read events until ``condition`` holds; fail after ``within`` seconds."""
+    def read_until(self, condition: Callable[[], bool], within: float = WAIT_S) -> None:
+        """Read the nodes' events until ``condition`` holds; fail after ``within``
+        seconds (already scaled: ``WAIT_S`` is)."""
         deadline = time.monotonic() + within
         while not condition():
             remaining = deadline - time.monotonic()
@@ -172,7 +175,7 @@ def test_every_namespace_discovers_every_other(
 ) -> None:
     group = nodes([])
     ids = [f"node{i}" for i in range(NODES)]
-    group.wait_for(
+    group.read_until(
         lambda: all(set(group.seen(i, "found")) == set(ids) - {ids[i]} for i in range(NODES))
     )
     for i, j in itertools.permutations(range(NODES), 2):
@@ -188,7 +191,7 @@ def test_lan_transports_find_and_echo_across_namespaces(
     group = nodes(["--lan"])
     ids = [f"node{i}" for i in range(NODES)]
     pairs = list(itertools.combinations(range(NODES), 2))  # (smaller id, larger id)
-    group.wait_for(lambda: all(ids[j] in group.seen(i, "echo") for i, j in pairs))
+    group.read_until(lambda: all(ids[j] in group.seen(i, "echo") for i, j in pairs))
     for i, j in pairs:
         echo = group.seen(i, "echo")[ids[j]]
         assert echo["ok"], echo
@@ -222,10 +225,10 @@ def test_a_moved_node_is_seen_at_its_new_address(
 ) -> None:
     group = nodes(WATCH)
     ids = [f"node{i}" for i in range(NODES)]
-    group.wait_for(lambda: all(ids[-1] in group.seen(i, "found") for i in range(NODES - 1)))
+    group.read_until(lambda: all(ids[-1] in group.seen(i, "found") for i in range(NODES - 1)))
     time.sleep(SETTLE_S)
     new = move(lan, NODES - 1)
-    group.wait_for(
+    group.read_until(
         lambda: all(group.seen(i, "found")[ids[-1]]["addresses"] == [new] for i in range(NODES - 1))
     )
     for i in range(NODES - 1):
@@ -239,7 +242,7 @@ def test_lan_transports_dial_a_moved_node_at_its_new_address(
     group = nodes(["--lan", *WATCH])
     ids = [f"node{i}" for i in range(NODES)]
     last = NODES - 1  # the largest id: every other node dials it
-    group.wait_for(lambda: all(ids[last] in group.seen(i, "echo") for i in range(last)))
+    group.read_until(lambda: all(ids[last] in group.seen(i, "echo") for i in range(last)))
     time.sleep(SETTLE_S)
     new = move(lan, last)
 
@@ -247,7 +250,7 @@ def test_lan_transports_dial_a_moved_node_at_its_new_address(
         echo = group.seen(i, "echo").get(ids[last], {})
         return bool(echo.get("ok")) and echo["address"].startswith(f"tcp://{new}:")
 
-    group.wait_for(lambda: all(echoed_at_new_address(i) for i in range(last)))
+    group.read_until(lambda: all(echoed_at_new_address(i) for i in range(last)))
     inbound = {e["host"] for e in group.events[last] if e["event"] == "inbound"}
     assert inbound == set(lan.addresses[:last]), "the others dialed in, at old and new address"
     assert group.close() == [0] * NODES
@@ -266,7 +269,7 @@ def test_peers_sync_with_a_moved_node_at_its_new_address(
             for e in events
         )
 
-    group.wait_for(lambda: all(dialed(i, lan.addresses[last]) for i in range(last)))
+    group.read_until(lambda: all(dialed(i, lan.addresses[last]) for i in range(last)))
     assert not any(e["event"] == "changed" for events in group.events for e in events)
     time.sleep(SETTLE_S)
     new = move(lan, last)
@@ -276,7 +279,7 @@ def test_peers_sync_with_a_moved_node_at_its_new_address(
         return any(e["event"] == "changed" for e in group.events[i])
 
     # The row can leave node2 only through its new address: the old one is gone.
-    group.wait_for(
+    group.read_until(
         lambda: all(dialed(i, new) and has_the_row(i) for i in range(last)), within=WAIT_S * 2
     )
     direct = [

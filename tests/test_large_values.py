@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from peer.peer import Peer
 from peer.protocol import ChangesReceived, Limits, SyncSession
 from peer.retry import Backoff
 from peer.store import Change, LargeGroup, Store
-from tests.support import Node, address
+from tests.support import Node, address, wait_for
 from tests.test_protocol import A_SITE, B_SITE, FINGERPRINT, ProtocolPair, deliver, session
 from transports.base import Transport
 from transports.http_sse import HttpSseTransport
@@ -430,14 +429,6 @@ async def test_values_from_1_kb_to_64_mb_over_memory(tmp_path: Path, sizes: list
         pair.close()
 
 
-async def wait_until(predicate: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("size", [2 * MB, 9 * MB], ids=["in-a-page", "larger-than-a-frame"])
 async def test_a_value_above_the_receivers_limit_is_an_event_not_a_loop(
     size: int, tmp_path: Path
@@ -459,10 +450,14 @@ async def test_a_value_above_the_receivers_limit_is_an_event_not_a_loop(
                 pair.peer(b, ["memory://a"], Limits(max_value_bytes=MB)),
                 pair.peer(c, ["memory://a"]) as pc,
             ):
-                await wait_until(lambda: [r[0] for r in b.rows()] == [1, 100])
+                await wait_for(
+                    lambda: [r[0] for r in b.rows()] == [1, 100], within=20, interval=0.05
+                )
                 await pa.execute("INSERT INTO notes VALUES (4, 'live from a')")
                 await pc.execute("INSERT INTO notes VALUES (101, 'live from c')")
-                await wait_until(lambda: [r[0] for r in b.rows()] == [1, 100, 101])
+                await wait_for(
+                    lambda: [r[0] for r in b.rows()] == [1, 100, 101], within=20, interval=0.05
+                )
                 await asyncio.sleep(1.0)  # time enough for any retry loop to show
                 assert [r[0] for r in b.rows()] == [1, 100, 101]
                 too_large = [e for e in a.seen if isinstance(e, events.ValueTooLarge)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from peer.peer import Peer
 from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Change, Store
+from tests.support import wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT, n INTEGER)"
@@ -36,14 +37,6 @@ def new_store(path: str | Path = ":memory:") -> Store:
 
 def rows(store: Store) -> list[Any]:
     return store.execute("SELECT * FROM notes ORDER BY id")
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 class Cluster:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from peer.peer import Peer
 from peer.protocol import Limits, SessionState
 from peer.retry import Backoff
 from peer.store import Store
+from tests.support import wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
@@ -41,14 +42,6 @@ def new_peer(network: MemoryNetwork, store: Store, name: str, connect: list[str]
     )
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def test_a_page_cut_by_a_stop_is_not_a_session_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -61,7 +54,9 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
     await sender.start()
     await receiver.start()
     try:
-        await wait_for(lambda: len(sender.sessions) == 1 and len(receiver.sessions) == 1)
+        await wait_for(
+            lambda: len(sender.sessions) == 1 and len(receiver.sessions) == 1, interval=0.01
+        )
         driver = sender.sessions[0]
         read_page = sender.next_page
 

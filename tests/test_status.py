@@ -24,6 +24,7 @@ from peer.status import (
     peer_status,
 )
 from peer.store import ApplyResult, Change, Store
+from tests.support import wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16
@@ -170,14 +171,6 @@ async def pair() -> AsyncIterator[Pair]:
         store.close()
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     for i in range(5):
         pair.store_a.execute("INSERT INTO notes VALUES (?, ?)", (i, f"note {i}"))
@@ -194,8 +187,12 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
 
     await pair.b.start()
     # b has received a's page but may not apply it yet: a is ahead of b, as b sees it.
-    await wait_for(lambda: bool(pair.b.sessions) and pair.b.sessions[0].stats.rows_received == 0)
-    await wait_for(lambda: pair.b.sessions[0].stats.frames_received >= 4)  # to BACKLOG
+    await wait_for(
+        lambda: bool(pair.b.sessions) and pair.b.sessions[0].stats.rows_received == 0, interval=0.01
+    )
+    await wait_for(
+        lambda: pair.b.sessions[0].stats.frames_received >= 4, interval=0.01
+    )  # to BACKLOG
     during = (await peer_status(pair.b, pair.history_b)).sessions[0]
     assert during.remote_name == "a"
     assert during.site_id == pair.store_a.site_id.hex()
@@ -206,7 +203,7 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     assert during.last_eose is None
 
     pair.release.set()
-    await wait_for(lambda: len(pair.store_b.execute("SELECT * FROM notes")) == 5)
+    await wait_for(lambda: len(pair.store_b.execute("SELECT * FROM notes")) == 5, interval=0.01)
     await wait_for(
         lambda: (
             all(
@@ -214,7 +211,8 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
                 for s in pair.a.sessions + pair.b.sessions
             )
             and len(pair.a.sessions) == 1
-        )
+        ),
+        interval=0.01,
     )
     after_b = await peer_status(pair.b, pair.history_b)
     after_a = await peer_status(pair.a)
@@ -233,7 +231,7 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
 
     # Live writes keep the pair in sync once they have gone out.
     await pair.b.execute("INSERT INTO notes VALUES (100, 'from b')")
-    await wait_for(lambda: len(pair.store_a.execute("SELECT * FROM notes")) == 6)
+    await wait_for(lambda: len(pair.store_a.execute("SELECT * FROM notes")) == 6, interval=0.01)
     final = (await peer_status(pair.b, pair.history_b)).sessions[0]
     assert final.classification == "in_sync"
 

@@ -1,0 +1,47 @@
+"""The shared test helpers: ``wait_for`` and the timeout scale factor."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests import support
+from tests.support import scaled, wait_for
+
+
+async def test_wait_for_returns_as_soon_as_the_condition_holds() -> None:
+    loop = asyncio.get_running_loop()
+    ready_at = loop.time() + 0.1
+    await wait_for(lambda: loop.time() >= ready_at, within=10.0)
+    assert loop.time() >= ready_at
+
+
+async def test_wait_for_fails_after_the_scaled_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(support, "TIMEOUT_SCALE", 4.0)
+    assert scaled(0.05) == pytest.approx(0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(AssertionError, match=r"not reached within 0\.2 s"):
+        await wait_for(lambda: False, within=0.05)
+    assert loop.time() - started >= 0.2
+
+
+@pytest.mark.parametrize(("raw", "scale"), [("1", 1.0), ("2.5", 2.5), ("10", 10.0)])
+def test_the_scale_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str, scale: float
+) -> None:
+    monkeypatch.setenv("CRPEER_TEST_TIMEOUT_SCALE", raw)
+    assert support._timeout_scale() == scale
+
+
+def test_the_scale_defaults_to_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRPEER_TEST_TIMEOUT_SCALE", raising=False)
+    assert support._timeout_scale() == 1.0
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "fast", "", "inf", "nan"])
+def test_a_bad_scale_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("CRPEER_TEST_TIMEOUT_SCALE", raw)
+    with pytest.raises(ValueError, match="CRPEER_TEST_TIMEOUT_SCALE must be a positive number"):
+        support._timeout_scale()
