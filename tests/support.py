@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,17 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {scaled(within):g} s")
         await asyncio.sleep(interval)
+
+
+def wait_until(
+    predicate: Callable[[], bool], within: float = 10.0, *, interval: float = 0.02
+) -> None:
+    """:func:`wait_for` for code off the event loop: blocks the calling thread."""
+    deadline = time.monotonic() + scaled(within)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {scaled(within):g} s")
+        time.sleep(interval)
 
 
 def address(peer: Peer) -> str:

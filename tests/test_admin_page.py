@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import Serve, ok, two_databases, usage_error, wait_until
+from tests.support import wait_until
+from tests.test_cli import Serve, ok, two_databases, usage_error
 
 CHROMIUM = os.environ.get("CRPEER_CHROMIUM", "/usr/bin/chromium")
 LOOPBACK = ("--no-lan", "--tcp", "127.0.0.1:0")
@@ -96,14 +97,14 @@ def stable(document: dict[str, Any]) -> dict[str, Any]:
 def test_the_api_says_what_the_cli_says(tmp_path: Path) -> None:
     with two_serves(tmp_path) as pair:
         ok("sql", pair.b, "INSERT INTO notes VALUES (1, 'typed on b', 0)")
-        wait_until(lambda: live_session(pair))
+        wait_until(lambda: live_session(pair), within=20, interval=0.1)
 
         def same_status() -> bool:
             cli = json.loads(ok("status", pair.a, "--json").stdout)
             api = get_json(pair.admin + "api/status")
             return cli["serve"]["state"] == "running" and stable(cli) == stable(api)
 
-        wait_until(same_status)
+        wait_until(same_status, within=20, interval=0.1)
         cli = json.loads(ok("status", pair.a, "--json").stdout)
         api = get_json(pair.admin + "api/status")
         assert api.keys() == cli.keys()
@@ -113,7 +114,9 @@ def test_the_api_says_what_the_cli_says(tmp_path: Path) -> None:
             lambda: (
                 get_json(pair.admin + "api/peers")
                 == json.loads(ok("peers", pair.a, "--json").stdout)
-            )
+            ),
+            within=20,
+            interval=0.1,
         )
         peers = get_json(pair.admin + "api/peers")
         assert [(p["peer_id"], p["label"], p["connected"]) for p in peers["peers"]] == [
@@ -155,7 +158,11 @@ def test_the_status_page_in_chromium(tmp_path: Path) -> None:
             assert page.locator('#events li[data-event="connected"]').count() >= 1  # replayed
             line = page.locator("#lag-chart polyline").first
             # The page keeps polling: the lag chart grows (no eval: the page's CSP forbids it).
-            wait_until(lambda: len((line.get_attribute("points") or "").split()) >= 4)
+            wait_until(
+                lambda: len((line.get_attribute("points") or "").split()) >= 4,
+                within=20,
+                interval=0.1,
+            )
             assert page.locator("#connection").inner_text() == "live"
             page.screenshot(path=tmp_path / "admin-page.png", full_page=True)
             assert (tmp_path / "admin-page.png").stat().st_size > 10_000

@@ -18,6 +18,7 @@ from peer.errors import ConfigError, CrpeerError, StoreError
 from peer.peer import Peer
 from peer.retry import Backoff
 from peer.store import Store
+from tests.support import wait_until
 from transports.memory import MemoryNetwork, MemoryTransport
 from transports.tcp import TcpTransport
 
@@ -31,14 +32,6 @@ def database(path: Path) -> Path:
         store.execute(SCHEMA)
         store.make_crr("notes")
     return path
-
-
-def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def in_thread(fn: Callable[[], _T]) -> _T:
@@ -107,17 +100,17 @@ def test_two_peers_on_a_shared_loop_sync_from_plain_threads(
 
         for i in range(3):
             in_thread(insert(i))
-        wait_until(lambda: len(b.execute("SELECT * FROM notes")) == 3)
+        wait_until(lambda: len(b.execute("SELECT * FROM notes")) == 3, interval=0.01)
         b.execute("INSERT INTO notes VALUES (10, 'from b')")
-        wait_until(lambda: len(a.execute("SELECT * FROM notes")) == 4)
+        wait_until(lambda: len(a.execute("SELECT * FROM notes")) == 4, interval=0.01)
 
         queued = [e for e in drain(b.events) if not isinstance(e, events.DialState)]
         assert isinstance(queued[0], events.Connected)
         assert any(isinstance(e, events.Changed) and e.tables == {"notes"} for e in queued)
-        wait_until(lambda: any(isinstance(e, events.Changed) for e, _ in seen))
+        wait_until(lambda: any(isinstance(e, events.Changed) for e, _ in seen), interval=0.01)
         assert {name for _, name in seen} <= {f"app-pool_{i}" for i in range(2)}
 
-        wait_until(lambda: b.status().sessions[0].last_eose is not None)
+        wait_until(lambda: b.status().sessions[0].last_eose is not None, interval=0.01)
         status = b.status()
         assert [s.remote_name for s in status.sessions] == ["a"]
         assert status.sessions[0].state == "live"
@@ -151,8 +144,8 @@ def test_private_loops_over_tcp_and_an_in_order_callback_thread(tmp_path: Path) 
         with b:
             for i in range(20):
                 a.execute("INSERT INTO notes VALUES (?, 'x')", (i,))
-            wait_until(lambda: b.execute("SELECT count(*) FROM notes") == [(20,)])
-            wait_until(lambda: events.Changed in {kind for kind, _ in order})
+            wait_until(lambda: b.execute("SELECT count(*) FROM notes") == [(20,)], interval=0.01)
+            wait_until(lambda: events.Changed in {kind for kind, _ in order}, interval=0.01)
         assert {name for _, name in order} == {"crpeer-events"}
         session_order = [kind for kind, _ in order if kind is not events.DialState]
         assert session_order[0] is events.Connected

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from peer.pairing import format_peer_id, peer_id_from_public_key
 from peer.peer import Peer
 from peer.retry import Backoff
 from peer.store import Store
-from tests.support import wait_for
+from tests.support import wait_for, wait_until
 from transports.http_sse import HttpSseTransport
 from transports.lan import LanTransport
 from transports.memory import MemoryNetwork, MemoryTransport
@@ -397,14 +397,6 @@ class Serve:
             raise
 
 
-def wait_until(predicate: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.1)
-
-
 def notes(database: Path) -> list[list[Any]]:
     rows = json.loads(
         ok("sql", database, "SELECT id, body FROM notes ORDER BY id", "--json").stdout
@@ -432,11 +424,15 @@ def test_two_insecure_serves_sync_an_insert(tmp_path: Path) -> None:
         serves.append(Serve(tmp_path, b, *loopback, "--connect", address))
         serves[1].listening()
         ok("sql", a, "INSERT INTO notes VALUES (1, 'typed on a', 0)")
-        wait_until(lambda: notes(b) == [[1, "typed on a"]])
+        wait_until(lambda: notes(b) == [[1, "typed on a"]], within=20, interval=0.1)
         ok("sql", b, "INSERT INTO notes VALUES (2, 'typed on b', 0)")
-        wait_until(lambda: notes(a) == [[1, "typed on a"], [2, "typed on b"]])
         wait_until(
-            lambda: json.loads(ok("status", a, "--json").stdout)["serve"]["state"] == "running"
+            lambda: notes(a) == [[1, "typed on a"], [2, "typed on b"]], within=20, interval=0.1
+        )
+        wait_until(
+            lambda: json.loads(ok("status", a, "--json").stdout)["serve"]["state"] == "running",
+            within=20,
+            interval=0.1,
         )
         codes = [serve.stop() for serve in serves]
         assert codes == [0, 0], [s.err.read_text() for s in serves]
@@ -465,7 +461,9 @@ def test_pairing_then_secure_serves_sync(tmp_path: Path) -> None:
         id_b = json.loads(ok("id", b, "--json").stdout)["peer_id"]
         assert json.loads(joined.stdout) == {"paired": id_a, "new": True}
         assert [e["peer_id"] for e in json.loads(ok("trust", "list", b, "--json").stdout)] == [id_a]
-        wait_until(lambda: id_b in ok("trust", "list", a).stdout.replace("-", ""))
+        wait_until(
+            lambda: id_b in ok("trust", "list", a).stdout.replace("-", ""), within=20, interval=0.1
+        )
         ok("pair", "clear", a)
         again = ok("pair", b, "--secret", secret, "--connect", address, *loopback)
         assert again.stdout.startswith("already paired with")
@@ -473,7 +471,7 @@ def test_pairing_then_secure_serves_sync(tmp_path: Path) -> None:
         serves.append(Serve(tmp_path, b, *loopback, "--connect", address))
         serves[1].listening()
         ok("sql", b, "INSERT INTO notes VALUES (7, 'over TLS', 0)")
-        wait_until(lambda: notes(a) == [[7, "over TLS"]])
+        wait_until(lambda: notes(a) == [[7, "over TLS"]], within=20, interval=0.1)
 
         def a_sees_b() -> bool:
             report = json.loads(ok("status", a, "--json").stdout)
@@ -481,7 +479,7 @@ def test_pairing_then_secure_serves_sync(tmp_path: Path) -> None:
                 (s["peer_id"], s["state"]) for s in report["sessions"]
             ] == [(id_b, "live")]
 
-        wait_until(a_sees_b)
+        wait_until(a_sees_b, within=20, interval=0.1)
         peers = json.loads(ok("peers", a, "--json").stdout)["peers"]
         assert [(p["peer_id"], p["connected"]) for p in peers] == [(id_b, True)]
         text = ok("status", a).stdout

@@ -40,7 +40,7 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from peer.trust import TrustStore, default_trust_path
-from tests.support import Node, address, wait_for
+from tests.support import Node, address, wait_for, wait_until
 from tests.test_cli import (
     OTHER,
     ROOT,
@@ -51,7 +51,6 @@ from tests.test_cli import (
     run,
     two_databases,
     usage_error,
-    wait_until,
 )
 from transports.memory import MemoryNetwork, MemoryTransport
 from transports.tcp import TcpTransport
@@ -142,7 +141,7 @@ def test_an_unreachable_target_shows_its_state_and_last_error(db: Path, tmp_path
                 if line["event"] == "dial_state" and line["state"] == "backing_off"
             ]
 
-        wait_until(lambda: bool(backing_off()))
+        wait_until(lambda: bool(backing_off()), within=20, interval=0.1)
         event = backing_off()[0]
         assert event["address"] == "tcp://127.0.0.1:1"
         assert "refused" in event["error"].lower()
@@ -153,7 +152,9 @@ def test_an_unreachable_target_shows_its_state_and_last_error(db: Path, tmp_path
             found: list[dict[str, Any]] = report["dials"]
             return found
 
-        wait_until(lambda: bool(dials()) and dials()[0]["last_error"] is not None)
+        wait_until(
+            lambda: bool(dials()) and dials()[0]["last_error"] is not None, within=20, interval=0.1
+        )
         assert dials()[0]["address"] == "tcp://127.0.0.1:1"
         assert dials()[0]["state"] in {"connecting", "backing_off"}
         text = ok("status", db).stdout
@@ -234,7 +235,9 @@ def test_a_second_node_on_one_database_is_refused_and_a_killed_one_does_not_bloc
         failed("serve", db, "--insecure", *LOOPBACK, match="already running")
         failed("pair", db, "--secret", "A" * 26, "--connect", "tcp://127.0.0.1:9", match="already")
         wait_until(
-            lambda: json.loads(ok("status", db, "--json").stdout)["serve"]["state"] == "running"
+            lambda: json.loads(ok("status", db, "--json").stdout)["serve"]["state"] == "running",
+            within=20,
+            interval=0.1,
         )
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(timeout=20)
@@ -657,10 +660,10 @@ def test_a_refusal_is_printed_once(tmp_path: Path) -> None:
                     return line.split()[-1]
             return None
 
-        wait_until(lambda: address() is not None)
+        wait_until(lambda: address() is not None, within=20, interval=0.1)
         serve_b = Serve(tmp_path, b, *LOOPBACK, "--connect", str(address()))
         processes.append(serve_b.process)
-        wait_until(lambda: "refused" in (tmp_path / "a.out").read_text())
+        wait_until(lambda: "refused" in (tmp_path / "a.out").read_text(), within=20, interval=0.1)
         time.sleep(0.5)
         for process in processes:
             process.send_signal(signal.SIGTERM)

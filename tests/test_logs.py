@@ -17,7 +17,8 @@ from peer.cli_events import EventPrinter
 from peer.cli_logs import SERVE_LOGGER, JsonFormatter
 from peer.errors import ChannelClosed, UntrustedPeerError
 from peer.pairing import format_peer_id, peer_id_from_public_key
-from tests.test_cli import Serve, ok, two_databases, wait_until
+from tests.support import wait_until
+from tests.test_cli import Serve, ok, two_databases
 
 BEE = peer_id_from_public_key(b"\x0b" * 32)
 STRANGER = peer_id_from_public_key(b"\x0c" * 32)
@@ -139,11 +140,11 @@ def test_serve_logs_sessions_and_refusals_as_json(tmp_path: Path) -> None:
         serves.append(Serve(tmp_path, a, *loopback))
         address = serves[0].listening()
         serves.append(Serve(tmp_path, b, *loopback, "--connect", address))
-        wait_until(lambda: bool(logged("connected", id_b)))
+        wait_until(lambda: bool(logged("connected", id_b)), within=20, interval=0.1)
         serves.append(Serve(tmp_path, c, *loopback, "--connect", address))
-        wait_until(lambda: bool(logged("refused", id_c)))
+        wait_until(lambda: bool(logged("refused", id_c)), within=20, interval=0.1)
         assert serves[1].stop() == 0
-        wait_until(lambda: bool(logged("disconnected", id_b)))
+        wait_until(lambda: bool(logged("disconnected", id_b)), within=20, interval=0.1)
         assert serves[0].stop() == 0
         connected = logged("connected", id_b)[0]
         assert (connected["level"], connected["label"]) == ("info", "bee")

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from peer.cli import cli
 from peer.cli_service import crpeer_command, unit_text
-from tests.test_cli import ROOT, SCHEMA, Serve, notes, ok, wait_until
+from tests.support import wait_until
+from tests.test_cli import ROOT, SCHEMA, Serve, notes, ok
 
 
 def unit(text: str) -> configparser.RawConfigParser:
@@ -145,7 +146,7 @@ def test_sigterm_stops_serve_with_status_0_and_keeps_the_last_commit(tmp_path: P
             report = json.loads(ok("status", database, "--json").stdout)
             return bool(report["serve"]["state"] == "running" and report["wal"]["limit"] == 1 << 20)
 
-        wait_until(wal_reported)
+        wait_until(wal_reported, within=20, interval=0.1)
         for n in range(1, 4):  # each through its own process, the last just before SIGTERM
             written = subprocess.run(
                 [

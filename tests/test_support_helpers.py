@@ -1,13 +1,14 @@
-"""The shared test helpers: ``wait_for`` and the timeout scale factor."""
+"""The shared test helpers: ``wait_for``, ``wait_until`` and the timeout scale factor."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from tests import support
-from tests.support import scaled, wait_for
+from tests.support import scaled, wait_for, wait_until
 
 
 async def test_wait_for_returns_as_soon_as_the_condition_holds() -> None:
@@ -25,6 +26,19 @@ async def test_wait_for_fails_after_the_scaled_timeout(monkeypatch: pytest.Monke
     with pytest.raises(AssertionError, match=r"not reached within 0\.2 s"):
         await wait_for(lambda: False, within=0.05)
     assert loop.time() - started >= 0.2
+
+
+def test_wait_until_blocks_until_the_condition_holds_then_fails_after_the_scaled_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ready_at = time.monotonic() + 0.1
+    wait_until(lambda: time.monotonic() >= ready_at, within=10.0)
+    assert time.monotonic() >= ready_at
+    monkeypatch.setattr(support, "TIMEOUT_SCALE", 4.0)
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match=r"not reached within 0\.2 s"):
+        wait_until(lambda: False, within=0.05)
+    assert time.monotonic() - started >= 0.2
 
 
 @pytest.mark.parametrize(("raw", "scale"), [("1", 1.0), ("2.5", 2.5), ("10", 10.0)])
