@@ -23,10 +23,12 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
 
 class ForwardProxy:
     """A plain-HTTP forward proxy on 127.0.0.1 that streams responses and
-    forwards only to loopback; ``drop_streams()`` cuts every open response."""
+    forwards only to loopback; ``drop_streams()`` cuts every open response,
+    and the next ``cut_frames`` frame POSTs are cut before any answer."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
+        self.cut_frames = 0
         self._upstreams: set[aiohttp.ClientResponse] = set()
 
     async def __aenter__(self) -> ForwardProxy:
@@ -50,6 +52,11 @@ class ForwardProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert request.url.host == "127.0.0.1", "the test proxy only forwards to loopback"
         self.requests.append(f"{request.method} {request.path}")
+        if request.method == "POST" and request.path.endswith("/frames") and self.cut_frames:
+            self.cut_frames -= 1
+            assert request.transport is not None
+            request.transport.close()  # the connection breaks: no answer at all
+            return web.Response(status=204)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read()
         async with self._http.request(
@@ -260,6 +267,32 @@ async def test_through_a_forward_proxy_with_a_dropped_stream() -> None:
         assert received == [b"before 3", b"before 4"] + [b"after %d" % n for n in range(5)]
         assert proxy.requests.count(f"GET {dialed_path(loop)}") >= 2  # it reconnected
         assert any(request.startswith("POST") for request in proxy.requests)
+
+
+def frame_posts(proxy: ForwardProxy) -> int:
+    return sum(1 for r in proxy.requests if r.startswith("POST") and r.endswith("/frames"))
+
+
+async def test_a_frame_post_cut_three_times_is_retried_and_delivered_once() -> None:
+    async with ForwardProxy() as proxy, Loopback("http", client={"proxy": proxy.url}) as loop:
+        dialed, accepted = await loop.pair()
+        proxy.cut_frames = 3
+        await asyncio.wait_for(dialed.send(b"through a flaky link"), WAIT)
+        assert await asyncio.wait_for(accepted.recv(), WAIT) == b"through a flaky link"
+        await dialed.send(b"next")
+        assert await asyncio.wait_for(accepted.recv(), WAIT) == b"next"
+        assert frame_posts(proxy) == 3 + 1 + 1
+
+
+async def test_a_frame_post_cut_four_times_closes_the_channel() -> None:
+    async with ForwardProxy() as proxy, Loopback("http", client={"proxy": proxy.url}) as loop:
+        dialed, _accepted = await loop.pair()
+        proxy.cut_frames = 10
+        with pytest.raises(ChannelClosed, match="unreachable"):
+            await asyncio.wait_for(dialed.send(b"never arrives"), WAIT)
+        assert frame_posts(proxy) == 4  # the attempts per request
+        with pytest.raises(ChannelClosed):
+            await asyncio.wait_for(dialed.recv(), WAIT)
 
 
 def dialed_path(loop: Loopback) -> str:
