@@ -70,8 +70,11 @@ from peer.testing.report import Report
 from peer.testing.runner import Mode, Progress, ProgressCallback, run, run_async
 from peer.testing.scenario import (
     FAULT_PRESETS,
+    LARGE_VALUES,
+    LARGE_VALUES_LIMITS,
     NOTES_SCHEMA,
     TOPOLOGIES,
+    VALUE_PRESETS,
     ClockSkew,
     ClusterSpec,
     Crash,
@@ -84,15 +87,19 @@ from peer.testing.scenario import (
     Workload,
     fault_preset,
     topology_edges,
+    value_preset,
 )
 from transports.memory import LinkFaults
 
 __all__ = [
     "FAULT_PRESETS",
+    "LARGE_VALUES",
+    "LARGE_VALUES_LIMITS",
     "MIGRATION_PRESETS",
     "NOTES_MIGRATIONS",
     "NOTES_SCHEMA",
     "TOPOLOGIES",
+    "VALUE_PRESETS",
     "ClockSkew",
     "ClusterDriver",
     "ClusterSpec",
@@ -123,4 +130,5 @@ __all__ = [
     "run",
     "run_async",
     "topology_edges",
+    "value_preset",
 ]
