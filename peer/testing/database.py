@@ -116,7 +116,7 @@ def expand_write(params: Mapping[str, SqlValue]) -> list[dict[str, SqlValue]]:
     A plain write is one row with ``params`` as they are. ``rows`` (n > 1)
     makes n rows with keys ``key``, ``key + 1``, ... and texts
     ``text/0``, ``text/1``, ...; ``size`` replaces each row's text with
-    :func:`sized_value` of that seed (a blob when ``number`` is odd).
+    :func:`sized_value` of that seed (a blob when ``number + row`` is odd).
     ``rows`` and ``size`` are left out of the dicts.
     """
     base = {k: v for k, v in params.items() if k not in ("rows", "size")}
@@ -131,7 +131,7 @@ def expand_write(params: Mapping[str, SqlValue]) -> list[dict[str, SqlValue]]:
     out: list[dict[str, SqlValue]] = []
     for row in range(count):
         seed = f"{text}/{row}" if count > 1 else text
-        value = sized_value(seed, size, blob=number % 2 == 1) if size > 0 else seed
+        value = sized_value(seed, size, blob=(number + row) % 2 == 1) if size > 0 else seed
         out.append({**base, "key": key + row, "text": value})
     return out
 

@@ -128,7 +128,7 @@ class Workload:
     Sized writes (``value_bytes`` set, see :data:`LARGE_VALUES`): each
     write's ``:text`` is a value of about ``n`` bytes, ``n`` drawn
     log-uniformly within ``value_bytes``, as text (with 2-, 3- and 4-byte
-    UTF-8 characters among ASCII) or, for every other write, as a blob.
+    UTF-8 characters among ASCII) or, for about half the rows, as a blob.
     With ``rows`` > 1, half the writes are one transaction of 2..``rows``
     statements (keys ``:key``, ``:key + 1``, ..., each with a ``:text`` of
     its own), their values cut so that a transaction carries at most
