@@ -52,6 +52,9 @@ class WriteStep:
     ``op`` is ``insert``, ``update``, ``delete`` or ``mark`` (the final write
     of each peer into the harness's own table, after every fault ended: the
     last version of each origin, which every peer must end up holding).
+    A sized or many-row write also has ``size`` and ``rows`` among its
+    ``params``: the seeds of its values, expanded where it runs (see
+    :func:`peer.testing.database.expand_write`).
     """
 
     at: float
