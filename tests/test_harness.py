@@ -7,16 +7,19 @@ kills and reaps its children in the driver's close().
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from peer.errors import ConfigError
-from peer.store import SqlValue, Store
+from peer.store import Cursor, SqlValue, Store
 from peer.testing import (
     LARGE_VALUES,
     LARGE_VALUES_LIMITS,
@@ -39,6 +42,8 @@ from peer.testing import (
     value_preset,
 )
 from peer.testing.database import expand_write, sized_value, table_digests
+from peer.testing.inproc import InProcessDriver
+from peer.testing.runner import _Run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "scripts" / "harness.py")]
@@ -370,6 +375,40 @@ async def test_large_values_converge_over_tcp_through_a_sigkill(tmp_path: Path) 
     with Store(tmp_path / "p0.db") as store:
         ((largest,),) = store.execute("SELECT max(length(CAST(body AS BLOB))) FROM notes")
     assert largest > LARGE_VALUES_LIMITS.max_frame_bytes
+
+
+class _DriverDroppingCancels(InProcessDriver):
+    """The real in-process driver, except that a cancellation arriving while
+    it reads a peer's vector is dropped, as ``asyncio.wait_for`` does on
+    Python 3.11 when the answer arrives at the same moment (a process-mode
+    request awaits one)."""
+
+    dropping = True
+
+    async def vector(self, peer: int) -> tuple[bytes, Cursor] | None:
+        try:
+            await asyncio.sleep(0.05)  # a slow answer: the sampler is nearly always here
+            return await super().vector(peer)
+        except asyncio.CancelledError:
+            if not self.dropping:
+                raise
+            return None
+
+
+async def test_the_lag_sampler_stops_even_when_a_request_drops_its_cancellation(
+    tmp_path: Path,
+) -> None:
+    chosen = replace(scenario(3, "mesh", "none", seed=35, duration=1.0), sample_interval=1e-4)
+    driver = _DriverDroppingCancels(chosen, tmp_path)
+    running = asyncio.ensure_future(_Run(chosen, make_plan(chosen), driver, None).run())
+    await asyncio.wait({running}, timeout=30)
+    if not running.done():  # the sampler never stopped: end the run, then fail
+        driver.dropping = False
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        pytest.fail("the run did not end: its lag sampler ignored the stop")
+    assert_converged(running.result())
 
 
 # -- process mode ---------------------------------------------------------------------
