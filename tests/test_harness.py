@@ -1,6 +1,6 @@
 """The multi-peer harness: plans replay, clusters converge through faults, the CLI.
 
-Budget: the whole file runs in about a minute on two cores. Every run is
+Budget: the whole file runs in about 70 seconds on two cores. Every run is
 bounded by its scenario (duration + converge_timeout); the process-mode run
 kills and reaps its children in the driver's close().
 """

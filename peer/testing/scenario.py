@@ -134,6 +134,8 @@ class Workload:
     its own), their values cut so that a transaction carries at most
     ``transaction_bytes``. The plan holds only each value's seed and size
     (see :func:`peer.testing.database.expand_write`), so plans stay small.
+    In process mode a write's changes come back over a pipe in one line of
+    at most 16 MiB: keep ``transaction_bytes`` under about 10 MB there.
     """
 
     rate: float = 50.0
