@@ -302,11 +302,9 @@ class Peer:
         def run() -> tuple[list[tuple[Any, ...]], int]:
             return store.execute(sql, params), store.db_version()
 
-        # Wait while a page spanning frames is open (checked again on waking:
-        # another may open first). The drain below is queued on the store
-        # thread before this task yields, so no page can open ahead of it.
-        while not self._no_open_page.is_set():
-            await self._no_open_page.wait()
+        # The drain below is queued on the store thread before this task
+        # yields again, so no page can open ahead of it.
+        await self._page_closed()
         if self._executor is None:
             raise ConfigError("the peer is not started")
         # Queued as a job, so that an apply under way runs it between two
@@ -321,8 +319,21 @@ class Peer:
         return rows
 
     async def run_in_store(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        """Run ``fn`` on the store thread (the one thread that uses the Store)."""
+        """Run ``fn`` on the store thread (the one thread that uses the Store).
+
+        Like :meth:`execute`, it first waits while a page spanning frames is
+        open, so ``fn`` may write.
+        """
+        await self._page_closed()
         return await self._in_store_thread(fn, *args, **kwargs)
+
+    async def _page_closed(self) -> None:
+        """Return once no page spanning frames is open. A call queued on the
+        store thread right after (before this task yields again) runs before
+        any page opens: a write on the app's connection would otherwise wait
+        for the page's write lock on the very thread that must finish it."""
+        while not self._no_open_page.is_set():
+            await self._no_open_page.wait()
 
     async def migrate(
         self, version: int, sql: str, *, alter: Sequence[str] = (), new_crrs: Sequence[str] = ()
@@ -333,6 +344,7 @@ class Peer:
         Returns how many held rows it merged. Raises SchemaError (and changes
         nothing) if the migration fails.
         """
+        await self._page_closed()
         merged = await self._in_store_thread(
             self.store.migrate, version, sql, alter=alter, new_crrs=new_crrs
         )
@@ -364,7 +376,9 @@ class Peer:
         ):
             return
         # Also at start: the database may have been migrated while stopped.
-        merged = await self._in_store_thread(store.apply_held)
+        # A merge: never inside another session's page (see begin_page).
+        async with self._apply_lock:
+            merged = await self._in_store_thread(store.apply_held)
         stale = [d for d in self._drivers if d.session.local != self._local]
         if before is None:
             return

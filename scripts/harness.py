@@ -28,8 +28,10 @@ from rich.table import Table
 from peer.errors import ConfigError
 from peer.testing import (
     FAULT_PRESETS,
+    LARGE_VALUES,
     MIGRATION_PRESETS,
     TOPOLOGIES,
+    VALUE_PRESETS,
     ClusterSpec,
     HarnessError,
     Mode,
@@ -40,6 +42,7 @@ from peer.testing import (
     make_plan,
     migration_preset,
     run_async,
+    value_preset,
 )
 from peer.testing import Progress as RunProgress
 
@@ -50,9 +53,16 @@ EXIT_CONVERGED, EXIT_DIVERGED, EXIT_USAGE, EXIT_HARNESS = 0, 1, 2, 3
 
 def _scenario(options: dict[str, Any]) -> Scenario:
     peers, duration, seed = options["peers"], options["duration"], options["seed"]
+    rate = options["rate"]
+    if rate is None:
+        rate = LARGE_VALUES.rate if options["values"] == "large" else 30.0
+    plain = Workload(rate=rate, writes=options["writes"], keys=options["keys"])
+    workload, limits = value_preset(options["values"], plain)
     return Scenario(
-        ClusterSpec(peers=peers, topology=options["topology"], degree=options["degree"]),
-        Workload(rate=options["rate"], writes=options["writes"], keys=options["keys"]),
+        ClusterSpec(
+            peers=peers, topology=options["topology"], degree=options["degree"], limits=limits
+        ),
+        workload,
         faults=fault_preset(options["faults"], peers=peers, duration=duration, seed=seed)
         + migration_preset(options["migrations"], peers=peers, duration=duration, seed=seed),
         seed=seed,
@@ -145,9 +155,8 @@ def _plot(report: Report, path: Path) -> None:
 @click.option(
     "--rate",
     type=click.FloatRange(0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="writes per second (Poisson)",
+    default=None,
+    help="writes per second (Poisson)  [default: 30; 6 with --values large]",
 )
 @click.option("--writes", type=click.IntRange(0), default=None, help="stop after this many")
 @click.option("--keys", type=click.IntRange(1), default=100, show_default=True, help="key space")
@@ -171,6 +180,14 @@ def _plot(report: Report, path: Path) -> None:
     default="none",
     show_default=True,
     help="live schema migrations (see peer.testing.migration_preset)",
+)
+@click.option(
+    "--values",
+    type=click.Choice(VALUE_PRESETS),
+    default="small",
+    show_default=True,
+    help="large: values of 1 KB to 3 MB in one- and many-row transactions, "
+    "256 KiB frames (see peer.testing.value_preset)",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="drives topology, writes and faults"

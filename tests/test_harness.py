@@ -1,24 +1,30 @@
 """The multi-peer harness: plans replay, clusters converge through faults, the CLI.
 
-Budget: the whole file runs in about a minute on two cores. Every run is
+Budget: the whole file runs in about 70 seconds on two cores. Every run is
 bounded by its scenario (duration + converge_timeout); the process-mode run
 kills and reaps its children in the driver's close().
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from peer.errors import ConfigError
 from peer.protocol import Limits
+from peer.store import Cursor, SqlValue, Store
 from peer.testing import (
+    LARGE_VALUES,
+    LARGE_VALUES_LIMITS,
     ClusterSpec,
     Crash,
     Join,
@@ -36,7 +42,11 @@ from peer.testing import (
     run,
     run_async,
     topology_edges,
+    value_preset,
 )
+from peer.testing.database import expand_write, sized_value, table_digests
+from peer.testing.inproc import InProcessDriver
+from peer.testing.runner import _Run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "scripts" / "harness.py")]
@@ -310,6 +320,137 @@ def test_a_plan_writes_nothing_to_a_peer_before_it_joins() -> None:
         Scenario(ClusterSpec(peers=3), faults=(Crash(0.5, 0.5, 1), Join(at=2.0, peer=1)))
 
 
+# -- large values ---------------------------------------------------------------------
+
+KB, MB = 1024, 1024 * 1024
+
+
+def large_scenario(peers: int, topology: str, faults: str, seed: int) -> Scenario:
+    workload, limits = value_preset("large", Workload(rate=6.0, keys=40))
+    return Scenario(
+        ClusterSpec(peers=peers, topology=topology, degree=2, limits=limits),  # type: ignore[arg-type]
+        workload,
+        faults=fault_preset(faults, peers=peers, duration=3.0, seed=seed),
+        seed=seed,
+        duration=3.0,
+        converge_timeout=30.0,
+    )
+
+
+def test_large_value_plans_replay_with_values_past_a_frame_in_one_and_many_row_writes() -> None:
+    first = make_plan(large_scenario(4, "mesh", "all", seed=31))
+    assert first.digest() == make_plan(large_scenario(4, "mesh", "all", seed=31)).digest()
+    assert first.digest() != make_plan(large_scenario(4, "mesh", "all", seed=32)).digest()
+    shapes = [dict(w.params) for w in first.writes if w.op != "mark"]
+    sizes = [int(p["size"]) for p in shapes]  # type: ignore[arg-type]
+    rows = [int(p.get("rows", 1)) for p in shapes]  # type: ignore[arg-type]
+    low, high = LARGE_VALUES.value_bytes or (0, 0)
+    assert all(low <= size <= high for size in sizes)
+    assert max(sizes) > LARGE_VALUES_LIMITS.max_frame_bytes  # travels in PART frames
+    assert 1 in rows
+    assert max(rows) > 1
+    assert all(
+        n * size <= LARGE_VALUES.transaction_bytes for n, size in zip(rows, sizes, strict=True)
+    )
+    # A plain workload's plan carries no sizes: its seeds draw what they always drew.
+    plain = make_plan(scenario(4, "mesh", "all", seed=31))
+    assert not [w for w in plain.writes if {"size", "rows"} & dict(w.params).keys()]
+
+
+def test_sized_writes_expand_to_exact_values_of_text_and_blobs() -> None:
+    params: dict[str, SqlValue] = {
+        "key": 5,
+        "text": "p1#3:0badf00d",
+        "number": 8,
+        "author": "p1",
+        "ts": 1,
+    }
+    one = expand_write({**params, "size": 300 * KB})
+    assert len(one) == 1
+    assert one == expand_write({**params, "size": 300 * KB})  # the same seed, the same value
+    text = one[0]["text"]
+    assert isinstance(text, str)
+    assert abs(len(text.encode()) - 300 * KB) < 3 * KB
+    assert {"é", "€", "\U0001d11e"} <= set(text)  # 2-, 3- and 4-byte UTF-8 characters
+    many = expand_write({**params, "size": 2 * KB, "rows": 4})
+    assert [row["key"] for row in many] == [5, 6, 7, 8]
+    assert [type(row["text"]) for row in many] == [str, bytes, str, bytes]
+    assert len({bytes(str(row["text"]), "utf-8") for row in many}) == 4
+    assert all("size" not in row and "rows" not in row for row in many)
+    assert expand_write(params) == [params]
+
+
+def test_the_oracle_digest_tells_one_byte_and_text_from_blob_apart() -> None:
+    value = sized_value("seed", 1 * MB, blob=True)
+    assert isinstance(value, bytes)
+    flipped = value[:-1] + bytes([value[-1] ^ 1])
+    digests = []
+    for body in (value, flipped, value.hex(), value):
+        with Store(":memory:") as store:
+            store.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)")
+            store.make_crr("notes")
+            store.execute("INSERT INTO notes VALUES (1, ?)", (body,))
+            digests.append(table_digests(store)["notes"])
+    assert digests[0] == digests[3]
+    assert len(set(digests)) == 3
+
+
+async def test_large_values_converge_in_process_through_every_fault(tmp_path: Path) -> None:
+    report = await run_async(large_scenario(4, "mesh", "all", seed=33), directory=tmp_path)
+    assert_converged(report)
+    assert report.faults_by_kind == {"partition": 2, "crash": 2, "link": 2, "skew": 2}
+    with Store(tmp_path / "p3.db") as store:
+        ((largest,),) = store.execute("SELECT max(length(CAST(body AS BLOB))) FROM notes")
+        kinds = {kind for (kind,) in store.execute("SELECT DISTINCT typeof(body) FROM notes")}
+    assert largest > LARGE_VALUES_LIMITS.max_frame_bytes
+    assert {"text", "blob"} <= kinds
+
+
+async def test_large_values_converge_over_tcp_through_a_sigkill(tmp_path: Path) -> None:
+    report = await run_async(
+        large_scenario(3, "line", "crashes", seed=34), mode="process", directory=tmp_path
+    )
+    assert_converged(report)
+    assert report.traffic["restarts"] == 2
+    with Store(tmp_path / "p0.db") as store:
+        ((largest,),) = store.execute("SELECT max(length(CAST(body AS BLOB))) FROM notes")
+    assert largest > LARGE_VALUES_LIMITS.max_frame_bytes
+
+
+class _DriverDroppingCancels(InProcessDriver):
+    """The real in-process driver, except that a cancellation arriving while
+    it reads a peer's vector is dropped, as ``asyncio.wait_for`` does on
+    Python 3.11 when the answer arrives at the same moment (a process-mode
+    request awaits one)."""
+
+    dropping = True
+
+    async def vector(self, peer: int) -> tuple[bytes, Cursor] | None:
+        try:
+            await asyncio.sleep(0.05)  # a slow answer: the sampler is nearly always here
+            return await super().vector(peer)
+        except asyncio.CancelledError:
+            if not self.dropping:
+                raise
+            return None
+
+
+async def test_the_lag_sampler_stops_even_when_a_request_drops_its_cancellation(
+    tmp_path: Path,
+) -> None:
+    chosen = replace(scenario(3, "mesh", "none", seed=35, duration=1.0), sample_interval=1e-4)
+    driver = _DriverDroppingCancels(chosen, tmp_path)
+    running = asyncio.ensure_future(_Run(chosen, make_plan(chosen), driver, None).run())
+    await asyncio.wait({running}, timeout=30)
+    if not running.done():  # the sampler never stopped: end the run, then fail
+        driver.dropping = False
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        pytest.fail("the run did not end: its lag sampler ignored the stop")
+    assert_converged(running.result())
+
+
 # -- process mode ---------------------------------------------------------------------
 
 
@@ -393,6 +534,7 @@ def test_cli_help() -> None:
         (["--faults", "meteor"], "--faults"),
         (["--duration", "-1"], "--duration"),
         (["--mode", "cloud"], "--mode"),
+        (["--values", "huge"], "--values"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
@@ -414,6 +556,15 @@ def test_cli_plan_only_prints_the_same_plan_for_the_same_seed() -> None:
     first, second = cli(*args), cli(*args)
     assert first.returncode == second.returncode == 0
     assert json.loads(first.stdout) == json.loads(second.stdout)
+
+
+def test_cli_values_large_plans_sized_writes() -> None:
+    done = cli("--plan-only", "--values", "large", "--seed", "3", "--duration", "3")
+    assert done.returncode == 0, done.stderr
+    writes = [s for s in json.loads(done.stdout)["steps"] if s.get("write") not in (None, "mark")]
+    assert writes
+    assert all(s["params"]["size"] >= 1024 for s in writes)
+    assert len(writes) < 40  # the large preset's rate: 6 writes/s
 
 
 def test_cli_json_report_has_the_documented_keys() -> None:

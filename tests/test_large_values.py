@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pysqlite3.dbapi2 as sqlite3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer import events
+from peer import crsqlite, events
 from peer.changes import change_size
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, ValueTooLargeError
 from peer.messages import (
@@ -508,3 +509,58 @@ async def test_in_memory_stores_gather_large_pages_and_values_whole() -> None:
     finally:
         for store in stores:
             store.close()
+
+
+async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
+    tmp_path: Path,
+) -> None:
+    """While a page spanning frames holds its transaction open (a large value
+    arriving in parts), a write through ``run_in_store``, a migration and a
+    schema change noticed by the peer all wait for the page, instead of
+    blocking the store thread that must finish it (SQLite's busy timeout,
+    then "database is locked")."""
+    path = tmp_path / "a.db"
+    with Store(path) as store:
+        store.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)")
+        store.make_crr("notes")
+    peer = Peer(path, [], insecure=True, poll_interval=0.1)
+    async with peer:
+        await peer.begin_page()  # what a session does for a page spanning frames
+        write = asyncio.create_task(
+            peer.run_in_store(peer.store.execute, "INSERT INTO notes VALUES (1, 'app')")
+        )
+        migrate = asyncio.create_task(
+            peer.migrate(1, "ALTER TABLE notes ADD COLUMN tag TEXT", alter=["notes"])
+        )
+        await asyncio.sleep(0.3)
+        assert not write.done()
+        assert not migrate.done()
+        await peer.end_page(commit=True)
+        async with asyncio.timeout(10):
+            await write
+            await migrate
+        assert peer.store.execute("SELECT id, body, tag FROM notes") == [(1, "app", None)]
+        # A migration on the app's own connection, noticed by the peer's
+        # watcher while a page is open: merging held rows waits for the page.
+        held = [("notes", b"\x01\x09\x01", "n", 7, 1, 1, B_SITE, 1, 0)]
+        await peer.run_in_store(peer.store.apply, held, hold_unknown=True, held_schema=2)
+        assert peer.store.held_count() == 1
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            crsqlite.load(other)
+            other.executescript(
+                "SELECT crsql_begin_alter('notes'); ALTER TABLE notes ADD COLUMN n INTEGER;"
+                "SELECT crsql_commit_alter('notes'); PRAGMA user_version = 2;"
+            )
+            other.execute("SELECT crsql_finalize()")
+        finally:
+            other.close()
+        await peer.begin_page()
+        await asyncio.sleep(0.5)  # several polls of the peer's watcher
+        await peer.end_page(commit=True)
+        for _ in range(200):  # the watcher's next poll merges the held row
+            if peer.store.execute("SELECT n FROM notes") == [(7,)]:
+                break
+            await asyncio.sleep(0.05)
+        await peer.execute("UPDATE notes SET n = 8 WHERE id = 1")
+        assert peer.store.execute("SELECT n FROM notes") == [(8,)]

@@ -47,6 +47,16 @@ partition is a control command: each node refuses to dial the peers it is
 cut from and closes any session with them, so no frame crosses. Link faults
 are applied by each node to the frames it sends (see :class:`LinkFault`).
 
+Large values
+------------
+``value_preset("large", workload)`` (the CLI's ``--values large``) makes
+every write's value 1 KB to 3 MB of text or blob, half the writes many-row
+transactions, and gives the cluster 256 KiB frames
+(:data:`LARGE_VALUES_LIMITS`), so that pages are cut by bytes and a third of
+the values travel in PART frames, in both modes. The plan holds each value's
+seed and size only; the value is drawn where the write runs, the same every
+time. The oracle compares values whole.
+
 Clock skew
 ----------
 crpeer takes no merge decision from a wall clock (cr-sqlite orders writes
@@ -70,8 +80,11 @@ from peer.testing.report import Report
 from peer.testing.runner import Mode, Progress, ProgressCallback, run, run_async
 from peer.testing.scenario import (
     FAULT_PRESETS,
+    LARGE_VALUES,
+    LARGE_VALUES_LIMITS,
     NOTES_SCHEMA,
     TOPOLOGIES,
+    VALUE_PRESETS,
     ClockSkew,
     ClusterSpec,
     Crash,
@@ -85,15 +98,19 @@ from peer.testing.scenario import (
     Workload,
     fault_preset,
     topology_edges,
+    value_preset,
 )
 from transports.memory import LinkFaults
 
 __all__ = [
     "FAULT_PRESETS",
+    "LARGE_VALUES",
+    "LARGE_VALUES_LIMITS",
     "MIGRATION_PRESETS",
     "NOTES_MIGRATIONS",
     "NOTES_SCHEMA",
     "TOPOLOGIES",
+    "VALUE_PRESETS",
     "ClockSkew",
     "ClusterDriver",
     "ClusterSpec",
@@ -125,4 +142,5 @@ __all__ = [
     "run",
     "run_async",
     "topology_edges",
+    "value_preset",
 ]

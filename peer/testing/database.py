@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import msgpack
 import pysqlite3.dbapi2 as sqlite3
 
 from peer import crsqlite
+from peer.errors import ConfigError
 from peer.store import Change, Cursor, SqlValue, Store
 from peer.testing.migrations import SchemaChange
 from peer.testing.plan import MARK_DDL, MARK_TABLE
@@ -25,11 +27,13 @@ __all__ = [
     "capture_write",
     "decode_changes",
     "encode_changes",
+    "expand_write",
     "migrate_on_own_connection",
     "migrate_store",
     "migrations_to",
     "open_prepared",
     "prepare_database",
+    "sized_value",
     "table_digests",
     "vector",
 ]
@@ -90,8 +94,51 @@ def prepare_database(path: str | Path, schema: Schema) -> None:
     open_prepared(path, schema).close()
 
 
+_WIDE = str.maketrans({"a": "é", "b": "€", "c": "\U0001d11e"})
+"""Hex digits to 2-, 3- and 4-byte UTF-8 characters: a value cut into parts
+at any byte may split a character."""
+
+
+def sized_value(seed: str, size: int, *, blob: bool) -> str | bytes:
+    """A value of about ``size`` bytes drawn from ``seed`` (the same seed,
+    the same value): random bytes, or random text of ASCII and 2-, 3- and
+    4-byte UTF-8 characters (about ``size`` bytes once encoded)."""
+    rng = random.Random(seed)
+    if blob:
+        return rng.randbytes(size)
+    chars = max(1, size * 16 // 22)  # 13 one-byte hex digits in 16, then 2 + 3 + 4 bytes
+    return rng.randbytes((chars + 1) // 2).hex()[:chars].translate(_WIDE)
+
+
+def expand_write(params: Mapping[str, SqlValue]) -> list[dict[str, SqlValue]]:
+    """The statements' parameters of one planned write, one dict per row.
+
+    A plain write is one row with ``params`` as they are. ``rows`` (n > 1)
+    makes n rows with keys ``key``, ``key + 1``, ... and texts
+    ``text/0``, ``text/1``, ...; ``size`` replaces each row's text with
+    :func:`sized_value` of that seed (a blob when ``number + row`` is odd).
+    ``rows`` and ``size`` are left out of the dicts.
+    """
+    base = {k: v for k, v in params.items() if k not in ("rows", "size")}
+    count, size = params.get("rows", 1), params.get("size", 0)
+    if not isinstance(count, int) or count < 1 or not isinstance(size, int):
+        raise ConfigError(f"a write's rows and size must be ints, not {count!r}, {size!r}")
+    if count == 1 and size <= 0:
+        return [base]
+    key, text, number = base.get("key"), base.get("text"), base.get("number", 0)
+    if not isinstance(key, int) or not isinstance(text, str) or not isinstance(number, int):
+        raise ConfigError("a sized or many-row write needs an int key and number and a str text")
+    out: list[dict[str, SqlValue]] = []
+    for row in range(count):
+        seed = f"{text}/{row}" if count > 1 else text
+        value = sized_value(seed, size, blob=(number + row) % 2 == 1) if size > 0 else seed
+        out.append({**base, "key": key + row, "text": value})
+    return out
+
+
 def capture_write(store: Store, sql: str, params: Mapping[str, SqlValue]) -> list[Change]:
-    """Run one write (one transaction) and return the changes it committed.
+    """Run one write (one transaction, one statement per row of
+    :func:`expand_write`) and return the changes it committed.
 
     The changes are this site's rows above the db_version before the write:
     exactly the write's own, since every write and merge of ``store`` runs on
@@ -99,7 +146,18 @@ def capture_write(store: Store, sql: str, params: Mapping[str, SqlValue]) -> lis
     update or delete of a missing row).
     """
     before = store.db_version()
-    store.execute(sql, dict(params))
+    rows = expand_write(params)
+    if len(rows) == 1:
+        store.execute(sql, rows[0])
+    else:
+        store.execute("BEGIN IMMEDIATE")
+        try:
+            for values in rows:
+                store.execute(sql, values)
+        except BaseException:
+            store.execute("ROLLBACK")
+            raise
+        store.execute("COMMIT")
     others = set(store.cursor())
     out: list[Change] = []
     cursor: Cursor = {store.site_id: before}
@@ -115,7 +173,11 @@ def vector(store: Store) -> tuple[bytes, Cursor]:
 
 
 def table_digests(store: Store) -> dict[str, str]:
-    """sha256 of each CRR table's rows, sorted by every column in order."""
+    """sha256 of each CRR table's rows, sorted by every column in order.
+
+    Each row counts whole, through ``repr``: every value in full, its type
+    included (text ``'ab'`` and blob ``b'ab'`` differ, and so do 1 and 1.0),
+    so equal digests mean equal tables, byte for byte."""
     out: dict[str, str] = {}
     for table, columns in sorted(store.crr_columns().items()):
         order = ", ".join(str(i + 1) for i in range(len(columns)))

@@ -83,7 +83,9 @@ NOTES_MIGRATIONS: tuple[SchemaChange, ...] = (
         alter=("notes",),
         insert=(
             "INSERT INTO notes (id, body, author, n, ts, tag) "
-            "VALUES (:key, :text, :author, :number, :ts, 'tag ' || :text) "
+            "VALUES (:key, :text, :author, :number, :ts, "
+            "CASE WHEN typeof(:text) = 'blob' THEN 'tag ' || hex(substr(:text, 1, 8)) "
+            "ELSE 'tag ' || :text END) "
             "ON CONFLICT (id) DO UPDATE SET body = excluded.body, author = excluded.author, "
             "n = excluded.n, ts = excluded.ts, tag = excluded.tag"
         ),

@@ -2,7 +2,9 @@
 
 Started by :class:`peer.testing.process.ProcessDriver`, never by hand. The
 node opens a prepared database (``--db``), starts a Peer with a TcpTransport
-on ``127.0.0.1:--port`` (0: any free port) in plaintext, prints one line
+on ``127.0.0.1:--port`` (0: any free port) in plaintext with the
+:class:`~peer.protocol.Limits` given (``--max-frame-bytes`` and the rest;
+default: crpeer's), prints one line
 ``{"event": "ready", "port": P, "site_id": HEX, "pid": N}`` on stdout, then
 answers JSON commands read from stdin, one per line, each
 ``{"id": N, "op": ..., ...}`` answered by ``{"id": N, "ok": true, ...}`` or
@@ -10,8 +12,10 @@ answers JSON commands read from stdin, one per line, each
 
 - ``dial`` ``peers: {name: address}``: remember the addresses, dial them for
   good;
-- ``write`` ``sql``, ``params``: run one write; answers ``changes`` (the
-  committed changes, msgpack+base64);
+- ``write`` ``sql``, ``params``: run one write (see
+  :func:`peer.testing.database.capture_write`: sized and many-row writes are
+  expanded here, so the pipe carries only their seeds); answers ``changes``
+  (the committed changes, msgpack+base64);
 - ``vector``: answers ``site_id`` and ``cursor`` (``{hex origin: version}``);
 - ``digests``: answers ``digests`` (``{table: sha256}``);
 - ``block`` ``names``: the partition: refuse to dial those peers, close any
@@ -201,9 +205,15 @@ class _Node:
             ping_interval=args.ping_interval,
             idle_timeout=args.idle_timeout,
             backoff=self.base_backoff,
+            limits=Limits(
+                max_frame_bytes=args.max_frame_bytes,
+                max_batch_rows=args.max_batch_rows,
+                window=args.window,
+                max_value_bytes=args.max_value_bytes,
+                snapshot_threshold=args.snapshot_threshold,
+            ),
             seed=args.seed,
             insecure=True,
-            limits=Limits(snapshot_threshold=args.snapshot_threshold),
         )
         self.rules.peer = self.peer
         self.peer.subscribe(self._on_event)
@@ -326,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout", type=float, default=1.5)
     parser.add_argument("--backoff-initial", type=float, default=0.02)
     parser.add_argument("--backoff-max", type=float, default=0.5)
+    defaults = Limits()
+    parser.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes)
+    parser.add_argument("--max-batch-rows", type=int, default=defaults.max_batch_rows)
+    parser.add_argument("--window", type=int, default=defaults.window)
+    parser.add_argument("--max-value-bytes", type=int, default=defaults.max_value_bytes)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--snapshot-threshold", type=int, default=Limits().snapshot_threshold)
     args = parser.parse_args(argv)

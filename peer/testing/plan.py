@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from peer.testing.scenario import (
     Fault,
     Join,
     Scenario,
+    Workload,
     fault_to_dict,
     topology_edges,
 )
@@ -51,6 +53,9 @@ class WriteStep:
     ``op`` is ``insert``, ``update``, ``delete`` or ``mark`` (the final write
     of each peer into the harness's own table, after every fault ended: the
     last version of each origin, which every peer must end up holding).
+    A sized or many-row write also has ``size`` and ``rows`` among its
+    ``params``: the seeds of its values, expanded where it runs (see
+    :func:`peer.testing.database.expand_write`).
     """
 
     at: float
@@ -125,6 +130,9 @@ def make_plan(scenario: Scenario) -> Plan:
     # A peer that joins late is down from the start until it joins.
     crashes += [Crash(0.0, f.at + f.quiet, f.peer) for f in scenario.faults if isinstance(f, Join)]
     skews = [f for f in scenario.faults if isinstance(f, ClockSkew)]
+    # Sizes and row counts come from a stream of their own: a workload
+    # without them draws exactly the plan it always drew.
+    shapes = random.Random(f"shapes/{scenario.seed}")
     t, count = 0.0, 0
     while work.writes is None or count < work.writes:
         t += rng.expovariate(work.rate)
@@ -134,13 +142,14 @@ def make_plan(scenario: Scenario) -> Plan:
         up = [p for p in range(spec.peers) if not _down(p, at, crashes)]
         op = rng.choices(OPS, weights=work.mix)[0]
         key, number, token = rng.randrange(work.keys), rng.randrange(1 << 31), rng.getrandbits(32)
+        shape = _shape(work, shapes)
         if not up:
             continue
         peer = rng.choice(up)
         params = _params(
             peer, at, skews, key=key, number=number, text=f"p{peer}#{count}:{token:08x}"
         )
-        timed.append((at, 2, WriteStep(at, peer, op, params)))
+        timed.append((at, 2, WriteStep(at, peer, op, params + shape)))
         count += 1
     end = scenario.duration
     for peer in range(spec.peers):
@@ -148,6 +157,20 @@ def make_plan(scenario: Scenario) -> Plan:
         timed.append((end, 3, WriteStep(end, peer, "mark", params)))
     timed.sort(key=lambda item: (item[0], item[1]))
     return Plan(scenario.seed, tuple(edges), tuple(step for _, _, step in timed))
+
+
+def _shape(work: Workload, rng: random.Random) -> tuple[tuple[str, SqlValue], ...]:
+    """``size`` and ``rows`` of one write (none for a plain workload)."""
+    out: list[tuple[str, SqlValue]] = []
+    rows = 1 if work.rows == 1 or rng.random() < 0.5 else rng.randint(2, work.rows)
+    if rows > 1:
+        out.append(("rows", rows))
+    if work.value_bytes is not None:
+        low, high = work.value_bytes
+        size = round(math.exp(rng.uniform(math.log(low), math.log(high))))
+        size = max(low, min(size, work.transaction_bytes // rows))
+        out.append(("size", size))
+    return tuple(out)
 
 
 def _down(peer: int, at: float, crashes: list[Crash]) -> bool:

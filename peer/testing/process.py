@@ -330,6 +330,10 @@ class ProcessDriver(ClusterDriver):
             f"--backoff-initial={spec.backoff.initial}",
             f"--backoff-max={spec.backoff.maximum}",
             f"--snapshot-threshold={spec.limits.snapshot_threshold}",
+            f"--max-frame-bytes={spec.limits.max_frame_bytes}",
+            f"--max-batch-rows={spec.limits.max_batch_rows}",
+            f"--window={spec.limits.window}",
+            f"--max-value-bytes={spec.limits.max_value_bytes}",
         ]
         # Popen rather than asyncio's subprocesses: the driver owns the pipes
         # (connect_read_pipe) and reaps the child itself, with no watcher thread.

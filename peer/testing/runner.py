@@ -159,6 +159,20 @@ class _Oracle:
         self._pool.shutdown(wait=True)
 
 
+async def _stop(task: asyncio.Task[None], running: asyncio.Event) -> None:
+    """Stop a loop that runs while ``running`` is set, and wait for it.
+
+    Cancelling alone is not enough: on Python 3.11, ``asyncio.wait_for``
+    (which a driver's request may be awaiting) drops a cancellation that
+    arrives just as its answer does, and the loop would go on for good. The
+    cleared event ends it at its next turn whatever happened to the
+    cancellation."""
+    running.clear()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class _Run:
     def __init__(
         self,
@@ -213,6 +227,8 @@ class _Run:
         started = time.monotonic()
         oracle = _Oracle()
         sampler: asyncio.Task[None] | None = None
+        sampling = asyncio.Event()
+        sampling.set()
         try:
             final = max(
                 (f.version for f in self.scenario.faults if isinstance(f, Migrate)), default=0
@@ -222,7 +238,9 @@ class _Run:
             await self.driver.start(self.plan)
             self.t0 = self._now()
             self._enter("run", self.scenario.duration)
-            sampler = asyncio.create_task(self._sample_forever(oracle), name="harness-sampler")
+            sampler = asyncio.create_task(
+                self._sample_forever(oracle, sampling), name="harness-sampler"
+            )
             for step in self.plan.steps:
                 delay = self.t0 + step.at - self._now()
                 if delay > 0:
@@ -234,18 +252,14 @@ class _Run:
                     await self._fault(step)
             self._enter("converge", self.scenario.converge_timeout)
             converged_at = await self._converge(oracle)
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            await _stop(sampler, sampling)
             await self._sample(oracle)
             if converged_at is not None:
                 self.report.time_to_converge = round(converged_at - self.phase_t0, 3)
             await self._verdict(oracle, converged_at is not None)
         finally:
-            if sampler is not None and not sampler.done():
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
+            if sampler is not None:
+                await _stop(sampler, sampling)
             try:
                 await self.driver.close()
             finally:
@@ -338,8 +352,9 @@ class _Run:
             lag = lag_of(self.sites[index], self.cursors[index], union) if index in up else None
             self.report.lag[name].append((t, lag))
 
-    async def _sample_forever(self, oracle: _Oracle) -> None:
-        while True:
+    async def _sample_forever(self, oracle: _Oracle, sampling: asyncio.Event) -> None:
+        """Sample until ``sampling`` is cleared (see :func:`_stop`)."""
+        while sampling.is_set():
             await self._sample(oracle)
             self._tick()
             await asyncio.sleep(self.scenario.sample_interval)

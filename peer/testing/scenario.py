@@ -13,7 +13,7 @@ harness writes one final mark per peer and waits for convergence.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
 from peer.errors import ConfigError
@@ -24,8 +24,11 @@ from transports.memory import LinkFaults
 
 __all__ = [
     "FAULT_PRESETS",
+    "LARGE_VALUES",
+    "LARGE_VALUES_LIMITS",
     "NOTES_SCHEMA",
     "TOPOLOGIES",
+    "VALUE_PRESETS",
     "ClockSkew",
     "ClusterSpec",
     "Crash",
@@ -39,6 +42,7 @@ __all__ = [
     "Workload",
     "fault_preset",
     "topology_edges",
+    "value_preset",
 ]
 
 Topology: TypeAlias = Literal["mesh", "line", "ring", "star", "random"]
@@ -120,12 +124,27 @@ class Workload:
 
     ``mix`` weighs insert, update and delete; ``keys`` is the key space
     (small key spaces make concurrent edits of the same row likely).
+
+    Sized writes (``value_bytes`` set, see :data:`LARGE_VALUES`): each
+    write's ``:text`` is a value of about ``n`` bytes, ``n`` drawn
+    log-uniformly within ``value_bytes``, as text (with 2-, 3- and 4-byte
+    UTF-8 characters among ASCII) or, for about half the rows, as a blob.
+    With ``rows`` > 1, half the writes are one transaction of 2..``rows``
+    statements (keys ``:key``, ``:key + 1``, ..., each with a ``:text`` of
+    its own), their values cut so that a transaction carries at most
+    ``transaction_bytes``. The plan holds only each value's seed and size
+    (see :func:`peer.testing.database.expand_write`), so plans stay small.
+    In process mode a write's changes come back over a pipe in one line of
+    at most 16 MiB: keep ``transaction_bytes`` under about 10 MB there.
     """
 
     rate: float = 50.0
     writes: int | None = None
     mix: tuple[float, float, float] = (0.5, 0.35, 0.15)
     keys: int = 100
+    value_bytes: tuple[int, int] | None = None
+    rows: int = 1
+    transaction_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
@@ -136,6 +155,51 @@ class Workload:
             raise ConfigError("workload mix is three non-negative weights, not all zero")
         if self.keys < 1:
             raise ConfigError("workload keys must be >= 1")
+        if self.value_bytes is not None:
+            low, high = self.value_bytes
+            if not 1 <= low <= high:
+                raise ConfigError("workload value_bytes is (low, high) with 1 <= low <= high")
+        if self.rows < 1:
+            raise ConfigError("workload rows must be >= 1")
+        if self.transaction_bytes < 1:
+            raise ConfigError("workload transaction_bytes must be >= 1")
+
+
+VALUE_PRESETS: tuple[str, ...] = ("small", "large")
+LARGE_VALUES = Workload(
+    rate=6.0,
+    keys=40,
+    value_bytes=(1024, 3 * 1024 * 1024),
+    rows=12,
+    transaction_bytes=4 * 1024 * 1024,
+)
+"""The large-values workload: values of 1 KB to 3 MB (a third of them larger
+than :data:`LARGE_VALUES_LIMITS`' frames), single-row and many-row
+transactions of up to 4 MB, at 6 writes per second."""
+LARGE_VALUES_LIMITS = Limits(max_frame_bytes=256 * 1024)
+"""Limits for a large-values cluster: 256 KiB frames, so that values of
+300 KB to 3 MB travel in PART frames and pages are cut by bytes, without
+the megabytes a run would need to exceed the default 8 MiB frame."""
+
+
+def value_preset(name: str, workload: Workload) -> tuple[Workload, Limits]:
+    """``workload`` and the cluster limits for value preset ``name``:
+    ``small`` (the workload as given, default limits) or ``large``
+    (:data:`LARGE_VALUES`' sizes and transactions with ``workload``'s rate,
+    count, mix and keys; :data:`LARGE_VALUES_LIMITS`). Raises ConfigError
+    for an unknown name."""
+    if name not in VALUE_PRESETS:
+        raise ConfigError(f"value preset must be one of {', '.join(VALUE_PRESETS)}")
+    if name == "small":
+        return workload, Limits()
+    large = LARGE_VALUES
+    sized = replace(
+        workload,
+        value_bytes=large.value_bytes,
+        rows=large.rows,
+        transaction_bytes=large.transaction_bytes,
+    )
+    return sized, LARGE_VALUES_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
