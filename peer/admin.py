@@ -47,7 +47,7 @@ from peer import events
 from peer.cli_common import event_to_dict, peers_document, status_document
 from peer.errors import ConfigError, CrpeerError
 from peer.housekeeping import wal_size
-from peer.identity import _read_private_file, _write_private_file
+from peer.identity import read_private_file, write_private_file
 from peer.metrics import NodeMetrics, database_path, file_size
 from peer.trust import TrustStore, default_trust_path
 
@@ -118,13 +118,13 @@ def load_or_create_token(path: Path) -> str:
     Raises ConfigError if the file is accessible to other users, unreadable,
     or does not hold a token (16 to 200 printable characters).
     """
-    data = _read_private_file(path, ConfigError)
+    data = read_private_file(path, ConfigError)
     if data is None:
         try:
-            _write_private_file(path, (secrets.token_urlsafe(32) + "\n").encode(), replace=False)
+            write_private_file(path, (secrets.token_urlsafe(32) + "\n").encode(), replace=False)
         except OSError as exc:
             raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        data = _read_private_file(path, ConfigError)  # ours, or a racing writer's
+        data = read_private_file(path, ConfigError)  # ours, or a racing writer's
         assert data is not None
     try:
         token = data.decode("ascii").strip()

@@ -39,7 +39,9 @@ __all__ = [
     "parse_peer_id",
     "peer_id_from_certificate",
     "peer_id_from_public_key",
+    "read_private_file",
     "universal_issuer_certificate",
+    "write_private_file",
 ]
 
 _ISSUER_SEED = b"crpeer universal issuer v1"
@@ -131,7 +133,7 @@ def _mint_certificate(key: Ed25519PrivateKey, peer_id: str, now: dt.datetime) ->
     return certificate.public_bytes(serialization.Encoding.DER)
 
 
-def _read_private_file(path: Path, error: type[CrpeerError]) -> bytes | None:
+def read_private_file(path: Path, error: type[CrpeerError]) -> bytes | None:
     """The bytes of a secret file, or None if it does not exist.
 
     Raises ``error`` if it cannot be read, is too large, or (on POSIX) other
@@ -159,7 +161,7 @@ def _read_private_file(path: Path, error: type[CrpeerError]) -> bytes | None:
     return data
 
 
-def _write_private_file(path: Path, data: bytes, *, replace: bool) -> bool:
+def write_private_file(path: Path, data: bytes, *, replace: bool) -> bool:
     """Atomically write a secret file with mode 0600 (created so, never chmod-ed).
 
     With ``replace=False`` an existing file is left alone and False returned.
@@ -225,7 +227,7 @@ class Identity:
         users, is not an unencrypted PKCS8 PEM Ed25519 key, or cannot be created.
         """
         key_path = Path(path)
-        data = _read_private_file(key_path, IdentityError)
+        data = read_private_file(key_path, IdentityError)
         if data is None:
             pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM,
@@ -233,13 +235,13 @@ class Identity:
                 serialization.NoEncryption(),
             )
             try:
-                _write_private_file(key_path, pem, replace=False)
+                write_private_file(key_path, pem, replace=False)
             except OSError as exc:
                 raise IdentityError(
                     f"cannot create the key file {key_path}: {exc.strerror or exc}; "
                     "check that its folder exists and is writable"
                 ) from exc
-            data = _read_private_file(key_path, IdentityError)
+            data = read_private_file(key_path, IdentityError)
         advice = "restore it from a backup, or move it away to start with a new peer id"
         try:
             key = serialization.load_pem_private_key(data or b"", password=None)

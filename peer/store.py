@@ -102,7 +102,9 @@ __all__ = [
     "LargeGroup",
     "SqlValue",
     "Store",
+    "create_private_file",
     "file_integrity_problems",
+    "persisted_cursor",
 ]
 
 
@@ -300,7 +302,7 @@ class Store:
             None
         )
         if not read_only and self.path != ":memory:" and not self.path.startswith("file:"):
-            _create_private_file(self.path)
+            create_private_file(self.path)
         self._group_readers = 0
         """Connections of read_group iterators still open (file stores)."""
         separate = not read_only and self.path != ":memory:" and not self.path.startswith("file:")
@@ -610,7 +612,7 @@ class Store:
     def cursor(self) -> Cursor:
         """The persisted version vector of what this database holds from others."""
         with self._lock:
-            return _persisted_cursor(self._conn)
+            return persisted_cursor(self._conn)
 
     @_translate_errors
     def site_owners(self) -> dict[bytes, str]:
@@ -750,7 +752,7 @@ class Store:
             # An origin the remote's cursor already covers has nothing to send.
             origins = [self.site_id] + [
                 origin
-                for origin, version in _persisted_cursor(self._reader).items()
+                for origin, version in persisted_cursor(self._reader).items()
                 if cursor.get(origin, 0) < version
             ]
             origins = [origin for origin in origins if origin not in exclude]
@@ -1040,7 +1042,7 @@ class Store:
         """Write a consistent copy of the database to ``out`` (created empty
         with mode 0600 first; it must not exist) with ``VACUUM INTO``, through
         the read connection: one read transaction, writers go on."""
-        _create_private_file(out)
+        create_private_file(out)
         with self._read_lock:
             self._reader.execute("VACUUM INTO ?", (os.fspath(out),))
 
@@ -1310,7 +1312,7 @@ class Store:
             if self._page_open:
                 raise StoreError("a page is already open")
             self._begin_sync()
-            self._page_known = _persisted_cursor(self._sync)
+            self._page_known = persisted_cursor(self._sync)
         except BaseException:
             if self._sync.in_transaction:
                 self._sync.execute("ROLLBACK")
@@ -1398,7 +1400,7 @@ class Store:
                 impacted = self._page_impacted if in_page else 0
                 known: Cursor = {}
                 if skip_known:
-                    known = self._page_known if in_page else _persisted_cursor(self._sync)
+                    known = self._page_known if in_page else persisted_cursor(self._sync)
                 fresh = [group for group in groups if group[1] > known.get(group[0], 0)]
                 rest: list[Group] = []
                 if yield_to is None or in_page:
@@ -1636,7 +1638,7 @@ def schema_fingerprint_of(conn: Any, tables: Iterable[str]) -> bytes:
     return digest.digest()[:16]
 
 
-def _create_private_file(path: str | os.PathLike[str]) -> None:
+def create_private_file(path: str | os.PathLike[str]) -> None:
     """Create ``path`` empty with mode 0600 if nothing is there yet.
 
     SQLite creates a database 0644 (less the umask) and gives its ``-wal``,
@@ -1758,7 +1760,7 @@ def _replan(
     return plan_groups(rows, *schema, own_site, hold_unknown, types_checked=True)
 
 
-def _persisted_cursor(conn: Any) -> Cursor:
+def persisted_cursor(conn: Any) -> Cursor:
     """The cursor as stored, read on ``conn`` (inside its transaction, if any),
     as one JSON value: one step, not one per origin (see :func:`_insert`)."""
     (text,) = conn.execute(

@@ -42,13 +42,14 @@ from typing import Any
 
 import pysqlite3.dbapi2 as sqlite3
 
+from peer.changes import MAX_COUNTER
 from peer.errors import ConfigError, SnapshotError, StoreError
 from peer.store import (
     SITE_ID_LENGTH,
     Cursor,
     Store,
-    _create_private_file,
-    _persisted_cursor,
+    create_private_file,
+    persisted_cursor,
     schema_fingerprint_of,
 )
 
@@ -75,7 +76,7 @@ def take_snapshot(database: Path, out: Path) -> None:
         raise ConfigError(f"{out} exists; choose a new file for the snapshot")
     with Store(database, read_only=True) as store:  # a snapshot never writes to its source
         try:
-            _create_private_file(out)  # VACUUM INTO fills an empty file, keeping its mode
+            create_private_file(out)  # VACUUM INTO fills an empty file, keeping its mode
             store.execute("VACUUM INTO ?", (os.fspath(out),))
         except StoreError:
             out.unlink(missing_ok=True)
@@ -96,7 +97,7 @@ def restore_snapshot(snapshot: Path, database: Path) -> bytes:
             raise ConfigError(f"{path} exists; restore to a new path, or move it away first")
     temporary = database.with_name(f".{database.name}.{secrets.token_hex(4)}.restore")
     try:
-        _create_private_file(temporary)  # copyfile keeps the mode of a file it overwrites
+        create_private_file(temporary)  # copyfile keeps the mode of a file it overwrites
         shutil.copyfile(snapshot, temporary)
         new_site = secrets.token_bytes(SITE_ID_LENGTH)
         _resite(temporary, new_site)
@@ -250,7 +251,7 @@ def snapshot_cursor(snapshot: Path) -> Cursor:
     db_version (what :func:`prepare_received` records for it)."""
     connection = _open_plain(snapshot)
     try:
-        cursor = _persisted_cursor(connection)
+        cursor = persisted_cursor(connection)
         (site,) = connection.execute(
             "SELECT site_id FROM crsql_site_id WHERE ordinal = 0"
         ).fetchone()
@@ -301,7 +302,7 @@ def prepare_received(snapshot: Path, reference: SnapshotReference) -> Cursor:
             connection.execute(f"DELETE FROM {_quote(table)}")
         connection.execute("DELETE FROM crpeer_sites")
         connection.execute("COMMIT")
-        return _persisted_cursor(connection)
+        return persisted_cursor(connection)
     except sqlite3.Error as exc:
         raise SnapshotError(f"cannot prepare the snapshot: {exc}") from exc
     finally:
@@ -330,19 +331,29 @@ def _check_received(connection: sqlite3.Connection, reference: SnapshotReference
     fingerprint = schema_fingerprint_of(connection, crrs)
     if (version, fingerprint) != (reference.schema_version, reference.schema_fingerprint):
         raise SnapshotError("the snapshot's schema version or fingerprint differs from ours")
+    # Counters stay within what the extension adds to without overflow, as
+    # they do for every change row a peer sends (peer.changes.MAX_COUNTER).
+    top = MAX_COUNTER
     checks = [
         "SELECT count(*) FROM crsql_site_id WHERE typeof(site_id) != 'blob' "
         "OR length(site_id) != 16 OR typeof(ordinal) != 'integer' OR ordinal < 0",
         "SELECT count(*) != 1 FROM crsql_site_id WHERE ordinal = 0",
         "SELECT count(*) FROM crpeer_cursor WHERE typeof(origin) != 'blob' "
-        "OR length(origin) != 16 OR typeof(version) != 'integer' OR version < 0",
+        "OR length(origin) != 16 OR typeof(version) != 'integer' "
+        f"OR version NOT BETWEEN 0 AND {top}",
         "SELECT count(*) FROM crpeer_versions WHERE typeof(origin) != 'blob' "
         "OR length(origin) != 16 OR typeof(local_version) != 'integer' "
-        "OR typeof(origin_version) != 'integer' OR origin_version < 0",
-        "SELECT count(*) FROM crpeer_held WHERE typeof(origin) != 'blob' OR length(origin) != 16",
+        f"OR typeof(origin_version) != 'integer' OR origin_version NOT BETWEEN 0 AND {top}",
+        "SELECT count(*) FROM crpeer_held WHERE typeof(origin) != 'blob' OR length(origin) != 16 "
+        + "".join(
+            f"OR typeof({column}) != 'integer' OR {column} NOT BETWEEN 0 AND {top} "
+            for column in ("version", "seq", "col_version", "cl")
+        ),
         *(
             f"SELECT count(*) FROM {_quote(clock)} WHERE typeof(db_version) != 'integer' "
-            "OR typeof(col_version) != 'integer' OR db_version < 0 "
+            "OR typeof(col_version) != 'integer' OR typeof(seq) != 'integer' "
+            f"OR db_version NOT BETWEEN 0 AND {top} OR col_version NOT BETWEEN 0 AND {top} "
+            f"OR seq NOT BETWEEN 0 AND {top} "
             "OR site_id NOT IN (SELECT ordinal FROM crsql_site_id)"
             for clock in clocks
         ),

@@ -32,7 +32,7 @@ from typing import Any
 
 from peer.errors import ConfigError, IdentityError, UntrustedPeerError
 from peer.filelock import locked
-from peer.identity import _read_private_file, _write_private_file
+from peer.identity import read_private_file, write_private_file
 from peer.pairing import generate_join_secret, normalize_join_secret, parse_peer_id
 
 __all__ = ["TrustStore", "TrustedPeer", "default_trust_path"]
@@ -89,7 +89,7 @@ class TrustStore:
         accessible to other users, or corrupt.
         """
         store_path = Path(path)
-        data = _read_private_file(store_path, ConfigError)
+        data = read_private_file(store_path, ConfigError)
         peers, secret = ({}, None) if data is None else _parse(data, store_path)
         return cls(store_path, peers, secret, clock or (lambda: dt.datetime.now(dt.UTC)))
 
@@ -156,7 +156,7 @@ class TrustStore:
 
     def _reload_locked(self) -> builtins.list[str]:
         """Re-read the file (the caller holds ``_lock``); the ids that disappeared."""
-        data = _read_private_file(self._path, ConfigError)
+        data = read_private_file(self._path, ConfigError)
         peers, secret = ({}, None) if data is None else _parse(data, self._path)
         removed = sorted(set(self._peers) - set(peers))
         self._peers, self._join_secret, self._stamp = peers, secret, _stamp(self._path)
@@ -263,7 +263,7 @@ class TrustStore:
         }
         data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
         try:
-            _write_private_file(self._path, data, replace=True)
+            write_private_file(self._path, data, replace=True)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write the trust store {self._path}: {exc.strerror or exc}; "

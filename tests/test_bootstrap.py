@@ -237,6 +237,10 @@ TAMPERINGS: dict[str, Callable[[Path], None]] = {
     "other schema version": lambda path: _sql(path, "PRAGMA user_version = 9"),
     "bad bookkeeping": lambda path: _sql(path, "INSERT INTO crpeer_cursor VALUES (x'00', 1)"),
     "integrity": _corrupt,
+    # The extension adds one to a clock's counters without an overflow check.
+    "counter past 2**62": lambda path: _sql(
+        path, f'UPDATE "notes__crsql_clock" SET col_version = {2**62 + 1}'
+    ),
 }
 
 
