@@ -293,7 +293,7 @@ class AdminServer:
                 "name": self.peer.name,
                 "database": os.fspath(self.database),
                 "database_bytes": file_size(path) if path else 0,
-                "wal_bytes": file_size(f"{path}-wal") if path else 0,
+                "wal_bytes": wal_size(path) if path else 0,
                 "listen": self.listen,
                 "lan": self.lan,
                 "labels": {e.peer_id: e.label for e in trust.list()} if trust else {},

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from peer.errors import ConfigError
+from peer.filelock import lock_path
 from peer.identity import Identity, default_key_path
 from peer.status import PeerStatus
 from peer.store import Store, file_integrity_problems
@@ -29,11 +30,6 @@ __all__ = [
     "read_local_status",
     "serve_is_running",
 ]
-
-
-def lock_path(database: Path) -> Path:
-    """The lock file a running node holds for ``database``."""
-    return Path(f"{os.fspath(database)}.lock")
 
 
 class InstanceLock:

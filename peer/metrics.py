@@ -50,6 +50,7 @@ from peer.errors import (
     RemoteProtocolError,
     UntrustedPeerError,
 )
+from peer.housekeeping import wal_size
 from peer.status import PeerStatus
 
 if TYPE_CHECKING:
@@ -267,7 +268,7 @@ class NodeMetrics(Collector):
         self._transports = tuple(t.scheme for t in self.peer.transports)
         path = database_path(self.peer)
         if path is not None:
-            self._sizes = (file_size(path), file_size(f"{path}-wal"))
+            self._sizes = (file_size(path), wal_size(path))
 
     async def exposition(self) -> bytes:
         """:meth:`refresh`, then the Prometheus text format of :attr:`registry`."""

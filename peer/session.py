@@ -666,7 +666,14 @@ class SessionDriver:
             await self._flush()
         finally:
             outgoing.discard()  # at once, even when cancelled: a close and an unlink
-        await self._snapshot_answered.wait()
+        try:
+            # Pings keep a session alive, so a remote that never answers would
+            # hold this sender for good: bound the wait like a silent remote.
+            await asyncio.wait_for(self._snapshot_answered.wait(), timeout=self._idle_timeout)
+        except TimeoutError:
+            raise RemoteProtocolError(
+                ErrorCode.TIMEOUT, f"no answer to the snapshot within {self._idle_timeout:g} s"
+            ) from None
 
     async def _send_page(self, page: list[Change]) -> None:
         """Send ``page`` as one frame. A transaction in it that the remote does

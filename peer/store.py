@@ -427,6 +427,7 @@ class Store:
         """Run one statement (autocommit): its column names, its rows, and the
         rows it changed (0 for a statement that writes none)."""
         with self._lock:
+            self._guard_main()
             cursor = self._conn.execute(sql, params)
             rows: list[tuple[Any, ...]] = cursor.fetchall()
             columns = [column[0] for column in cursor.description or ()]
@@ -1431,8 +1432,9 @@ class Store:
                         unsaved, impacted = {}, 0
                         yield_to.run_waiting()
                         self._begin_sync()
-                        if self._crr_schema() != schema:
-                            schema = self._crr_schema()
+                        current = self._crr_schema()
+                        if current != schema:
+                            schema = current
                             rest = _replan(rest, schema, self.site_id, hold_unknown)
                     part, rest = _first_slice(rest, APPLY_SLICE_ROWS)
                 _insert(self._sync, _CURSOR_INTO, list(unsaved.items()), _CURSOR_UPSERT)
