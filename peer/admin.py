@@ -31,6 +31,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import time
@@ -53,6 +54,8 @@ from peer.trust import TrustStore, default_trust_path
 
 if TYPE_CHECKING:
     from peer.peer import Peer
+
+_log = logging.getLogger("crpeer.admin")
 
 __all__ = [
     "AdminOptions",
@@ -314,6 +317,10 @@ class AdminServer:
             if queue.full():
                 continue  # already ended below
             if queue.qsize() == queue.maxsize - 1:
+                _log.warning(
+                    "an /api/events client fell %d events behind: its stream is ended",
+                    queue.maxsize - 1,
+                )
                 queue.put_nowait(None)
             else:
                 queue.put_nowait(item)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from peer.changes import ROW_OVERHEAD, Change, Cursor, change_size
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, ValueTooLargeError
@@ -528,14 +527,13 @@ class SyncSession:
             raise LocalProtocolError("changes before the answer to the snapshot")
         if len(changes) > self.max_send_rows:
             raise LocalProtocolError(f"{len(changes)} rows exceed {self.max_send_rows} per frame")
-        parted = self._value_in_parts(changes)
+        parted, encoded = self._value_in_parts(changes)
         parts: list[Part] = []
         if parted is not None:
-            value = changes[parted][3]
-            data = memoryview(value.encode() if isinstance(value, str) else cast(bytes, value))
-            step = self.frame_limit - FRAME_OVERHEAD
+            data, step = memoryview(encoded), self.max_send_bytes
+            text = isinstance(changes[parted][3], str)
             parts = [
-                Part(len(data), isinstance(value, str), data[start : start + step])
+                Part(len(data), text, data[start : start + step])
                 for start in range(0, len(data), step)
             ]
         needs = schema if schema > self.local.schema_version else None
@@ -553,19 +551,21 @@ class SyncSession:
         self._outbox.append(frame)
         self._sent_frames += 1
 
-    def _value_in_parts(self, changes: Sequence[Change]) -> int | None:
-        """The index of the row whose value must travel in PART frames, or None.
+    def _value_in_parts(self, changes: Sequence[Change]) -> tuple[int | None, bytes]:
+        """The index of the row whose value must travel in PART frames (or
+        None) and that value's bytes (UTF-8 for text: encoded once).
 
         Raises ValueTooLargeError for a value the remote does not take.
         """
         budget, limit = self.max_send_bytes, self.max_send_value
         worth_a_look = min(budget, limit) // 4  # a UTF-8 character is at most 4 bytes
-        parted = None
+        parted, encoded = None, b""
         for index, change in enumerate(changes):
             value = change[3]
             if not (type(value) is bytes or type(value) is str) or len(value) <= worth_a_look:
                 continue
-            size = len(value.encode()) if isinstance(value, str) else len(value)
+            data = value.encode() if isinstance(value, str) else value
+            size = len(data)
             if size > limit:
                 raise ValueTooLargeError(change[6], change[5], size, limit)
             row_size = change_size((*change[:3], None, *change[4:])) + size
@@ -575,8 +575,8 @@ class SyncSession:
                 raise ValueTooLargeError(change[6], change[5], size, limit)
             if parted is not None or len(changes) > 1:
                 raise LocalProtocolError("a row larger than a frame must travel alone")
-            parted = index
-        return parted
+            parted, encoded = index, data
+        return parted, encoded
 
     def send_backlog(self, rows: int) -> None:
         """Tell the remote about how many rows the catch-up holds. In SYNCING."""

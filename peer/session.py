@@ -200,8 +200,10 @@ class SessionDriver:
         """Origins whose next transaction the remote does not take (a value too
         large): the sender leaves them out for the rest of the session."""
         self._backlog: tuple[int, float, int, int, int] | None = None
+        """The remote's announced backlog: (rows, when, and the changes, bytes
+        and app-table rows received before)."""
         self._page_table_rows = 0
-        """The remote's announced backlog: (rows, when, rows and bytes received before)."""
+        """App-table rows received in the open page."""
         self._incoming: IncomingSnapshot | None = None
         """A snapshot being received (protocol 4)."""
         self._snapshot_answered = asyncio.Event()

@@ -55,6 +55,7 @@ import functools
 import hashlib
 import heapq
 import json
+import logging
 import os
 import threading
 import urllib.parse
@@ -90,6 +91,8 @@ from peer.changes import (
 from peer.errors import InvalidChangeError, SchemaError, StoreError
 from peer.packed_pk import KeyColumn, KeyShape, PackedKeyError, check_key
 from peer.store_jobs import StoreJobs
+
+_log = logging.getLogger("crpeer.store")
 
 __all__ = [
     "APPLY_SLICE_ROWS",
@@ -1537,13 +1540,20 @@ class Store:
                 "SELECT rowid, tbl, pk, cid, val, col_version, version, origin, cl, seq "
                 "FROM crpeer_held WHERE applied = 0 ORDER BY origin, version, seq"
             ).fetchall()
-            ready = [
-                r
-                for r in pending
-                if fits(r[1], r[3], columns)
-                and r[3] not in keys[r[1]].names
-                and _key_fits(bytes(r[2]), keys[r[1]])
+            known = [
+                r for r in pending if fits(r[1], r[3], columns) and r[3] not in keys[r[1]].names
             ]
+            ready, unfit = [], set()
+            for r in known:
+                if _key_fits(bytes(r[2]), keys[r[1]]):
+                    ready.append(r)
+                else:
+                    unfit.add(f"{r[1]} from {bytes(r[7]).hex()}")
+            if unfit:
+                _log.warning(
+                    "held rows stay held, their primary key does not fit the table: %s",
+                    ", ".join(sorted(unfit)),
+                )
             if not ready:
                 return 0
             try:

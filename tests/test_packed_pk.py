@@ -4,6 +4,7 @@ whose key, column or counters the extension would mishandle."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -384,3 +385,15 @@ def test_a_held_row_whose_key_does_not_fit_the_new_table_is_never_merged(store: 
     )
     assert merged == 1
     assert store.execute("SELECT * FROM later") == [(3, "v")]
+
+
+def test_a_held_row_left_held_for_its_key_is_logged(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.apply([_row(table="later", pk=pack(["one", "two"]), cid="v")], hold_unknown=True)
+    with caplog.at_level(logging.WARNING, logger="crpeer.store"):
+        merged = store.migrate(
+            1, "CREATE TABLE later (id INTEGER PRIMARY KEY NOT NULL, v TEXT)", new_crrs=["later"]
+        )
+    assert merged == 0
+    assert "primary key does not fit the table: later from" in caplog.text
