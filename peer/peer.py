@@ -280,6 +280,11 @@ class Peer:
             self._executor.shutdown(wait=True)
         if self._read_executor is not None:
             self._read_executor.shutdown(wait=True)
+        if self._store is not None and self._store.path != ":memory:":
+            # A copy whose session ended while the read thread made it (see
+            # make_snapshot) may be finished only now.
+            for leftover in await asyncio.to_thread(remove_leftovers, self._store.path):
+                self.log.info("removed %s (a snapshot no session sends)", leftover)
 
     async def __aenter__(self) -> Peer:
         await self.start()
@@ -521,11 +526,16 @@ class Peer:
         store = self.store
         if not store.can_stream_pages:
             return None  # an in-memory store has no file to copy beside
+        making = asyncio.ensure_future(self._in_read_thread(lambda: OutgoingSnapshot.make(store)))
         try:
-            return await self._in_read_thread(lambda: OutgoingSnapshot.make(store))
+            return await asyncio.shield(making)
         except StoreError as exc:
             self.log.warning("cannot make a snapshot to send: %s", exc)
             return None
+        except asyncio.CancelledError:
+            # The copy goes on in its thread: remove it once it is made.
+            making.add_done_callback(_discard_made_snapshot)
+            raise
 
     def incoming_snapshot(self) -> IncomingSnapshot:
         return IncomingSnapshot(self.store.path)
@@ -980,3 +990,9 @@ class Peer:
             if high_water is not None and high_water > self._woken_through:
                 self._woken_through = high_water
                 self.notify_local_change()
+
+
+def _discard_made_snapshot(making: asyncio.Future[OutgoingSnapshot]) -> None:
+    """Remove a snapshot copy whose session ended while it was being made."""
+    if not making.cancelled() and making.exception() is None:
+        making.result().discard()

@@ -469,3 +469,20 @@ def test_relabeling_sorts_its_index_builds_on_disk() -> None:
     finally:
         connection.close()
     assert "TEMP_STORE=3" not in options, options
+
+
+async def test_a_copy_made_for_a_session_that_ended_meanwhile_is_removed(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "source.db")
+    fill(store, 2_000)
+    store.close()
+    peer = Peer(tmp_path / "source.db", insecure=True)
+    await peer.start()
+    try:
+        making = asyncio.ensure_future(peer.make_snapshot())
+        await asyncio.sleep(0)  # the copy has started on the read thread
+        making.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await making
+    finally:
+        await peer.stop()
+    assert not [name for name in os.listdir(tmp_path) if "snapshot-out" in name]
