@@ -43,6 +43,7 @@ from typing import Any
 import click
 
 from peer.cli_common import CliFailure, parse_host_port
+from peer.cli_node import check_dial_address
 from peer.errors import ConfigError
 
 __all__ = [
@@ -66,8 +67,6 @@ def _host_port(value: Any) -> None:
 
 
 def _dial(value: Any) -> None:
-    from peer.cli_serve import check_dial_address  # cli_serve imports this module
-
     check_dial_address(value)
 
 

@@ -75,6 +75,77 @@ def _clock(at: float) -> str:
     return datetime.fromtimestamp(at).strftime("%H:%M:%S")
 
 
+class CatchUpBars:
+    """One progress bar per remote catching up, drawn on ``console`` while any is shown.
+
+    :meth:`show` adds or moves a remote's bar, :meth:`remove` takes it away
+    (the drawing stops with the last one), :meth:`print` writes a line above
+    the bars while they are drawn. Used from the event loop's thread only.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+        self._tasks: dict[bytes, TaskID] = {}
+
+    def __contains__(self, site_id: bytes) -> bool:
+        return site_id in self._tasks
+
+    def show(self, event: events.Progress, who: str, rate: str, left: str) -> None:
+        """Draw ``event``'s remote (shown as ``who``) at its progress now."""
+        if self._progress is None:
+            # The time left comes from the remote's backlog estimate (an upper bound).
+            self._progress = Progress(
+                TextColumn("catching up from {task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[table_rows]}"),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} changes"),
+                TextColumn("{task.fields[size]}"),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[left]}"),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+        fields: dict[str, Any] = {
+            "table_rows": count(event.table_rows, "row"),
+            "rate": rate,
+            "left": left,
+            "size": human_bytes(event.bytes_received),
+        }
+        site = event.remote.site_id
+        if site not in self._tasks:
+            self._tasks[site] = self._progress.add_task(who, total=event.rows_expected, **fields)
+        self._progress.update(
+            self._tasks[site],
+            completed=event.rows_received,
+            total=max(event.rows_expected, event.rows_received),
+            **fields,
+        )
+
+    def remove(self, site_id: bytes) -> None:
+        """Take the remote's bar away, if it has one; stop drawing after the last."""
+        task = self._tasks.pop(site_id, None)
+        if task is not None and self._progress is not None:
+            self._progress.remove_task(task)
+            if not self._tasks:
+                self.close()
+
+    def print(self, text: str) -> bool:
+        """Write ``text`` above the bars; False (nothing written) when none is drawn."""
+        if self._progress is None:
+            return False
+        self._progress.console.print(text, markup=False, highlight=False)
+        return True
+
+    def close(self) -> None:
+        """Stop drawing (the bars are transient: they leave no trace)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self._tasks.clear()
+
+
 class EventPrinter:
     """Prints a node's events on stdout: JSON lines, or text lines.
 
@@ -108,8 +179,7 @@ class EventPrinter:
         self.progress_every = progress_every
         self._clock = clock
         self._held: list[events.Event] | None = []  # until the listening line is out
-        self._progress: Progress | None = None
-        self._tasks: dict[bytes, TaskID] = {}
+        self._bars = CatchUpBars(console)
         self._last: dict[bytes, events.Progress] = {}
         self._printed_at: dict[bytes, float] = {}
         self._dials: dict[str, tuple[str, str]] = {}
@@ -161,9 +231,7 @@ class EventPrinter:
             self._line(f"error: {message}", level=logging.ERROR, event="error")
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._bars.close()
 
     def _who(self, remote: events.RemotePeer) -> str:
         return remote_label(remote, self.labels)
@@ -185,7 +253,7 @@ class EventPrinter:
             case events.Eose(remote=remote):
                 self._end_progress(remote)
             case events.Changed(remote=remote, tables=tables, rows=rows, table_rows=table_rows):
-                if remote.site_id not in self._tasks:
+                if remote.site_id not in self._bars:
                     what = (
                         f"{count(table_rows, 'row')} ({count(rows, 'change')})"
                         if table_rows
@@ -309,9 +377,7 @@ class EventPrinter:
             fields = {"event": event, "peer_id": peer_id, "label": label, "address": address}
             self.log.log(level, "%s", text.strip(), extra=fields)
             return
-        if self._progress is not None:
-            self._progress.console.print(text, markup=False, highlight=False)
-        else:
+        if not self._bars.print(text):
             click.echo(text)
 
     def _show_progress(self, event: events.Progress) -> None:
@@ -333,47 +399,11 @@ class EventPrinter:
                     event="progress",
                 )
             return
-        if self._progress is None:
-            # The time left comes from the remote's backlog estimate (an upper bound).
-            self._progress = Progress(
-                TextColumn("catching up from {task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[table_rows]}"),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} changes"),
-                TextColumn("{task.fields[size]}"),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("{task.fields[left]}"),
-                console=self.console,
-                transient=True,
-            )
-            self._progress.start()
-        size = human_bytes(event.bytes_received)
-        if site not in self._tasks:
-            self._tasks[site] = self._progress.add_task(
-                self._who(event.remote),
-                total=event.rows_expected,
-                table_rows=count(event.table_rows, "row"),
-                rate=rate,
-                left=left_text,
-                size=size,
-            )
-        self._progress.update(
-            self._tasks[site],
-            completed=event.rows_received,
-            total=max(event.rows_expected, event.rows_received),
-            table_rows=count(event.table_rows, "row"),
-            rate=rate,
-            left=left_text,
-            size=size,
-        )
+        self._bars.show(event, self._who(event.remote), rate, left_text)
 
     def _end_progress(self, remote: events.RemotePeer, *, finished: bool = True) -> None:
-        task = self._tasks.pop(remote.site_id, None)
+        self._bars.remove(remote.site_id)
         self._printed_at.pop(remote.site_id, None)
-        if task is not None and self._progress is not None:
-            self._progress.remove_task(task)
-            if not self._tasks:
-                self.close()
         last = self._last.pop(remote.site_id, None)
         if finished and last is not None and last.rows_received:
             self._line(
