@@ -32,7 +32,7 @@ from peer.errors import IdentityError
 from peer.identity import format_peer_id
 from peer.pairing import parse_peer_id
 
-__all__ = ["EventPrinter", "count", "human_bytes", "remote_label"]
+__all__ = ["CatchUpBars", "EventPrinter", "count", "human_bytes", "remote_label"]
 
 
 def count(number: int, noun: str, plural: str | None = None) -> str:

@@ -187,3 +187,14 @@ def test_strongly_connected_finds_every_component() -> None:
     graph = {"a": {"b"}, "b": {"a", "c"}, "c": {"d"}, "d": {"c", "e"}, "e": set()}
     components = layout.strongly_connected(graph)
     assert sorted(sorted(c) for c in components) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_only_check_turns_a_finding_into_exit_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _write(tmp_path, {"peer/__init__.py": "", "peer/huge.py": _class("Huge", 301)})
+    assert layout.main(["--root", str(root)]) == 0
+    assert layout.main(["--root", str(root), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "NEW        301  peer.huge.Huge" in out
+    assert "result: over the limits" in out
