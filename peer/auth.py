@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from peer import pairing
 from peer.errors import ConfigError, CrpeerError, ErrorCode, IdentityError, UntrustedPeerError
-from peer.handshake import AuthHandshake, HandshakeState, Refusal, refusal_frame
+from peer.handshake import AuthHandshake, HandshakeState
+from peer.handshake_frames import Refusal, refusal_frame
 from peer.identity import Identity, peer_id_from_certificate
 from peer.pairing_guard import PairingGuard
 from peer.trust import TrustStore

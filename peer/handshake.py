@@ -1,39 +1,31 @@
 """Who may sync, as a pure state machine: no asyncio, sockets or files.
 
-One :class:`AuthHandshake` per TLS channel, between the TLS handshake (each
-side learnt the other's peer id from its certificate) and the first sync
-frame. Both sides run this exchange of frames numbered apart from the sync
-session's, msgpack like them, each at most :data:`MAX_AUTH_FRAME` bytes::
+One :class:`AuthHandshake` per TLS channel, after the TLS handshake (each
+side learnt the other's peer id from its certificate) and before the first
+sync frame. Its frames (AUTH, ROLES, PROOF and the sync protocol's ERROR) are
+in PROTOCOL.md ("Authentication") and :mod:`peer.handshake_frames`. In
+short: both sides send AUTH; if each trusts the other, done. Otherwise, if
+both can pair, both send ROLES: a side hosts if it can host and the other can
+join, joins if it can join and the other can host (it may do both); a joiner
+sends its PROOF at once, a host checks it before sending its own. Otherwise
+the side that does not trust the other refuses (``UNTRUSTED``).
 
-    AUTH  [20, trusts_you: bool, can_pair: bool, nonce: bin 32]    both sides
-    ROLES [22, can_host: bool, can_join: bool]                      both, to pair
-    PROOF [21, proof: bin 32]                                       see below
-    ERROR [8, 0, code, reason]                                      a refusal
+The rules it keeps (SECURITY.md says why they suffice):
 
-- Both trust each other: done, the sync session starts.
-- Otherwise, if both can pair, both send ROLES. A side *can host* if it holds
-  a hosting secret (others join it with that), and *can join* if it holds a
-  different secret to join others with. A side *hosts* if it can host and the
-  other can join; it *joins* if it can join and the other can host (so one
-  side hosts exactly when the other joins, and a side may do both). A joiner
-  sends its proof at once; a host first checks the joiner's proof, and only
-  then sends its own; a joiner then checks the host's. Each side trusts the
-  other once it has checked a proof from it.
-- Otherwise the side that does not trust the other refuses (``UNTRUSTED``).
-
-Nothing a remote claims (its flags, the order of the peer ids) makes a side
-send anything derived from its hosting secret before it checked a proof of
-that secret; the caller never gives the hosting secret as the joining one.
-Attempts against the hosting secret go through a :class:`PairingAttempts`
-(in crpeer the :class:`~peer.pairing_guard.PairingGuard`: rate limit,
-backoff, expiry). SECURITY.md says why this is safe; the proofs are
-:mod:`peer.pairing`'s.
+- roles come only from what each side holds (its hosting and joining
+  secrets), never from the remote's claims, the order of the peer ids or who
+  dialed; the caller never gives its hosting secret as the joining one;
+- nothing derived from the hosting secret is queued before the joiner's
+  proof of it checked out;
+- every attempt against the hosting secret goes through
+  :class:`PairingAttempts` (in crpeer the :class:`~peer.pairing_guard.PairingGuard`:
+  rate limit, backoff, expiry);
+- each side trusts the other only once it checked a proof from it (or both
+  trusted each other already).
 
 Lifecycle of the caller (``peer.auth`` runs it over a channel)::
 
-    handshake = AuthHandshake(local_id, remote_id, trusted=..., hosting=...,
-                              joining=..., nonce=new_nonce(), attempts=guard,
-                              address=...)
+    handshake = AuthHandshake(local_id, remote_id, trusted=..., ...)
     handshake.start()
     send(*handshake.data_to_send())
     while no Authenticated event:
@@ -62,8 +54,6 @@ import enum
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-import msgpack
-
 from peer import pairing
 from peer.errors import (
     ErrorCode,
@@ -72,53 +62,26 @@ from peer.errors import (
     RemoteProtocolError,
     UntrustedPeerError,
 )
-from peer.messages import Error, MessageType, encode
+from peer.handshake_frames import (
+    FIELDS,
+    MAX_AUTH_FRAME,
+    AuthFrame,
+    Refusal,
+    frame_kind,
+    pack_frame,
+    parse_frame,
+    refusal_frame,
+    remote_refusal,
+)
 
 __all__ = [
-    "MAX_AUTH_FRAME",
     "TRANSITIONS",
-    "AuthFrame",
     "AuthHandshake",
     "Authenticated",
     "Event",
     "HandshakeState",
     "PairingAttempts",
-    "Refusal",
-    "refusal_frame",
 ]
-
-MAX_AUTH_FRAME = 256
-"""The largest authentication frame accepted, in bytes (the default limit)."""
-
-
-class AuthFrame(enum.IntEnum):
-    """Kinds of authentication frame: the first element of each.
-
-    AUTH, PROOF and ROLES exist only here; ERROR is the sync protocol's
-    (:class:`~peer.messages.Error`, frame number 0), so a refusal reads the
-    same before and after authentication.
-    """
-
-    AUTH = 20
-    PROOF = 21
-    ROLES = 22
-    ERROR = MessageType.ERROR.value
-
-
-class Refusal(enum.StrEnum):
-    """The reasons this side sends in an ERROR frame (besides the guard's own
-    and :func:`~peer.pairing_guard.PairingGuard.expiry_reason`). Short and
-    fixed: no local detail reaches the remote."""
-
-    NOT_TRUSTED = "not trusted"
-    CANNOT_PAIR = "cannot pair"
-    WRONG_SECRET = pairing.WRONG_SECRET
-    """Our check of the joiner's proof failed: the joiner stops retrying."""
-    PAIRING_FAILED = "pairing failed"
-    BAD_FRAME = "bad authentication frame"
-    TIMED_OUT = "authentication timed out"
-    TLS_REQUIRED = "TLS required"
-    UNUSABLE_CERTIFICATE = "unusable certificate"
 
 
 class HandshakeState(enum.Enum):
@@ -143,27 +106,17 @@ class HandshakeState(enum.Enum):
     """Refused or broken; nothing more is received."""
 
 
+_S, _F = HandshakeState, AuthFrame
 TRANSITIONS: dict[tuple[HandshakeState, AuthFrame], frozenset[HandshakeState]] = {
-    (HandshakeState.AUTH_SENT, AuthFrame.AUTH): frozenset(
-        {HandshakeState.AUTHENTICATED, HandshakeState.ROLES_SENT, HandshakeState.REFUSED}
-    ),
-    (HandshakeState.ROLES_SENT, AuthFrame.ROLES): frozenset(
-        {HandshakeState.HOSTING, HandshakeState.JOINING, HandshakeState.REFUSED}
-    ),
-    (HandshakeState.HOSTING, AuthFrame.PROOF): frozenset(
-        {HandshakeState.JOINING, HandshakeState.AUTHENTICATED}
-    ),
-    (HandshakeState.JOINING, AuthFrame.PROOF): frozenset({HandshakeState.AUTHENTICATED}),
-    **{
-        (waiting, AuthFrame.ERROR): frozenset({HandshakeState.FAILED})
-        for waiting in (
-            HandshakeState.AUTH_SENT,
-            HandshakeState.ROLES_SENT,
-            HandshakeState.HOSTING,
-            HandshakeState.JOINING,
-            HandshakeState.REFUSED,
-        )
-    },
+    (_S.AUTH_SENT, _F.AUTH): frozenset({_S.AUTHENTICATED, _S.ROLES_SENT, _S.REFUSED}),
+    (_S.ROLES_SENT, _F.ROLES): frozenset({_S.HOSTING, _S.JOINING, _S.REFUSED}),
+    (_S.HOSTING, _F.PROOF): frozenset({_S.JOINING, _S.AUTHENTICATED}),
+    (_S.JOINING, _F.PROOF): frozenset({_S.AUTHENTICATED}),
+    (_S.AUTH_SENT, _F.ERROR): frozenset({_S.FAILED}),
+    (_S.ROLES_SENT, _F.ERROR): frozenset({_S.FAILED}),
+    (_S.HOSTING, _F.ERROR): frozenset({_S.FAILED}),
+    (_S.JOINING, _F.ERROR): frozenset({_S.FAILED}),
+    (_S.REFUSED, _F.ERROR): frozenset({_S.FAILED}),
 }
 """Every (state, received frame kind) pair the handshake accepts, and the
 states it may move to. Any other pair fails the handshake with
@@ -173,14 +126,7 @@ the wrong type is ``MALFORMED_FRAME``. Besides these, :meth:`AuthHandshake.start
 moves IDLE to AUTH_SENT, and any error, a wrong proof, a refused attempt,
 :meth:`AuthHandshake.time_out` or :meth:`AuthHandshake.close` moves to FAILED."""
 
-_FIELDS: dict[int, tuple[type, ...]] = {
-    AuthFrame.AUTH: (bool, bool, bytes),
-    AuthFrame.ROLES: (bool, bool),
-    AuthFrame.PROOF: (bytes,),
-}
 _WAITING = frozenset(state for state, _ in TRANSITIONS)
-_REMOTE_REASON = 80
-"""Characters of the remote's refusal reason kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +158,6 @@ class PairingAttempts(Protocol):
     def end(self, address: str, secret: str, *, succeeded: bool | None) -> bool:
         """Release the reserved attempt with its outcome (None: no proof was
         checked); True if this failure expired ``secret``."""
-
-
-def refusal_frame(code: ErrorCode, reason: str) -> bytes:
-    """The ERROR frame ``[8, 0, code, reason]`` that refuses a remote."""
-    return encode(Error(code, reason), 0)
 
 
 class AuthHandshake:
@@ -261,6 +202,8 @@ class AuthHandshake:
         self._state = HandshakeState.IDLE
         self._outbox: list[bytes] = []
         self._remote_nonce = b""
+        self._we_join: pairing.PairingNonces | None = None
+        self._we_host: pairing.PairingNonces | None = None
         self._remote_can_pair = False
         self._remote_can_host = False
         self._hosts = False
@@ -326,15 +269,15 @@ class AuthHandshake:
         if self._state is HandshakeState.REFUSED:
             self._end_refused(frame)
         try:
-            body = _parse(frame, self.max_frame_bytes)
-            kind = _kind(body)
+            body = parse_frame(frame, self.max_frame_bytes)
+            kind = frame_kind(body)
             if kind is AuthFrame.ERROR:
-                raise _remote_refusal(body)
+                raise remote_refusal(body)
             if kind is None or (self._state, kind) not in TRANSITIONS:
                 raise RemoteProtocolError(
                     ErrorCode.UNEXPECTED_MESSAGE, f"auth frame {body[0]!r} in {self._state.value}"
                 )
-            for value, expected in zip(body[1:], _FIELDS[kind], strict=True):
+            for value, expected in zip(body[1:], FIELDS[kind], strict=True):
                 if not isinstance(value, expected):
                     raise RemoteProtocolError(
                         ErrorCode.MALFORMED_FRAME, "auth frame field of the wrong type"
@@ -426,13 +369,16 @@ class AuthHandshake:
                 self._fail(ErrorCode.UNTRUSTED, str(exc))
                 raise
             self._attempt_open = True
-        try:
-            we_join = self._we_join()  # equal nonces (a remote echoing ours) fail here
+        try:  # equal nonces (a remote echoing ours) fail here
+            self._we_join = pairing.PairingNonces(joiner=self._nonce, host=self._remote_nonce)
+            self._we_host = pairing.PairingNonces(joiner=self._remote_nonce, host=self._nonce)
         except PairingError:
             self._fail(ErrorCode.UNTRUSTED, Refusal.PAIRING_FAILED)
             raise
         if self._joining is not None and self._joins:
-            proof = pairing.joiner_proof(self._joining, we_join, self.local_id, self.remote_id)
+            proof = pairing.joiner_proof(
+                self._joining, self._we_join, self.local_id, self.remote_id
+            )
             self._queue(AuthFrame.PROOF, proof)
         self._state = HandshakeState.HOSTING if self._hosts else HandshakeState.JOINING
         return []
@@ -440,19 +386,18 @@ class AuthHandshake:
     def _on_joiner_proof(self, proof: bytes) -> list[Event]:
         assert self._hosting is not None
         # Nothing derived from the hosting secret is queued before this check.
+        assert self._we_host is not None
         try:
             pairing.verify_joiner_proof(
-                self._hosting, self._we_host(), self.remote_id, self.local_id, proof
+                self._hosting, self._we_host, self.remote_id, self.local_id, proof
             )
         except PairingError:
             self._outcome = False
             self._fail(ErrorCode.UNTRUSTED, Refusal.WRONG_SECRET)
             raise
         self._outcome = True
-        host_proof = pairing.host_proof(
-            self._hosting, self._we_host(), self.remote_id, self.local_id
-        )
-        self._queue(AuthFrame.PROOF, host_proof)
+        proof = pairing.host_proof(self._hosting, self._we_host, self.remote_id, self.local_id)
+        self._queue(AuthFrame.PROOF, proof)
         if self._joins:
             self._state = HandshakeState.JOINING
             return []
@@ -460,8 +405,9 @@ class AuthHandshake:
 
     def _on_host_proof(self, proof: bytes) -> list[Event]:
         assert self._joining is not None
+        assert self._we_join is not None
         pairing.verify_host_proof(
-            self._joining, self._we_join(), self.local_id, self.remote_id, proof
+            self._joining, self._we_join, self.local_id, self.remote_id, proof
         )
         return self._authenticated()
 
@@ -481,7 +427,7 @@ class AuthHandshake:
         """The frame after our refusal for lack of roles: the remote's reason, if it is one."""
         theirs = "the remote gave no reason"
         try:
-            raise _remote_refusal(_parse(frame, self.max_frame_bytes))
+            raise remote_refusal(parse_frame(frame, self.max_frame_bytes))
         except UntrustedPeerError as refusal:
             theirs = str(refusal)
         except (RemoteProtocolError, PairingError):
@@ -506,15 +452,8 @@ class AuthHandshake:
 
     # -- helpers ------------------------------------------------------------------
 
-    def _we_join(self) -> pairing.PairingNonces:
-        return pairing.PairingNonces(joiner=self._nonce, host=self._remote_nonce)
-
-    def _we_host(self) -> pairing.PairingNonces:
-        return pairing.PairingNonces(joiner=self._remote_nonce, host=self._nonce)
-
     def _queue(self, kind: AuthFrame, *fields: Any) -> None:
-        packed: bytes = msgpack.packb([int(kind), *fields], use_bin_type=True)
-        self._outbox.append(packed)
+        self._outbox.append(pack_frame(kind, *fields))
 
     def _queue_error(self, code: ErrorCode, reason: str) -> None:
         self._outbox.append(refusal_frame(code, reason))
@@ -524,41 +463,3 @@ class AuthHandshake:
         if code is not None:
             self._queue_error(code, reason)
         self._state = HandshakeState.FAILED
-
-
-def _parse(frame: bytes, limit: int) -> list[Any]:
-    """The msgpack array of an authentication frame of at most ``limit`` bytes.
-
-    Raises RemoteProtocolError: FRAME_TOO_LARGE, or MALFORMED_FRAME for
-    anything that is not an array starting with an integer kind.
-    """
-    if len(frame) > limit:
-        raise RemoteProtocolError(ErrorCode.FRAME_TOO_LARGE, "auth frame too large")
-    try:
-        body = msgpack.unpackb(frame, raw=False)
-    except Exception as exc:  # msgpack raises several types; none leaves this module
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "auth frame is not msgpack") from exc
-    if not isinstance(body, list) or not body or not isinstance(body[0], int):
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "auth frame must be [kind, ...]")
-    return body
-
-
-def _kind(body: list[Any]) -> AuthFrame | None:
-    """The frame's kind if its length fits that kind (an ERROR: an integer code), else None."""
-    kind = body[0]
-    if kind == AuthFrame.ERROR:
-        return AuthFrame.ERROR if len(body) == 4 and isinstance(body[2], int) else None
-    fields = _FIELDS.get(kind)
-    if fields is None or len(body) != len(fields) + 1:
-        return None
-    return AuthFrame(kind)
-
-
-def _remote_refusal(body: list[Any]) -> PairingError | UntrustedPeerError | RemoteProtocolError:
-    """The error a remote's ERROR frame means; RemoteProtocolError if ``body`` is none."""
-    if _kind(body) is not AuthFrame.ERROR:
-        return RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "not an ERROR frame")
-    code, reason = body[2], str(body[3])[:_REMOTE_REASON]
-    if reason == pairing.WRONG_SECRET:
-        return PairingError(f"the remote refused us: {reason}")
-    return UntrustedPeerError(f"the remote refused us (code {code}: {reason!r})")
