@@ -2,8 +2,8 @@
 
 Between the TLS handshake and the first sync frame, :func:`authenticate`
 checks the remote's certificate and runs a :class:`~peer.handshake.AuthHandshake`
-(the pure state machine that decides; its docstring gives the frames and the
-rules) over the channel: it only moves frames between the two, applies the
+(the pure state machine that decides; its docstring gives the rules) over
+the channel: it only moves frames between the two, applies the
 deadline, and does what the handshake's outcome asks of the trust store
 (adds a paired peer, clears an expired join secret). It runs on the event loop
 of the channel's owner.
