@@ -163,16 +163,13 @@ class PairingAttempts(Protocol):
 class AuthHandshake:
     """Authentication state of one channel, both directions.
 
-    ``local_id`` and ``remote_id`` are the canonical peer ids from TLS.
-    ``trusted``: this side's trust store trusts the remote. ``hosting``: the
-    secret others join this side with (None if none, or expired); ``joining``:
-    the secret this side joins others with, never the hosting one, and None
-    without a trust store to record a pairing in. ``nonce`` is this side's
-    fresh :data:`~peer.pairing.NONCE_SIZE`-byte nonce and ``attempts`` the
-    guard of the hosting secret; both are inputs, so tests are deterministic.
-    ``address`` is the remote's transport address (what attempts count by).
-
-    Raises LocalProtocolError for a nonce of the wrong size.
+    ``local_id``/``remote_id``: the canonical peer ids from TLS. ``trusted``:
+    this side trusts the remote. ``hosting``: the secret others join this side
+    with (None if none, or expired); ``joining``: the secret this side joins
+    others with, never the hosting one (None without a trust store). ``nonce``
+    (:data:`~peer.pairing.NONCE_SIZE` bytes, else LocalProtocolError) and
+    ``attempts`` (the hosting secret's guard, counting by ``address``) are
+    inputs, so tests are deterministic.
     """
 
     def __init__(
