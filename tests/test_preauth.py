@@ -245,9 +245,16 @@ async def test_unauthenticated_connections_are_bounded_per_address_and_in_total(
             assert await refused_at_once(listener.address, "127.0.0.2")
             held += await hold_open(listener.address, "127.0.0.3", 2)
             assert await refused_at_once(listener.address, "127.0.0.4")  # the total
-            drop(held.pop(0))  # one place is free again
-            await asyncio.sleep(0.2)
-            held += await hold_open(listener.address, "127.0.0.4", 1)
+            drop(held.pop(0))  # one place is free again, once the listener sees the close
+
+            async def admitted() -> bool:
+                try:
+                    held.extend(await hold_open(listener.address, "127.0.0.4", 1))
+                except AssertionError:  # refused: the close is not seen yet
+                    return False
+                return True
+
+            await wait_for(admitted, within=5.0)
         finally:
             for writer in held:
                 drop(writer)
