@@ -40,7 +40,7 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from peer.trust import TrustStore, default_trust_path
-from tests.support import Node, address, wait_for, wait_until
+from tests.support import Node, address, scaled, wait_for, wait_until
 from tests.test_cli import (
     OTHER,
     ROOT,
@@ -208,7 +208,7 @@ def test_a_refused_pairing_ends_at_once_with_the_reason(tmp_path: Path) -> None:
         # The serve reloads its trust store twice a second; it shows no sign
         # of a reload, and retrying meanwhile meets the failed-pairing rate
         # limit, so this waits for the reload by time.
-        time.sleep(1.5)
+        time.sleep(scaled(1.5))
         failed(
             "pair", b, "--secret", wrong, "--connect", address, *LOOPBACK, "--timeout", "600",
             match="does not accept joins",

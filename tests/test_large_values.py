@@ -35,7 +35,7 @@ from peer.peer import Peer
 from peer.protocol import ChangesReceived, Limits, SyncSession
 from peer.retry import Backoff
 from peer.store import Change, LargeGroup, Store
-from tests.support import Node, address, wait_for
+from tests.support import Node, address, scaled, wait_for
 from tests.test_protocol import A_SITE, B_SITE, FINGERPRINT, ProtocolPair, deliver, session
 from transports.base import Transport
 from transports.http_sse import HttpSseTransport
@@ -536,7 +536,9 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
         migrate = asyncio.create_task(
             peer.migrate(1, "ALTER TABLE notes ADD COLUMN tag TEXT", alter=["notes"])
         )
-        await asyncio.sleep(0.3)
+        # No sign shows a call parked behind the page: give them time to
+        # (wrongly) finish, scaled.
+        await asyncio.sleep(scaled(0.3))
         assert not write.done()
         assert not migrate.done()
         await peer.end_page(commit=True)
@@ -560,7 +562,7 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
         finally:
             other.close()
         await peer.begin_page()
-        await asyncio.sleep(0.5)  # several polls of the peer's watcher
+        await asyncio.sleep(scaled(0.5))  # several polls (0.1 s) of the peer's watcher
         await peer.end_page(commit=True)
         # The watcher's next poll merges the held row.
         await wait_for(lambda: peer.store.execute("SELECT n FROM notes") == [(7,)])

@@ -365,6 +365,7 @@ async def test_a_client_trickling_its_opening_is_closed_within_the_deadline(
                     writer.write(bytes([byte]))
                 await asyncio.sleep(0.05)
             assert await closed, "the trickling client was kept"
+            # The test is about the handshake deadline: bounded generously (3x), kept.
             assert time.monotonic() - started < 3 * DEADLINE
         finally:
             closed.cancel()
