@@ -4,13 +4,12 @@ makes TLS nodes (tests.support.Node) in the test's folder and closes them."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Node
+from tests.support import Node, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -18,13 +17,14 @@ def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves a thread running after it ends."""
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 2.0
-    while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not leaked or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
+
+    def leaked() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+    try:
+        wait_until(lambda: not leaked(), within=2.0)
+    except AssertionError:
+        raise AssertionError(f"test leaked threads: {[t.name for t in leaked()]}") from None
 
 
 @pytest.fixture

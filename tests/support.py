@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,19 +94,30 @@ def scaled(seconds: float) -> float:
 
 
 async def wait_for(
-    predicate: Callable[[], bool], within: float = 10.0, *, interval: float = 0.02
+    predicate: Callable[[], bool | Awaitable[bool]],
+    within: float = 10.0,
+    *,
+    interval: float = 0.02,
 ) -> None:
-    """Poll ``predicate`` every ``interval`` seconds until it holds.
+    """Poll ``predicate`` every ``interval`` seconds until it holds; a predicate
+    that returns an awaitable (an ``async def``) is awaited each time.
 
     Raises AssertionError if it still does not after ``scaled(within)`` seconds
     (by the event loop's clock).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + scaled(within)
-    while not predicate():
+    while not await _holds(predicate):
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {scaled(within):g} s")
         await asyncio.sleep(interval)
+
+
+async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = predicate()
+    if inspect.isawaitable(result):
+        return bool(await result)
+    return bool(result)
 
 
 def wait_until(

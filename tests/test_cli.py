@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import io
 import json
 import os
@@ -334,16 +334,22 @@ async def test_a_restored_snapshot_syncs_only_the_delta(db: Path, tmp_path: Path
         async with a, b:
             await wait_for(lambda: rows(source) == rows(copy) and len(rows(copy)) == 58, within=15)
             await wait_for(lambda: bool(a.sessions) and bool(b.sessions), within=15)
+            # A marker each way (two changes each): a session sends in the
+            # order its store holds the changes, so anything more either side
+            # sent (old rows, or what it merged) went before its marker.
+            await b.execute("INSERT INTO notes VALUES (60, 'marker from b', 60)")
+            await wait_for(lambda: len(rows(source)) == 59, within=15)
+            await a.execute("INSERT INTO notes VALUES (61, 'marker from a', 61)")
             await wait_for(
                 lambda: (
-                    a.sessions[0].stats.rows_sent == delta_from_source
-                    and b.sessions[0].stats.rows_sent == delta_from_copy
+                    len(rows(copy)) == 60
+                    and a.sessions[0].stats.rows_sent >= delta_from_source + 2
+                    and b.sessions[0].stats.rows_sent >= delta_from_copy + 2
                 ),
                 within=15,
             )
-            await asyncio.sleep(0.2)
-            assert a.sessions[0].stats.rows_sent == delta_from_source
-            assert b.sessions[0].stats.rows_sent == delta_from_copy
+            assert a.sessions[0].stats.rows_sent == delta_from_source + 2
+            assert b.sessions[0].stats.rows_sent == delta_from_copy + 2
         assert rows(copy)[4] == (4, "edited after", 4)
         assert rows(source)[-1] == (102, "copy", 102)
     finally:
@@ -374,17 +380,14 @@ class Serve:
         return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
 
     def listening(self, within: float = 30.0) -> str:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            lines = self.lines()
-            if lines:
-                assert lines[0]["event"] == "listening"
-                address: str = lines[0]["addresses"][0]
-                return address
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"serve did not start: {self.err.read_text()}")
+        with contextlib.suppress(AssertionError):  # no line in time: said below
+            wait_until(lambda: bool(self.lines()) or self.process.poll() is not None, within)
+        lines = self.lines()
+        if not lines:
+            raise AssertionError(f"serve did not start: {self.err.read_text()}")
+        assert lines[0]["event"] == "listening"
+        address: str = lines[0]["addresses"][0]
+        return address
 
     def stop(self) -> int:
         if self.process.poll() is None:

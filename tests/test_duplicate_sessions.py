@@ -11,7 +11,7 @@ import pytest
 
 from peer import events
 from peer.peer import Peer
-from tests.support import Node, address, wait_for
+from tests.support import Node, address, scaled, wait_for
 from tests.test_peer import Cluster
 from transports.memory import MemoryTransport
 
@@ -49,7 +49,11 @@ async def test_peers_dialing_each_other_keep_the_lower_sites_dial_and_redial_onc
     peers = [a, b]
     async with cluster:
         await wait_for(lambda: one_session_each(a, b))
-        await asyncio.sleep(0.3)  # any refusal round would show by now
+        # Any refusal round would show by now: a losing dial that did not
+        # follow the other session would redial within the backoff's maximum
+        # (0.2 s). No event marks that a dial follows instead, so this waits
+        # out the backoff: a time window (scaled), not a condition.
+        await asyncio.sleep(scaled(0.3))
         # Both dialed once; the lower site's dial is the one both ends keep.
         assert (dials(seen[0]), dials(seen[1])) == (1, 1)
         assert peers[low].sessions[0].outbound
@@ -61,7 +65,7 @@ async def test_peers_dialing_each_other_keep_the_lower_sites_dial_and_redial_onc
             await wait_for(lambda: one_session_each(a, b, besides=before))  # noqa: B023
             await a.execute("INSERT INTO notes VALUES (?, 'after a cut', ?)", (k, k))
             await wait_for(cluster.converged)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(scaled(0.3))  # the backoff's window again (see above)
         # After each cut only the winning side dialed again: no duplicate.
         assert dials(seen[low]) == 1 + cuts
         assert dials(seen[high]) == 1
@@ -112,14 +116,14 @@ async def test_over_tls_both_dialing_converge_with_at_most_one_refusal_and_no_wa
             await wait_for(lambda: one_session_each(pa, pb))
             a.store.execute("INSERT INTO notes VALUES (1, 'from a')")
             await wait_for(lambda: b.rows() == [(1, "from a")])
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(scaled(0.3))  # a redial would come within the backoff (0.3 s)
             # Cut the session from one end: both notice, one redials.
             (session,) = pa.sessions
             await session.channel.close()
             await wait_for(lambda: one_session_each(pa, pb, besides=[session]))
             b.store.execute("INSERT INTO notes VALUES (2, 'from b')")
             await wait_for(lambda: a.rows() == [(1, "from a"), (2, "from b")])
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(scaled(0.3))  # a redial would come within the backoff (0.3 s)
             # Two dials at start (one lost), one after the cut.
             assert dials(a.seen) + dials(b.seen) == 3
         assert failures(a.seen) == failures(b.seen) == []

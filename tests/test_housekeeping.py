@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 
 import pysqlite3.dbapi2 as sqlite3
+import pytest
 from click.testing import CliRunner
 
 from peer.cli import cli
@@ -52,7 +54,9 @@ def test_checkpoint_waits_for_nobody_and_reports_a_reader_in_the_way(tmp_path: P
             reader.close()
 
 
-async def test_the_wal_shrinks_under_the_limit_after_a_long_reader_ends(tmp_path: Path) -> None:
+async def test_the_wal_shrinks_under_the_limit_after_a_long_reader_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = make_database(tmp_path / "a.db")
     peer = Peer(store, [], insecure=True)
     reader = sqlite3.connect(store.path, isolation_level=None)
@@ -71,8 +75,10 @@ async def test_the_wal_shrinks_under_the_limit_after_a_long_reader_ends(tmp_path
             )
         grown = wal_size(store.path)
         assert grown > 4 * LIMIT
+        caplog.set_level(logging.DEBUG, logger="crpeer.housekeeping")
         task = asyncio.create_task(housekeeper.run())
-        await asyncio.sleep(1.0)  # idle, but the reader is in the way
+        # Idle, it tried a checkpoint, but the reader is in the way.
+        await wait_for(lambda: "checkpoint of" in caplog.text and "postponed" in caplog.text)
         assert housekeeper.checkpoints == 0
         assert wal_size(store.path) >= grown
         reader.execute("COMMIT")  # the long reader goes away

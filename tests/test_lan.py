@@ -9,6 +9,7 @@ import secrets
 import pytest
 
 from peer.errors import ChannelClosed, ConfigError
+from tests.support import wait_for
 from tests.test_mdns import LOOPBACK, WAIT_S, loopback_multicast  # noqa: F401 (fixture)
 from transports.base import Channel
 from transports.lan import LanTransport, choose_address, should_dial, tcp_address
@@ -94,10 +95,7 @@ async def test_two_lan_transports_meet_on_loopback() -> None:
             assert await asyncio.wait_for(channel.recv(), WAIT_S) == b"ping"
         finally:
             await channel.close()
-        for _ in range(int(WAIT_S / 0.05)):
-            if "peer-a" in large.discovered:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: "peer-a" in large.discovered, within=WAIT_S, interval=0.05)
         assert set(large.discovered) == {"peer-a"}
         assert set(small.discovered) == {"peer-b"}
     finally:

@@ -22,6 +22,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_RESPONSE, _TYPE_PTR
 
 from peer.errors import ConfigError
+from tests.support import scaled, wait_for
 from transports.mdns import DiscoveredPeer, MdnsDiscovery, peer_from_properties
 
 LOOPBACK = ["127.0.0.1"]
@@ -103,14 +104,14 @@ class Seen:
         return {p.peer_id for p in self.found}
 
     async def until(self, condition: Callable[[], bool], within: float = WAIT_S) -> None:
-        """Wait until ``condition`` holds; fail the test after ``within`` seconds."""
+        """Wait until ``condition`` holds; fail the test after ``scaled(within)`` seconds."""
         try:
-            async with asyncio.timeout(within):
+            async with asyncio.timeout(scaled(within)):
                 while not condition():
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError:
-            raise AssertionError(f"condition not met within {within} s") from None
+            raise AssertionError(f"condition not met within {scaled(within):g} s") from None
 
 
 @pytest.fixture
@@ -196,10 +197,13 @@ async def test_bad_adverts_are_ignored(raw_zc: AsyncZeroconf, service_type: str)
             register_raw(raw_zc, service_type, "good", 4203, {"id": "good", "pv": "1"}),
         )
         await seen.until(lambda: "good" in seen.ids())
-        await asyncio.sleep(0.5)  # give the bad adverts as long again to slip through
+        # A good advert registered after all of them: once it is seen, the
+        # bad ones, older, had their chance to slip through.
+        await register_raw(raw_zc, service_type, "later", 4204, {"id": "later", "pv": "1"})
+        await seen.until(lambda: "later" in seen.ids())
     finally:
         await a.stop()
-    assert seen.ids() == {"good"}
+    assert seen.ids() == {"good", "later"}
 
 
 async def test_pointer_to_a_foreign_name_is_ignored(
@@ -294,13 +298,20 @@ async def test_a_moved_peer_is_reported_at_its_new_address_only(
     """The advertiser's address source changes (as a laptop's network does):
     the other side reports it again with the new address, and not the old."""
     current = ["127.0.0.1"]
+    polls = 0
+
+    def addresses() -> list[str]:
+        nonlocal polls
+        polls += 1
+        return current
+
     seen_a, seen_b = Seen(), Seen()
     a = MdnsDiscovery(
         "alpha",
         4701,
         service_type=service_type,
         interfaces=LOOPBACK,
-        address_source=lambda: current,
+        address_source=addresses,
         watch_interval=0.05,
     )
     b = MdnsDiscovery("bravo", 4702, service_type=service_type, interfaces=LOOPBACK)
@@ -319,7 +330,8 @@ async def test_a_moved_peer_is_reported_at_its_new_address_only(
         assert seen_b.found[-1].port == 4701
         await asyncio.sleep(1.5)
         current = []  # no address at all: the last advert stays
-        await asyncio.sleep(0.5)
+        before = polls
+        await wait_for(lambda: polls >= before + 5)  # the watch saw it, several times
         current = ["127.0.0.4"]
         await seen_b.until(lambda: seen_b.found[-1].addresses == ("127.0.0.4",))
         assert a.advertised_addresses() == ["127.0.0.4"]

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from peer.errors import ConfigError, StoreError
+from tests.support import wait_for
 from transports.netwatch import AddressWatch
 
 
@@ -84,14 +85,21 @@ async def test_the_running_watch_reports_each_change_once() -> None:
             async with asyncio.timeout(5):
                 await changed.wait()
         reads = source.reads
-        await asyncio.sleep(0.2)  # several more polls, nothing new
-        assert source.reads > reads
+        await wait_for(lambda: source.reads >= reads + 5)  # several more polls, nothing new
     finally:
         await watch.stop()
     await watch.stop()  # idempotent
     assert changes == [["10.9.9.9"], ["10.1.0.7", "fe80::1%2"]]
     reads = source.reads
-    await asyncio.sleep(0.05)
+    # A second watch at the same interval: once it has polled five times,
+    # the stopped one would have polled too.
+    beside = Source("10.0.0.5")
+    other = AddressWatch(beside, _ignore, interval=0.01)
+    other.start()
+    try:
+        await wait_for(lambda: beside.reads >= 5)
+    finally:
+        await other.stop()
     assert source.reads == reads, "a stopped watch polls no more"
 
 

@@ -12,12 +12,13 @@ import os
 import select
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,14 +84,16 @@ def display() -> Iterator[str]:
 
 
 def pump(roots: list[Any], predicate: Callable[[], bool], within: float = 20.0) -> None:
-    """Run the Tk loops until ``predicate()`` holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the windows did not get there in time")
+    """Run the Tk loops until ``predicate()`` holds; fail after ``scaled(within)`` seconds."""
+
+    def there() -> bool:
+        if predicate():
+            return True
         for root in roots:
             root.update()
-        time.sleep(0.01)
+        return False
+
+    wait_until(there, within, interval=0.01)
 
 
 @pytest.mark.timeout(600)  # the first run may install Xvfb

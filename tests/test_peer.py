@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, bod
 FAST = Backoff(initial=0.01, maximum=0.2)
 
 
-def new_store(path: str | Path = ":memory:") -> Store:
+def new_store(path: Path) -> Store:
     store = Store(path)
     store.execute(SCHEMA)
     store.make_crr("notes")
@@ -40,11 +41,14 @@ def rows(store: Store) -> list[Any]:
 
 
 class Cluster:
-    """N peers with stores on one MemoryNetwork; closes everything on exit."""
+    """N peers on one MemoryNetwork, their stores files in a temporary folder
+    of the cluster's own; closes everything and removes the folder on exit."""
 
     def __init__(self, count: int, seed: int = 0, limits: Limits | None = None) -> None:
         self.network = MemoryNetwork(seed=seed)
-        self.stores = [new_store() for _ in range(count)]
+        self._folder = tempfile.TemporaryDirectory(prefix="crpeer-cluster-")
+        self.directory = Path(self._folder.name)
+        self.stores = [new_store(self.directory / f"p{i}.db") for i in range(count)]
         self.peers: list[Peer] = []
         self.limits = limits
 
@@ -77,6 +81,7 @@ class Cluster:
             await peer.stop()
         for store in self.stores:
             store.close()
+        self._folder.cleanup()
 
 
 async def test_catch_up_eose_then_live_across_a_line_of_three() -> None:
@@ -114,9 +119,21 @@ async def test_nothing_is_echoed_to_where_it_came_from() -> None:
         for i in range(20):
             await a.execute("INSERT INTO notes VALUES (?, 'x', ?)", (i, i))
         await wait_for(cluster.converged)
-        await asyncio.sleep(0.2)
-        assert b.sessions[0].stats.rows_sent == 0
-        assert a.sessions[0].stats.rows_sent == 40
+        # A marker each way: a session sends in the order its store holds the
+        # changes, so an echo of what a side merged would go out before the
+        # marker written after it, and be counted by the time the marker lands.
+        await b.execute("INSERT INTO notes VALUES (100, 'marker from b', 0)")
+        await wait_for(lambda: len(rows(cluster.stores[0])) == 21)
+        await a.execute("INSERT INTO notes VALUES (101, 'marker from a', 0)")
+        await wait_for(
+            lambda: (
+                len(rows(cluster.stores[1])) == 22
+                and b.sessions[0].stats.rows_sent >= 2
+                and a.sessions[0].stats.rows_sent >= 42
+            )
+        )
+        assert b.sessions[0].stats.rows_sent == 2  # its marker's two changes, nothing of a's
+        assert a.sessions[0].stats.rows_sent == 42  # its rows and marker, nothing of b's
 
 
 async def test_a_relay_drops_what_the_remote_announced_while_the_read_waited() -> None:
@@ -228,7 +245,6 @@ async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() ->
             samples.append(await receiver.run_in_store(snapshot))
             if len(samples) == 20:
                 cluster.network.cut("p0", "p1")
-            await asyncio.sleep(0.001)
         await wait_for(cluster.converged, within=30)
         samples.append(await receiver.run_in_store(snapshot))
     assert all(consistent(*sample) for sample in samples), samples
@@ -265,21 +281,26 @@ def one_transaction_pair(
 async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_path: Path) -> None:
     network, source, target, sender, receiver = one_transaction_pair(tmp_path, 3000)
     seen: list[int] = []
+    cut = False
+
+    def app_reads(event: events.Event) -> None:
+        # A Progress event follows each frame applied: the app reads while
+        # the page is open.
+        nonlocal cut
+        if not isinstance(event, events.Progress):
+            return
+        seen.append(len(rows(target)))
+        if not cut and event.rows_received > 1000:
+            network.cut("s", "r")  # mid-page: the open transaction rolls back
+            cut = True
+
+    receiver.subscribe(app_reads)
     async with sender, receiver:
-        cut = False
-        for _ in range(2000):
-            count = len(rows(target))  # the app reads while the page is open
-            seen.append(count)
-            if count == 3000:
-                break
-            if not cut and receiver.sessions and receiver.sessions[0].stats.rows_received > 1000:
-                network.cut("s", "r")  # mid-page: the open transaction rolls back
-                cut = True
-            await asyncio.sleep(0.005)
         await wait_for(lambda: len(rows(target)) == 3000, within=30)
         await receiver.execute("INSERT INTO notes VALUES (5000, 'app write after', 0)")
     assert cut
-    assert set(seen) <= {0, 3000}  # never half of the transaction
+    assert len(seen) > 30  # the app read after every frame (6,000 changes, 100 a frame) ...
+    assert set(seen) <= {0, 3000}  # ... and never saw half of the transaction
     assert target.cursor() == {source.site_id: 1}
     source.close()
     target.close()
@@ -439,15 +460,12 @@ async def test_a_catch_up_of_transactions_that_leave_frames_part_full_still_pipe
 # -- hostile input ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["in-memory", "file"])
-async def lone_peer(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[Peer, MemoryNetwork]]:
-    """A peer to send hand-made frames to. Its store is in memory (a page is
-    buffered and applied whole) or a file (a page spanning frames streams
-    into one open transaction)."""
+@pytest.fixture
+async def lone_peer(tmp_path: Path) -> AsyncIterator[tuple[Peer, MemoryNetwork]]:
+    """A peer to send hand-made frames to, its store a file in ``tmp_path``
+    (a page spanning frames streams into one open transaction)."""
     network = MemoryNetwork()
-    store = new_store(":memory:" if request.param == "in-memory" else tmp_path / "target.db")
+    store = new_store(tmp_path / "target.db")
     peer = Peer(
         store,
         [MemoryTransport(network, "target")],
@@ -559,14 +577,18 @@ def v3_opening(site: bytes) -> list[bytes]:
     ],
 )
 async def test_hostile_frames_get_a_specific_error_and_the_peer_keeps_serving(
-    lone_peer: tuple[Peer, MemoryNetwork], name: str, frames: list[bytes], expected: ErrorCode
+    lone_peer: tuple[Peer, MemoryNetwork],
+    name: str,
+    frames: list[bytes],
+    expected: ErrorCode,
+    tmp_path: Path,
 ) -> None:
     peer, network = lone_peer
     code, _ = await talk(network, name, frames)
     assert code is expected
     assert rows(peer.store) == []
     # A well-behaved peer still syncs with it afterwards.
-    friend = new_store()
+    friend = new_store(tmp_path / "friend.db")
     friend.execute("INSERT INTO notes VALUES (1, 'friend', 1)")
     async with Peer(
         friend,
@@ -646,7 +668,7 @@ async def _converge(
         dials[a].append(b)
     for i in range(count):
         cluster.peer(i, dials[i])
-    oracle = new_store()
+    oracle = new_store(cluster.directory / "oracle.db")
     rng = random.Random(seed)
     async with cluster:
         for kind, who, key in actions:
@@ -665,6 +687,9 @@ async def _converge(
             for store in cluster.stores:
                 while batch := store.changes_since(oracle.cursor(), 500, exclude={oracle.site_id}):
                     oracle.apply(batch)
-            await asyncio.sleep(rng.choice([0, 0, 0.01]))
+            if rng.choice([False, False, True]):
+                # Let the cluster work between actions: until a random peer's
+                # store thread has run what was queued on it so far.
+                await cluster.peers[rng.randrange(count)].run_in_store(lambda: None)
         await wait_for(lambda: all(rows(s) == rows(oracle) for s in cluster.stores), within=30)
-    oracle.close()
+        oracle.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +23,21 @@ from transports.memory import MemoryNetwork, MemoryTransport
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
 
 
+_folders: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def store_folder(tmp_path: Path) -> Iterator[None]:
+    """Where :func:`new_store` puts its files: the test's own folder."""
+    _folders.append(tmp_path)
+    yield
+    _folders.pop()
+
+
 def new_store() -> Store:
-    store = Store(":memory:")
+    """A store in a new file in the test's folder."""
+    folder = _folders[-1]
+    store = Store(folder / f"store{len(list(folder.glob('store*.db')))}.db")
     store.execute(SCHEMA)
     store.make_crr("notes")
     return store

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -20,13 +19,17 @@ from peer.trust import TrustStore
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 30
 
+# Each process says "ready" once it has imported crpeer, starts on the
+# test's "go" (a line on its stdin), then adds its ids at a trickle: the two
+# writers' adds must interleave, which is what the test is about.
+
 # Process A: `crpeer trust add` in a loop, each call a fresh command run.
 CLI_LOOP = """
-import os, sys, time
+import sys, time
 from peer.cli import main
 from peer.pairing import peer_id_from_public_key
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.01)
+print("ready", flush=True)
+sys.stdin.readline()
 for n in range(int(sys.argv[2])):
     time.sleep(0.005)
     code = main(["trust", "add", sys.argv[1], peer_id_from_public_key(bytes([1, n]) * 16)])
@@ -34,12 +37,12 @@ for n in range(int(sys.argv[2])):
 """
 # Process B: one long-lived TrustStore (as `crpeer serve` holds), adding other ids.
 API_LOOP = """
-import os, sys, time
+import sys, time
 from peer.pairing import peer_id_from_public_key
 from peer.trust import TrustStore
 store = TrustStore.load(sys.argv[1])
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.01)
+print("ready", flush=True)
+sys.stdin.readline()
 for n in range(int(sys.argv[2])):
     time.sleep(0.03)
     store.add(peer_id_from_public_key(bytes([2, n]) * 16), f"b{n}")
@@ -50,15 +53,26 @@ def test_two_processes_adding_ids_at_once_lose_none(tmp_path: Path) -> None:
     database = tmp_path / "a.db"
     assert CliRunner().invoke(cli, ["init", str(database)]).exit_code == 0
     trust_file = f"{database}.trust.json"
-    go = tmp_path / "go"
     processes = [
-        subprocess.Popen([sys.executable, "-c", loop, target, str(COUNT), str(go)], cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, "-c", loop, target, str(COUNT)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for loop, target in ((CLI_LOOP, str(database)), (API_LOOP, trust_file))
     ]
-    time.sleep(1.0)  # both have imported crpeer: start together
-    go.touch()
+    for process in processes:  # both have imported crpeer: start together
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
     for process in processes:
-        assert process.wait(timeout=120) == 0
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    for process in processes:
+        process.communicate(timeout=120)
+        assert process.returncode == 0
     expected = {peer_id_from_public_key(bytes([a, n]) * 16) for a in (1, 2) for n in range(COUNT)}
     trusted = {entry.peer_id for entry in TrustStore.load(trust_file).list()}
     assert trusted == expected

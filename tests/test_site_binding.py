@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +124,7 @@ async def test_a_site_id_is_freed_when_its_owner_is_no_longer_trusted(nodes: Any
         host.trust.remove(b.identity.peer_id)
         async with c.peer([address(ph)]):
             await wait_for(lambda: len(ph.sessions) == 1)
-            assert ph.sessions[0].peer_id == c.identity.peer_id
-        await asyncio.sleep(0)
+            assert ph.sessions[0].peer_id == c.identity.peer_id  # admitted, not refused
     assert site_claims(host) == []
     assert host.store.site_owners() == {b.store.site_id: c.identity.peer_id}
 

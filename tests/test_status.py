@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -134,9 +135,9 @@ class FakeClock:
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     network = MemoryNetwork()
-    stores = [Store(":memory:"), Store(":memory:")]
+    stores = [Store(tmp_path / "a.db"), Store(tmp_path / "b.db")]
     for store in stores:
         store.execute(SCHEMA)
         store.make_crr("notes")

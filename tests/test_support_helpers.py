@@ -18,6 +18,22 @@ async def test_wait_for_returns_as_soon_as_the_condition_holds() -> None:
     assert loop.time() >= ready_at
 
 
+async def test_wait_for_awaits_an_async_predicate_each_time() -> None:
+    calls: list[int] = []
+
+    async def third_call() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    async def never() -> bool:
+        return False
+
+    await wait_for(third_call, within=10.0, interval=0.001)
+    assert len(calls) == 3
+    with pytest.raises(AssertionError, match="not reached"):
+        await wait_for(never, within=0.05)
+
+
 async def test_wait_for_fails_after_the_scaled_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(support, "TIMEOUT_SCALE", 4.0)
     assert scaled(0.05) == pytest.approx(0.2)

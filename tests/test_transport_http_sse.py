@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from peer.errors import ChannelClosed, ConnectError, FrameTooLarge
+from tests.support import wait_for
 from tests.transport_support import WAIT, Loopback, raw_connection, self_signed, tls_contexts
 from transports._sse_client import ClientChannel
 from transports.base import RemoteInfo
@@ -313,5 +314,4 @@ async def test_a_close_given_up_on_still_lets_go_of_the_http_client() -> None:
         # The caller's timeout cancels the close while it is still under way.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(dialed.close(), 0.0001)
-        await asyncio.sleep(0.2)
-        assert dialed._http.closed  # its connections are released all the same
+        await wait_for(lambda: dialed._http.closed)  # its connections are released all the same

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from peer.errors import ChannelClosed, ConfigError, ConnectError, FrameTooLarge, TransportError
+from tests.support import wait_for
 from tests.transport_support import (
     WAIT,
     Loopback,
@@ -79,7 +80,8 @@ async def test_stop_during_tls_handshake_leaves_nothing(tmp_path: Path) -> None:
     transport = TcpTransport(server_ssl=server_ssl, handshake_timeout=60.0)
     await transport.start(refuse_channel)
     reader, writer = await raw_connection(transport.listen_addresses[0])
-    await asyncio.sleep(0.05)  # let the server accept it
+    # The server has accepted it: its TLS handshake is under way.
+    await wait_for(lambda: any(t.get_name() == "crpeer-tcp-accept" for t in asyncio.all_tasks()))
     await asyncio.wait_for(transport.stop(), WAIT)
     await assert_no_tasks_left(before)
     await read_until_closed(reader, writer)
@@ -180,8 +182,8 @@ async def test_a_close_given_up_on_drops_the_socket(tmp_path: Path) -> None:
         raw = channel._writer.get_extra_info("socket")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(channel.close(), 0.05)
-        await asyncio.sleep(0.2)
-        assert raw.fileno() == -1  # closed, not waiting 30 s for the goodbye
+        # Closed, not waiting 30 s for the goodbye.
+        await wait_for(lambda: raw.fileno() == -1, within=5.0)
     finally:
         release.set()
         await client.stop()

@@ -8,15 +8,17 @@ processes until a row written on one is read on the other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -175,17 +177,19 @@ def test_two_installed_nodes_sync_over_tcp(venv: Path, tmp_path: Path) -> None:
             cwd=tmp_path,
             env=env,
         )
-        deadline = time.monotonic() + SYNC_DEADLINE_S
         rows = ""
-        while time.monotonic() < deadline:
+
+        def synced() -> bool:
+            nonlocal rows
             rows = _run(
                 [crpeer, "sql", "--no-header", b, "SELECT id, body FROM notes ORDER BY id"],
                 cwd=tmp_path,
                 env=env,
             )
-            if rows.count("\n") >= 2:
-                break
-            time.sleep(0.5)
+            return rows.count("\n") >= 2
+
+        with contextlib.suppress(AssertionError):  # the assertion below shows what arrived
+            wait_until(synced, within=SYNC_DEADLINE_S, interval=0.5)
         assert rows.splitlines() == ["1\twritten before serving", "2\twritten while serving"], (
             rows
             + "\n--- a ---\n"
