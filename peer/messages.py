@@ -37,7 +37,7 @@ __all__ = [
     "Close",
     "Credit",
     "CursorMessage",
-    "Eose",
+    "EoseMessage",
     "Error",
     "Have",
     "Hello",
@@ -198,7 +198,7 @@ class Have:
 
 
 @dataclass(frozen=True, slots=True)
-class Eose:
+class EoseMessage:
     """End of stored events: the catch-up is complete; live changes follow."""
 
 
@@ -243,7 +243,7 @@ Message: TypeAlias = (
     Hello
     | CursorMessage
     | Changes
-    | Eose
+    | EoseMessage
     | Credit
     | Ping
     | Pong
@@ -299,7 +299,7 @@ def encode(message: Message, number: int) -> bytes:
             body = [MessageType.CHANGES, number, message.final, tables, groups]
             if message.schema is not None:
                 body.append(message.schema)
-        case Eose():
+        case EoseMessage():
             body = [MessageType.EOSE, number]
         case Credit():
             body = [MessageType.CREDIT, number, message.frames]
@@ -543,8 +543,8 @@ def _fields_ok(t: Any, pk: Any, cid: Any, col_version: Any, cl: Any, seq: Any, t
     )
 
 
-def _decode_nothing(kind: type[Eose] | type[Close]) -> Any:
-    def decoder(body: list[Any], _: int) -> Eose | Close:
+def _decode_nothing(kind: type[EoseMessage] | type[Close]) -> Any:
+    def decoder(body: list[Any], _: int) -> EoseMessage | Close:
         _arity(body, 2, kind.__name__.lower())
         return kind()
 
@@ -621,7 +621,7 @@ _DECODERS: dict[MessageType, Any] = {
     MessageType.HELLO: _decode_hello,
     MessageType.CURSOR: _decode_cursor,
     MessageType.CHANGES: _decode_changes,
-    MessageType.EOSE: _decode_nothing(Eose),
+    MessageType.EOSE: _decode_nothing(EoseMessage),
     MessageType.CREDIT: _decode_credit,
     MessageType.PING: _decode_ping,
     MessageType.PONG: _decode_pong,
