@@ -43,19 +43,16 @@ the message text stays local.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 
-from peer.changes import ROW_OVERHEAD, Change, Cursor
+from peer.changes import Change, Cursor
 from peer.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from peer.messages import (
-    FRAME_OVERHEAD,
     HAVE_SINCE,
     PARTS_SINCE,
     PROTOCOL_MIN,
     PROTOCOL_VERSION,
     SCHEMA_NEEDS_SINCE,
     SNAPSHOT_SINCE,
-    V2_MAX_FRAME_BYTES,
     Backlog,
     Changes,
     Close,
@@ -90,7 +87,7 @@ from peer.protocol_events import (
     SnapshotPartReceived,
 )
 from peer.protocol_state import ALLOWED, ALLOWED_IN_PAGE, MESSAGE_TYPE, SINCE, SyncState
-from peer.protocol_transfer import IncomingValue, Outbox, SnapshotIn, SnapshotOut
+from peer.protocol_view import SessionView
 
 __all__ = [
     "ALLOWED",
@@ -115,7 +112,7 @@ __all__ = [
 ]
 
 
-class SyncSession:
+class SyncSession(SessionView):
     """Protocol state of one connection, both directions.
 
     ``nonce`` is this side's random connection nonce (an input, so tests and
@@ -124,88 +121,7 @@ class SyncSession:
     """
 
     def __init__(self, local: LocalInfo, limits: Limits, nonce: int) -> None:
-        self.local = local
-        self.limits = limits
-        self.nonce = nonce
-        self._state = SyncState.HANDSHAKE
-        self.remote: Hello | None = None
-        """The remote's HELLO, once received."""
-        self.remote_limits: LimitsMessage | None = None
-        """The remote's LIMITS (protocol 3), once received."""
-        self.version = PROTOCOL_VERSION
-        """The protocol version in use: the highest both sides speak (after HELLO)."""
-        self._remote_cursor: Cursor = {}
-        self._announced: Cursor = {}
-        self._credit = 0
-        self._remote_credit = limits.window
-        self._eose_sent = self._eose_received = False
-        self._page_rows: int | None = None
-        self._sending_page = False
-        self._received_frames = 0
-        self._outbox = Outbox()
-        self._hello_sent = False
-        self._value = IncomingValue(limits.max_value_bytes)
-        self._snapshot_in, self._snapshot_out = SnapshotIn(), SnapshotOut()
-        self._remote_cursor_at_start: Cursor = {}
-        self._changes_sent = self._changes_received = False
-
-    # -- what the driver reads --------------------------------------------------
-
-    @property
-    def state(self) -> SyncState:
-        return self._state
-
-    @property
-    def closed(self) -> bool:
-        """Either side ended the session (no frame is received or sent after)."""
-        return self._state is SyncState.CLOSED
-
-    @property
-    def remote_cursor(self) -> Mapping[bytes, int]:
-        """What the remote is known to hold (a read-only view): its cursor,
-        plus what went either way since, plus what it announced with HAVE."""
-        return MappingProxyType(self._remote_cursor)
-
-    @property
-    def announced(self) -> Mapping[bytes, int]:
-        """What the remote knows we hold (a read-only view): our cursor, plus
-        what went either way since, plus what we announced with HAVE."""
-        return MappingProxyType(self._announced)
-
-    @property
-    def credit(self) -> int:
-        """CHANGES frames we may still send before the remote grants more."""
-        return self._credit
-
-    @property
-    def eose_sent(self) -> bool:
-        return self._eose_sent
-
-    @property
-    def eose_received(self) -> bool:
-        return self._eose_received
-
-    @property
-    def page_open(self) -> bool:
-        """A page is being received: a CHANGES frame without ``final`` came,
-        the final one has not (it stays open if the session closes first)."""
-        return self._page_rows is not None
-
-    @property
-    def page_rows(self) -> int:
-        """Change rows received in the open page (0 when none is open)."""
-        return self._page_rows or 0
-
-    @property
-    def snapshot_offered(self) -> int:
-        """The snapshot bytes this side said it takes (0: none)."""
-        return self._snapshot_in.offered
-
-    @property
-    def pending_value_bytes(self) -> int:
-        """Bytes of a value received in parts and not yet used (at most
-        ``limits.max_value_bytes``; dropped when the session closes)."""
-        return self._value.pending_bytes
+        super().__init__(local, limits, nonce, PROTOCOL_VERSION)
 
     # -- sending ------------------------------------------------------------------
 
@@ -257,29 +173,6 @@ class SyncSession:
             )
         self._outbox.queue(CursorMessage(dict(cursor)))
 
-    @property
-    def snapshot_wanted(self) -> int:
-        """The largest snapshot the remote takes now, in bytes, or 0.
-
-        Nonzero only in SYNCING with protocol 4, when the remote asked for
-        one, showed the same schema (version and fingerprint) as ours and an
-        empty cursor, and nothing has been sent to it yet.
-        """
-        remote, limits = self.remote, self.remote_limits
-        if (
-            self._state is not SyncState.SYNCING
-            or self.version < SNAPSHOT_SINCE
-            or remote is None
-            or limits is None
-            or self._changes_sent
-            or self._snapshot_out.started
-            or remote.schema_fingerprint != self.local.schema_fingerprint
-            or remote.schema_version != self.local.schema_version
-            or any(self._remote_cursor_at_start.values())
-        ):
-            return 0
-        return limits.snapshot_bytes
-
     def send_snapshot_part(self, total: int, chunk: bytes | memoryview) -> None:
         """One piece of a snapshot of ``total`` bytes (at most a frame's worth
         of bytes less FRAME_OVERHEAD). Uses one credit.
@@ -327,37 +220,6 @@ class SyncSession:
         if news:
             self._announced.update(news)
             self._outbox.queue(Have(news))
-
-    @property
-    def max_send_rows(self) -> int:
-        """Most rows one CHANGES frame to this remote may carry."""
-        if self.remote is None:
-            raise LocalProtocolError("no remote hello yet")
-        return min(self.remote.max_batch_rows, self.limits.max_batch_rows)
-
-    @property
-    def frame_limit(self) -> int:
-        """The largest frame this side sends: the smaller of both sides' limits
-        (a remote without LIMITS is taken to accept 8 MiB)."""
-        remote = self.remote_limits.max_frame_bytes if self.remote_limits else V2_MAX_FRAME_BYTES
-        return min(self.limits.max_frame_bytes, remote)
-
-    @property
-    def max_send_bytes(self) -> int:
-        """Bytes of rows (by :func:`peer.changes.change_size`) one CHANGES
-        frame to this remote may carry; a single larger row goes alone."""
-        return self.frame_limit - FRAME_OVERHEAD
-
-    @property
-    def max_send_value(self) -> int:
-        """The largest value this remote takes, in bytes: its ``max_value_bytes``
-        (protocol 3, where a value larger than a frame travels in PART
-        frames), or about what fits in one frame (older protocols)."""
-        if self.version < PARTS_SINCE:
-            return self.max_send_bytes - ROW_OVERHEAD
-        if self.remote_limits is None:
-            raise LocalProtocolError("no remote limits yet")
-        return self.remote_limits.max_value_bytes
 
     def send_changes(self, changes: Sequence[Change], *, final: bool, schema: int = 0) -> None:
         """One CHANGES frame; ``final`` closes a page (whole groups only).

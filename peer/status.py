@@ -36,7 +36,7 @@ from typing import Any, Literal, cast
 
 from peer import events
 from peer.errors import ConfigError
-from peer.session import SessionSnapshot
+from peer.session_snapshot import SessionSnapshot
 
 __all__ = [
     "Classification",
