@@ -227,8 +227,14 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     assert after_b.cursor[pair.store_a.site_id.hex()] == own_a
 
     # Live writes keep the pair in sync once they have gone out.
+    before = pair.b.sessions[0].snapshot()
     await pair.b.execute("INSERT INTO notes VALUES (100, 'from b')")
     await wait_for(lambda: len(pair.store_a.execute("SELECT * FROM notes")) == 6, interval=0.01)
+    await wait_for(lambda: pair.b.sessions[0].snapshot().stats.rows_sent > 0, interval=0.01)
+    # A snapshot is a copy: the session went on without it.
+    assert (before.stats.rows_sent, before.state) == (0, "live")
+    assert pair.store_b.site_id not in before.remote_cursor
+    assert pair.store_b.site_id in pair.b.sessions[0].snapshot().remote_cursor
     final = (await pair.b.status()).sessions[0]
     assert final.classification == "in_sync"
 
