@@ -3,11 +3,13 @@
 One :class:`SyncSession` per connection. The driver (``peer.session``) feeds
 it every received frame with :meth:`SyncSession.receive`, acts on the events
 it returns (:mod:`peer.protocol_events`), and sends the frames it produces.
-Everything that affects the state lives in this module and its collaborators
-(:mod:`peer.protocol_transfer`); :data:`ALLOWED` and :data:`ALLOWED_IN_PAGE`
-are the whole transition table, and any (state, message) pair missing from
-them fails the session with ``UNEXPECTED_MESSAGE``. The session's state is
-read-only to the driver: it changes only through the calls below.
+Everything that affects the state lives in this module and beside it: the
+states and the transition table in :mod:`peer.protocol_state` (:data:`ALLOWED`
+and :data:`ALLOWED_IN_PAGE`; any (state, message) pair missing from them
+fails the session with ``UNEXPECTED_MESSAGE``), the read-only state in
+:mod:`peer.protocol_view`, values and snapshots in parts in
+:mod:`peer.protocol_transfer`. The driver reads the state through
+properties; it changes only through the calls below.
 
 Lifecycle of the driver::
 
@@ -116,8 +118,9 @@ class SyncSession(SessionView):
     """Protocol state of one connection, both directions.
 
     ``nonce`` is this side's random connection nonce (an input, so tests and
-    the harness stay deterministic). Its state is read through properties;
-    only the methods below change it.
+    the harness stay deterministic). Its state is read through the
+    properties of :class:`~peer.protocol_view.SessionView`; only the methods
+    below change it. Not thread-safe: one driver task calls it at a time.
     """
 
     def __init__(self, local: LocalInfo, limits: Limits, nonce: int) -> None:

@@ -49,9 +49,12 @@ class SessionView:
         self._announced: Cursor = {}
         self._credit = 0
         self._remote_credit = limits.window
+        """Frames the remote may still send before we acknowledge one (frame_applied)."""
         self._eose_sent = self._eose_received = False
         self._page_rows: int | None = None
+        """Rows of the page being received (None: no page open)."""
         self._sending_page = False
+        """A page is being sent: a CHANGES frame without ``final`` went out."""
         self._received_frames = 0
         self._outbox = Outbox()
         self._hello_sent = False
