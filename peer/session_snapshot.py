@@ -11,7 +11,10 @@ from typing import Literal
 from peer import events
 from peer.errors import CrpeerError
 
-__all__ = ["SessionSnapshot", "SessionStats"]
+__all__ = ["SessionSnapshot", "SessionState", "SessionStats"]
+
+SessionState = Literal["catching_up", "live"]
+"""``live`` once EOSE went both ways; ``catching_up`` before."""
 
 
 @dataclass(slots=True)
@@ -53,6 +56,6 @@ class SessionSnapshot:
     """The sync session ended (either side sent ERROR or CLOSE)."""
 
     @property
-    def state(self) -> Literal["catching_up", "live"]:
+    def state(self) -> SessionState:
         """``live`` once EOSE went both ways; ``catching_up`` before."""
         return "live" if self.eose_sent and self.eose_received else "catching_up"

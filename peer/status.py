@@ -36,7 +36,7 @@ from typing import Any, Literal, cast
 
 from peer import events
 from peer.errors import ConfigError
-from peer.session_snapshot import SessionSnapshot
+from peer.session_snapshot import SessionSnapshot, SessionState
 
 __all__ = [
     "Classification",
@@ -61,8 +61,6 @@ Classification = Literal["in_sync", "local_ahead", "remote_ahead", "diverged"]
 - ``diverged``: each holds something the other lacks.
 """
 
-SessionState = Literal["catching_up", "live"]
-"""``live`` once EOSE went both ways; ``catching_up`` before."""
 
 _CLASSIFICATIONS: tuple[Classification, ...] = (
     "in_sync",
