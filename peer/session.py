@@ -61,7 +61,7 @@ class SessionDriver:
         self,
         channel: Channel,
         session: SyncSession,
-        host: SessionHost,
+        host: SessionHost[SessionDriver],
         *,
         outbound: bool,
         ping_interval: float,

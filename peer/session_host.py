@@ -1,24 +1,28 @@
-"""What a :class:`~peer.session.SessionDriver` needs from its peer:
-:class:`SessionHost` (store access, admission, snapshots, events), the page
-transaction it opens through it, and :class:`Refusal`."""
+"""The interfaces around a :class:`~peer.session.SessionDriver`: what it
+needs from its peer (:class:`SessionHost`: store access, admission,
+snapshots, events; the :class:`PageTransaction` it opens through it;
+:class:`Refusal`), and what its receiving and sending halves use of it
+(:class:`SessionParts`). Protocols only: this module imports no driver."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol, TypeVar
 
 from peer import events
 from peer.bootstrap import IncomingSnapshot, OutgoingSnapshot
-from peer.errors import ErrorCode
-from peer.protocol import SnapshotEndReceived
+from peer.errors import CrpeerError, ErrorCode
+from peer.protocol import SnapshotEndReceived, SyncSession
+from peer.session_snapshot import SessionStats
 from peer.store import ApplyResult, Change, Cursor, LargeGroup
 
-if TYPE_CHECKING:
-    from peer.session import SessionDriver
+__all__ = ["PageTransaction", "Refusal", "SessionHost", "SessionParts"]
 
-__all__ = ["PageTransaction", "Refusal", "SessionHost"]
+_Driver = TypeVar("_Driver", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +46,9 @@ class PageTransaction(Protocol):
         ...
 
 
-class SessionHost(Protocol):
-    """What a session needs from its Peer."""
+class SessionHost(Protocol[_Driver]):
+    """What a session needs from its Peer. ``_Driver`` is the driver type the
+    peer's callbacks take (:class:`~peer.session.SessionDriver`)."""
 
     async def next_page(
         self, cursor: Cursor, limit: int, exclude: Collection[bytes], max_bytes: int
@@ -80,7 +85,7 @@ class SessionHost(Protocol):
 
     async def local_cursor(self) -> Cursor: ...
     async def backlog_estimate(self, cursor: Cursor, exclude: bytes) -> int: ...
-    async def admit(self, driver: SessionDriver) -> Refusal | None:
+    async def admit(self, driver: _Driver) -> Refusal | None:
         """Called after the remote hello: None to go on, or why to refuse it."""
         ...
 
@@ -97,13 +102,45 @@ class SessionHost(Protocol):
         ...
 
     async def install_snapshot(
-        self, driver: SessionDriver, incoming: IncomingSnapshot, end: SnapshotEndReceived
+        self, driver: _Driver, incoming: IncomingSnapshot, end: SnapshotEndReceived
     ) -> bool:
         """Check and install a received snapshot; False if it was refused
         (an event says why; the store is unchanged)."""
         ...
 
     def emit(self, event: events.Event) -> None: ...
-    def applied(self, source: SessionDriver, result: ApplyResult) -> None:
+    def applied(self, source: _Driver, result: ApplyResult) -> None:
         """Remote changes landed: wake the other sessions to relay them."""
+        ...
+
+
+class SessionParts(Protocol):
+    """What the driver's :class:`~peer.session_receive.Receiver` and
+    :class:`~peer.session_send.Sender` use of it (all on its event loop)."""
+
+    error: CrpeerError | None
+    duplicate: bool
+    eose_at: float | None
+
+    @property
+    def session(self) -> SyncSession: ...
+    @property
+    def host(self) -> SessionHost[Any]: ...
+    @property
+    def stats(self) -> SessionStats: ...
+    @property
+    def remote(self) -> events.RemotePeer | None: ...
+    @property
+    def eose_received(self) -> asyncio.Event: ...
+    @property
+    def log(self) -> logging.Logger: ...
+    @property
+    def address(self) -> str: ...
+    async def flush(self) -> None:
+        """Send every queued frame now (see :meth:`SessionDriver.flush
+        <peer.session.SessionDriver.flush>`)."""
+        ...
+
+    def flush_soon(self) -> None:
+        """Send what is queued from a task of its own; never waits."""
         ...

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from peer import events
 from peer.bootstrap import IncomingSnapshot
@@ -26,10 +25,8 @@ from peer.protocol import (
     SnapshotEndReceived,
     SnapshotPartReceived,
 )
+from peer.session_host import SessionParts
 from peer.store import ApplyResult, Change
-
-if TYPE_CHECKING:
-    from peer.session import SessionDriver
 
 __all__ = ["Receiver"]
 
@@ -48,7 +45,7 @@ class _PageCut(Exception):
 class Receiver:
     """Applies one session's received events; see :meth:`run`."""
 
-    def __init__(self, driver: SessionDriver) -> None:
+    def __init__(self, driver: SessionParts) -> None:
         self._driver = driver
         self.handling = False
         """An event is being handled (not waiting for the next one): a

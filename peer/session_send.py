@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 from peer import events
 from peer.changes import change_size
 from peer.errors import ErrorCode, RemoteProtocolError, ValueTooLargeError
 from peer.messages import FRAME_OVERHEAD
+from peer.session_host import SessionParts
 from peer.store import Change, LargeGroup
-
-if TYPE_CHECKING:
-    from peer.session import SessionDriver
 
 __all__ = ["SNAPSHOT_CHUNK", "Sender"]
 
@@ -35,7 +32,7 @@ class Sender:
     :meth:`credit_received` and :meth:`snapshot_answered` are called by the
     driver's read loop on the same event loop."""
 
-    def __init__(self, driver: SessionDriver, ping_interval: float, idle_timeout: float) -> None:
+    def __init__(self, driver: SessionParts, ping_interval: float, idle_timeout: float) -> None:
         self._driver = driver
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
