@@ -302,7 +302,8 @@ def _optional_time(value: Any) -> float | None:
 class SessionHistory:
     """Remembers, per remote site id, its last EOSE time and last session error.
 
-    Subscribe it before the peer starts: ``peer.subscribe(history.record)``.
+    Each Peer keeps one (``Peer.history``), subscribed to its events from
+    the start, and :meth:`Peer.status <peer.peer.Peer.status>` reads it.
     ``clock`` (default :func:`time.time`) stamps EOSE. :meth:`record` runs on
     the peer's event loop; reads from other threads see whole values.
     """
