@@ -39,7 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 from peer import events as ev
 from peer.errors import CallTimeoutError, ConfigError, CrpeerError
 from peer.peer import Peer
-from peer.status import PeerStatus, SessionHistory, peer_status
+from peer.status import PeerStatus, SessionHistory
 from peer.store import Store
 from transports.base import Transport
 
@@ -244,17 +244,20 @@ class BlockingPeer:
         self.events: queue.Queue[ev.Event] = queue.Queue(maxsize=max(0, event_queue_size))
         """Every event, in order, for the app to ``get()`` from any thread."""
         self.events_dropped = 0
-        self.history = SessionHistory()
         self._subscribers: list[tuple[Callable[[ev.Event], None], Executor | None]] = []
         self._dispatcher: _Dispatcher | None = None
         self._lock = threading.Lock()
         self._state = "new"
         self._stopped = threading.Event()
         self._start_done = threading.Event()
-        self._peer.subscribe(self.history.record)
         self._peer.subscribe(self._on_event)
 
     # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def history(self) -> SessionHistory:
+        """The peer's :class:`~peer.status.SessionHistory` (last EOSE and error per remote)."""
+        return self._peer.history
 
     @property
     def peer(self) -> Peer:
@@ -399,7 +402,7 @@ class BlockingPeer:
 
     def status(self) -> PeerStatus:
         """A :class:`~peer.status.PeerStatus` snapshot of the peer and its sessions."""
-        return self.call(lambda peer: peer_status(peer, self.history))
+        return self.call(lambda peer: peer.status())
 
     @property
     def site_id(self) -> bytes:

@@ -54,7 +54,6 @@ from peer.identity import format_peer_id
 from peer.pairing import WRONG_SECRET, normalize_join_secret
 from peer.peer import Peer
 from peer.protocol import Limits
-from peer.status import SessionHistory, peer_status
 from peer.store import JOURNAL_SIZE_LIMIT, Store
 from peer.trust import TrustStore, default_trust_path
 
@@ -109,8 +108,6 @@ async def run_serve(
     except BaseException:
         store.close()
         raise
-    history = SessionHistory()
-    peer.subscribe(history.record)
     labels = _labels(options.database) if not options.insecure else None
     log = logging.getLogger(SERVE_LOGGER) if log_format == "json" else None
     reporter = EventPrinter(as_json=as_json, console=Console(stderr=True), labels=labels, log=log)
@@ -166,7 +163,7 @@ async def run_serve(
                     damage = damage_message(options.database, problems)
                     reporter.error(damage)
                     break
-            status = await peer_status(peer, history)
+            status = await peer.status()
             write_status_file(
                 status_file,
                 {

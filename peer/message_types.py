@@ -34,7 +34,7 @@ __all__ = [
     "Close",
     "Credit",
     "CursorMessage",
-    "Eose",
+    "EoseMessage",
     "Error",
     "Frame",
     "Have",
@@ -188,7 +188,7 @@ class Have:
 
 
 @dataclass(frozen=True, slots=True)
-class Eose:
+class EoseMessage:
     """End of stored events: the catch-up is complete; live changes follow."""
 
 
@@ -233,7 +233,7 @@ Message: TypeAlias = (
     Hello
     | CursorMessage
     | Changes
-    | Eose
+    | EoseMessage
     | Credit
     | Ping
     | Pong

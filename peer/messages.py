@@ -47,7 +47,7 @@ from peer.message_types import (
     Close,
     Credit,
     CursorMessage,
-    Eose,
+    EoseMessage,
     Error,
     Frame,
     Have,
@@ -81,7 +81,7 @@ __all__ = [
     "Close",
     "Credit",
     "CursorMessage",
-    "Eose",
+    "EoseMessage",
     "Error",
     "Frame",
     "Have",
@@ -139,7 +139,7 @@ def encode(message: Message, number: int) -> bytes:
             body = [MessageType.CHANGES, number, message.final, tables, groups]
             if message.schema is not None:
                 body.append(message.schema)
-        case Eose():
+        case EoseMessage():
             body = [MessageType.EOSE, number]
         case Credit():
             body = [MessageType.CREDIT, number, message.frames]
@@ -383,8 +383,8 @@ def _fields_ok(t: Any, pk: Any, cid: Any, col_version: Any, cl: Any, seq: Any, t
     )
 
 
-def _decode_nothing(kind: type[Eose] | type[Close]) -> Any:
-    def decoder(body: list[Any], _: int) -> Eose | Close:
+def _decode_nothing(kind: type[EoseMessage] | type[Close]) -> Any:
+    def decoder(body: list[Any], _: int) -> EoseMessage | Close:
         _arity(body, 2, kind.__name__.lower())
         return kind()
 
@@ -461,7 +461,7 @@ _DECODERS: dict[MessageType, Any] = {
     MessageType.HELLO: _decode_hello,
     MessageType.CURSOR: _decode_cursor,
     MessageType.CHANGES: _decode_changes,
-    MessageType.EOSE: _decode_nothing(Eose),
+    MessageType.EOSE: _decode_nothing(EoseMessage),
     MessageType.CREDIT: _decode_credit,
     MessageType.PING: _decode_ping,
     MessageType.PONG: _decode_pong,

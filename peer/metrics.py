@@ -4,7 +4,7 @@
 :class:`~peer.peer.Peer` exposes and nothing more: its status
 (:meth:`Peer.status <peer.peer.Peer.status>`), its events (it subscribes
 when built, so build it before ``peer.start()`` to see every session), each
-live session's counters (``SessionDriver.stats``), the database files, and
+live session's counters (``SessionDriver.snapshot()``), the database files, and
 how long applies and reads take (it adds itself to
 :attr:`Peer.timing_observers <peer.peer.Peer.timing_observers>`).
 
@@ -55,7 +55,7 @@ from peer.status import PeerStatus
 
 if TYPE_CHECKING:
     from peer.peer import Peer
-    from peer.session import SessionStats
+    from peer.session import SessionDriver, SessionStats
 
 __all__ = ["METRICS", "TIME_BUCKETS", "NodeMetrics", "database_path", "error_code", "file_size"]
 
@@ -170,7 +170,8 @@ class NodeMetrics(Collector):
         self._unsubscribe = peer.subscribe(self.record)
         self.connected_since: dict[bytes, float] = {}
         """When each live remote (by site id) connected, seconds since the epoch."""
-        self._live: dict[events.RemotePeer, SessionStats] = {}
+        self._live: dict[events.RemotePeer, SessionDriver] = {}
+        """The session with each live remote, read through its snapshot."""
         self._ended: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         self._backlog: dict[tuple[str, str], int] = {}
         self._paired: set[str] = set()
@@ -230,13 +231,13 @@ class NodeMetrics(Collector):
 
     def _track(self, remote: events.RemotePeer) -> None:
         for driver in self.peer.sessions:
-            if driver.remote is not None and driver.remote == remote:
-                self._live[remote] = driver.stats
+            if driver.snapshot().remote == remote:
+                self._live[remote] = driver
 
     def _end(self, remote: events.RemotePeer) -> None:
-        stats = self._live.pop(remote, None)
-        if stats is not None:
-            self._ended[_peer_key(remote)].update(_counts(stats))
+        driver = self._live.pop(remote, None)
+        if driver is not None:
+            self._ended[_peer_key(remote)].update(_counts(driver.snapshot().stats))
         self._backlog.pop(_peer_key(remote), None)
         if not any(live.site_id == remote.site_id for live in self._live):
             self.connected_since.pop(remote.site_id, None)
@@ -262,9 +263,10 @@ class NodeMetrics(Collector):
         """
         self._status = await self.peer.status()
         for driver in self.peer.sessions:  # sessions that began before we subscribed
-            if driver.remote is not None and driver.remote not in self._live:
-                self._live[driver.remote] = driver.stats
-                self.connected_since.setdefault(driver.remote.site_id, self._clock())
+            remote = driver.snapshot().remote
+            if remote is not None and remote not in self._live:
+                self._live[remote] = driver
+                self.connected_since.setdefault(remote.site_id, self._clock())
         self._transports = tuple(t.scheme for t in self.peer.transports)
         path = database_path(self.peer)
         if path is not None:
@@ -357,8 +359,8 @@ class NodeMetrics(Collector):
         totals: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         for key, counts in self._ended.items():
             totals[key].update(counts)
-        for remote, stats in self._live.items():
-            totals[_peer_key(remote)].update(_counts(stats))
+        for remote, driver in self._live.items():
+            totals[_peer_key(remote)].update(_counts(driver.snapshot().stats))
         for field in ("rows_sent", "rows_received", "bytes_sent", "bytes_received"):
             name = f"crpeer_peer_{field}"
             family = CounterMetricFamily(name, METRICS[name], labels=_PEER)

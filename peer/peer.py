@@ -29,7 +29,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from types import SimpleNamespace
+from typing import Any, ParamSpec, TypeVar, cast
 
 from tenacity import (
     AsyncRetrying,
@@ -57,8 +58,8 @@ from peer.identity import Identity, format_peer_id
 from peer.pairing_guard import PairingGuard
 from peer.protocol import Limits, LocalInfo, SnapshotEndReceived, SyncSession
 from peer.retry import Backoff
-from peer.session import Refusal, SessionDriver
-from peer.status import PeerStatus, SessionHistory, peer_status
+from peer.session import PageTransaction, Refusal, SessionDriver
+from peer.status import PeerStatus, SessionHistory, build_peer_status
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
 from peer.store_jobs import StoreJobs
 from peer.store_snapshot import prepare_received, snapshot_reference
@@ -397,8 +398,37 @@ class Peer:
             self._spawn(driver.close(), "crpeer-schema-changed")
 
     async def status(self) -> PeerStatus:
-        """Cursors, lag and counters of this peer and each live session."""
-        return await peer_status(self, self.history)
+        """Cursors, lag and counters of this peer and each live session.
+
+        The one place that gathers them: the store's on the store thread, the
+        sessions' snapshots and the dials on the event loop (call it from the
+        peer's loop). Raises ConfigError if the peer is not started,
+        StoreError if the store fails.
+        """
+        store = self.store
+
+        def read() -> tuple[Cursor, int, int, int, int]:
+            return (
+                store.cursor(),
+                store.own_version(),
+                store.db_version(),
+                store.schema_version(),
+                store.held_count(),
+            )
+
+        cursor, own_version, db_version, schema_version, held = await self.run_in_store(read)
+        return build_peer_status(
+            site_id=store.site_id,
+            peer_id=self.peer_id,
+            name=self.name,
+            cursor={**cursor, store.site_id: own_version},
+            db_version=db_version,
+            schema_version=schema_version,
+            held_rows=held,
+            sessions=[driver.snapshot() for driver in self.sessions],
+            dials=self.dials,
+            history=self.history,
+        )
 
     def notify_local_change(self) -> None:
         """Something was written locally: push it to every session now."""
@@ -471,6 +501,19 @@ class Peer:
     @property
     def can_stream_pages(self) -> bool:
         return self.store.can_stream_pages
+
+    @contextlib.asynccontextmanager
+    async def page(self) -> AsyncIterator[PageTransaction]:
+        """A transaction for a page that spans frames (see :meth:`SessionHost.page
+        <peer.session.SessionHost.page>`). Temporary: built on begin_page,
+        apply_in_page and end_page until the store worker provides it."""
+        await self.begin_page()
+        try:
+            yield cast(PageTransaction, SimpleNamespace(apply=self.apply_in_page))
+        except BaseException:
+            await self.end_page(commit=False)
+            raise
+        await self.end_page(commit=True)
 
     async def begin_page(self) -> None:
         await self._apply_lock.acquire()

@@ -2,9 +2,11 @@
 
 The comparison is pure (:func:`classify`, :func:`lag_versions`): two cursors
 (version vectors ``{origin site_id: origin version}``, a missing origin being
-version 0) and nothing else. :func:`peer_status` reads a running
-:class:`~peer.peer.Peer` through its public attributes only and returns
+version 0) and nothing else. So is :func:`build_peer_status`: it turns plain
+data (the local cursor and counters, session snapshots, dials, history) into
 frozen dataclasses an app can show, log, or serialize (``as_dict()``).
+:meth:`Peer.status <peer.peer.Peer.status>` is the one place that gathers
+that data from a running peer.
 
 What a status can and cannot know
 ---------------------------------
@@ -20,24 +22,21 @@ that have not reached us yet are invisible until they arrive. Before EOSE
 only changes in flight are missing. Changes counted as sent may still be in
 flight to the remote.
 
-A :class:`SessionHistory` subscribed to the peer's events adds what a live
-session object does not keep: when each remote last sent EOSE, and the last
-error of an earlier session with it.
+The peer's :class:`SessionHistory` (``Peer.history``, subscribed to its
+events) adds what a live session does not keep: when each remote last sent
+EOSE, and the last error of an earlier session with it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 from peer import events
 from peer.errors import ConfigError
-
-if TYPE_CHECKING:
-    from peer.peer import Peer
-    from peer.session import SessionDriver
+from peer.session_snapshot import SessionSnapshot, SessionState
 
 __all__ = [
     "Classification",
@@ -47,9 +46,10 @@ __all__ = [
     "SessionState",
     "SessionStatus",
     "VersionLag",
+    "build_peer_status",
     "classify",
     "lag_versions",
-    "peer_status",
+    "session_status",
 ]
 
 Classification = Literal["in_sync", "local_ahead", "remote_ahead", "diverged"]
@@ -61,8 +61,6 @@ Classification = Literal["in_sync", "local_ahead", "remote_ahead", "diverged"]
 - ``diverged``: each holds something the other lacks.
 """
 
-SessionState = Literal["catching_up", "live"]
-"""``live`` once EOSE went both ways; ``catching_up`` before."""
 
 _CLASSIFICATIONS: tuple[Classification, ...] = (
     "in_sync",
@@ -304,7 +302,8 @@ def _optional_time(value: Any) -> float | None:
 class SessionHistory:
     """Remembers, per remote site id, its last EOSE time and last session error.
 
-    Subscribe it before the peer starts: ``peer.subscribe(history.record)``.
+    Each Peer keeps one (``Peer.history``), subscribed to its events from
+    the start, and :meth:`Peer.status <peer.peer.Peer.status>` reads it.
     ``clock`` (default :func:`time.time`) stamps EOSE. :meth:`record` runs on
     the peer's event loop; reads from other threads see whole values.
     """
@@ -331,56 +330,53 @@ class SessionHistory:
                 pass
 
 
-async def peer_status(peer: Peer, history: SessionHistory | None = None) -> PeerStatus:
-    """A snapshot of ``peer`` (started) and its live sessions.
+def build_peer_status(
+    *,
+    site_id: bytes,
+    peer_id: str | None,
+    name: str,
+    cursor: Mapping[bytes, int],
+    db_version: int,
+    schema_version: int,
+    held_rows: int,
+    sessions: Iterable[SessionSnapshot],
+    dials: Mapping[str, events.DialState],
+    history: SessionHistory | None = None,
+) -> PeerStatus:
+    """A :class:`PeerStatus` from plain data. Pure.
 
-    Reads the store on the peer's store thread (``run_in_store``) and the
-    sessions on the event loop; call it from the peer's loop. Raises
-    ConfigError if the peer is not started, StoreError if the store fails.
+    ``cursor`` is the local version vector, this site's own version included;
+    ``sessions`` are :meth:`SessionDriver.snapshot
+    <peer.session.SessionDriver.snapshot>` results (those not past the
+    handshake are left out); ``history`` adds last EOSE times and earlier
+    errors. :meth:`Peer.status <peer.peer.Peer.status>` gathers these.
     """
-    store = peer.store
-
-    def read() -> tuple[dict[bytes, int], int, int, int, int]:
-        return (
-            store.cursor(),
-            store.own_version(),
-            store.db_version(),
-            store.schema_version(),
-            store.held_count(),
-        )
-
-    cursor, own_version, db_version, schema_version, held = await peer.run_in_store(read)
-    local = {**cursor, store.site_id: own_version}
-    sessions = tuple(
-        status
-        for status in (_session_status(driver, local, history) for driver in peer.sessions)
-        if status is not None
-    )
+    statuses = (session_status(snapshot, cursor, history) for snapshot in sessions)
     return PeerStatus(
-        site_id=store.site_id.hex(),
-        peer_id=peer.peer_id,
-        name=peer.name,
+        site_id=site_id.hex(),
+        peer_id=peer_id,
+        name=name,
         db_version=db_version,
         schema_version=schema_version,
-        held_rows=held,
-        cursor={origin.hex(): version for origin, version in sorted(local.items())},
-        sessions=sessions,
-        dials=tuple(DialStatus.from_event(state) for _, state in sorted(peer.dials.items())),
+        held_rows=held_rows,
+        cursor={origin.hex(): version for origin, version in sorted(cursor.items())},
+        sessions=tuple(status for status in statuses if status is not None),
+        dials=tuple(DialStatus.from_event(state) for _, state in sorted(dials.items())),
     )
 
 
-def _session_status(
-    driver: SessionDriver, local: Mapping[bytes, int], history: SessionHistory | None
+def session_status(
+    snapshot: SessionSnapshot, local: Mapping[bytes, int], history: SessionHistory | None = None
 ) -> SessionStatus | None:
-    remote, hello = driver.remote, driver.session.remote
-    if remote is None or hello is None:
-        return None  # not past the handshake
-    site = hello.site_id
-    known = dict(driver.session.remote_cursor)
+    """One session's :class:`SessionStatus` against the local vector, or
+    None if it is not past the handshake. Pure."""
+    remote, site = snapshot.remote, snapshot.site_id
+    if remote is None or site is None:
+        return None
+    known = dict(snapshot.remote_cursor)
     known[site] = max(known.get(site, 0), local.get(site, 0))
-    live = driver.session.eose_sent and driver.eose_received.is_set()
-    error = driver.error or (history.last_error.get(site) if history else None)
-    stats = driver.stats
+    error = snapshot.error or (history.last_error.get(site) if history else None)
+    stats = snapshot.stats
     return SessionStatus(
         remote_name=remote.name,
         site_id=site.hex(),
@@ -388,7 +384,7 @@ def _session_status(
         address=remote.address,
         transport=remote.transport,
         inbound=remote.inbound,
-        state="live" if live else "catching_up",
+        state=snapshot.state,
         classification=classify(local, known),
         lag=lag_versions(local, known),
         bytes_sent=stats.bytes_sent,

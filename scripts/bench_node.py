@@ -482,7 +482,7 @@ async def _settled(peers: Sequence[Peer], degrees: Sequence[int], within: float)
     def ready() -> bool:
         return all(
             len(peer.sessions) == degree
-            and all(s.eose_received.is_set() and s.session.eose_sent for s in peer.sessions)
+            and all(s.snapshot().state == "live" for s in peer.sessions)
             for peer, degree in zip(peers, degrees, strict=True)
         )
 

@@ -154,7 +154,7 @@ async def test_a_relay_drops_what_the_remote_announced_while_the_read_waited() -
     r.next_page = slow_next_page  # type: ignore[method-assign]
     async with cluster:
         await wait_for(lambda: all(len(p.sessions) == 2 for p in (w, r, z)))
-        await wait_for(lambda: all(s.eose_received.is_set() for s in r.sessions))
+        await wait_for(lambda: all(s.snapshot().eose_received for s in r.sessions))
         for i in range(20):
             await w.execute("INSERT INTO notes VALUES (?, 'from w', ?)", (i, i))
         await wait_for(cluster.converged)
@@ -197,7 +197,9 @@ async def test_merging_remote_changes_does_not_wake_the_watcher() -> None:
     writer = cluster.peer(0, [])
     reader = cluster.peer(1, [0])
     async with cluster:
-        await wait_for(lambda: bool(reader.sessions) and reader.sessions[0].eose_received.is_set())
+        await wait_for(
+            lambda: bool(reader.sessions) and reader.sessions[0].snapshot().eose_received
+        )
         wakes: list[int] = []
         original = reader.notify_local_change
 
@@ -419,7 +421,9 @@ async def test_small_live_writes_wait_for_the_page_in_flight_and_go_out_together
 
     receiver.apply = slow_apply  # type: ignore[method-assign]
     async with cluster:
-        await wait_for(lambda: bool(sender.sessions) and sender.sessions[0].eose_received.is_set())
+        await wait_for(
+            lambda: bool(sender.sessions) and sender.sessions[0].snapshot().eose_received
+        )
         for i in range(40):
             await sender.execute("INSERT INTO notes VALUES (?, 'live', ?)", (i, i))
         await wait_for(lambda: len(rows(cluster.stores[1])) == 40)

@@ -18,7 +18,7 @@ from peer.messages import (
     Close,
     Credit,
     CursorMessage,
-    Eose,
+    EoseMessage,
     Error,
     Have,
     Hello,
@@ -35,7 +35,9 @@ from peer.messages import (
 )
 from peer.protocol import (
     ALLOWED,
+    ALLOWED_IN_PAGE,
     SINCE,
+    BacklogReceived,
     ChangesReceived,
     CreditReceived,
     CursorReceived,
@@ -44,11 +46,11 @@ from peer.protocol import (
     Limits,
     LocalInfo,
     RemoteClosed,
-    SessionState,
     SnapshotAnswered,
     SnapshotEndReceived,
     SnapshotPartReceived,
     SyncSession,
+    SyncState,
 )
 from peer.store import Change
 
@@ -106,7 +108,7 @@ def test_the_exact_message_sequence_of_a_sync() -> None:
         False,
     )
     deliver(b, a)
-    assert a.state is SessionState.READY
+    assert a.state is SyncState.READY
     a.send_cursor({})
     b.send_cursor({C_SITE: 4})
     assert (
@@ -115,7 +117,7 @@ def test_the_exact_message_sequence_of_a_sync() -> None:
     # Rebuild a fresh pair for the body of the exchange.
     pair = ProtocolPair()
     a, b = pair.a, pair.b
-    assert a.state is b.state is SessionState.SYNCING
+    assert a.state is b.state is SyncState.SYNCING
     assert a.credit == Limits().window
     a.send_changes([change(1), change(1, 1)], final=False)
     a.send_changes([change(2)], final=True)
@@ -138,7 +140,7 @@ def test_the_exact_message_sequence_of_a_sync() -> None:
     assert b.remote_cursor[A_SITE] == 3
     a.send_close()
     assert deliver(a, b) == [RemoteClosed(None)]
-    assert {a.state, b.state} == {SessionState.CLOSED}
+    assert {a.state, b.state} == {SyncState.CLOSED}
 
 
 def test_the_remote_cursor_tracks_what_went_either_way() -> None:
@@ -168,7 +170,7 @@ def test_a_frame_with_more_rows_than_announced_fails_the_session() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         pair.b.receive(forged)
     assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
-    assert pair.b.state is SessionState.CLOSED
+    assert pair.b.state is SyncState.CLOSED
 
 
 def test_frames_out_of_sequence_fail_the_session() -> None:
@@ -237,7 +239,7 @@ def test_have_is_neither_sent_to_nor_accepted_from_a_protocol_1_peer() -> None:
 
 
 def test_have_before_the_cursors_are_exchanged_is_refused() -> None:
-    s, received = session_in(SessionState.READY)
+    s, received = session_in(SyncState.READY)
     s.send_have({C_SITE: 1})  # nothing to announce yet
     assert kinds(s.data_to_send()) == [MessageType.HELLO]
     with pytest.raises(RemoteProtocolError) as caught:
@@ -273,7 +275,7 @@ def sample_message(kind: MessageType) -> Message:
         MessageType.HELLO: Hello(1, 1, C_SITE, "c", 0, FINGERPRINT, 100, 4, 9),
         MessageType.CURSOR: CursorMessage({C_SITE: 1}),
         MessageType.CHANGES: Changes([change(1)], True),
-        MessageType.EOSE: Eose(),
+        MessageType.EOSE: EoseMessage(),
         MessageType.CREDIT: Credit(1),
         MessageType.PING: Ping(1),
         MessageType.PONG: Pong(1),
@@ -289,64 +291,79 @@ def sample_message(kind: MessageType) -> Message:
     return samples[kind]
 
 
-def session_in(state: SessionState) -> tuple[SyncSession, int]:
-    """A session in ``state`` and the number of frames it has received."""
-    if state is SessionState.HANDSHAKE:
+def session_in(state: SyncState, *, in_page: bool = False) -> tuple[SyncSession, int]:
+    """A session in ``state`` (with a page open, if ``in_page``) and the
+    number of frames it has received."""
+    if state is SyncState.HANDSHAKE:
         s = session(A_SITE)
         s.hello()
         return s, 0
     pair = ProtocolPair()
-    if state is SessionState.READY:
+    if state is SyncState.READY:
         s = session(A_SITE)
         s.hello()
         s.receive(encode(Hello(1, 2, B_SITE, "b", 0, FINGERPRINT, 100, 4, 9), 0))
         return s, 1
-    if state is SessionState.SYNCING:
+    if state is SyncState.SYNCING and in_page:
+        pair.b.send_changes([change(1)], final=False)
+        deliver(pair.b, pair.a)
+        assert pair.a.page_open
+        return pair.a, 4
+    if state is SyncState.SYNCING:
         return pair.a, 3
     pair.a.send_close()
     return pair.a, 3
 
 
 ONLY_IN_A_SNAPSHOT = {
-    (SessionState.SYNCING, MessageType.CURSOR),
-    (SessionState.SYNCING, MessageType.SNAPSHOT_PART),
-    (SessionState.SYNCING, MessageType.SNAPSHOT_END),
+    (SyncState.SYNCING, MessageType.CURSOR),
+    (SyncState.SYNCING, MessageType.SNAPSHOT_PART),
+    (SyncState.SYNCING, MessageType.SNAPSHOT_END),
 }
 """Allowed in SYNCING only around a snapshot (see test_snapshot_*); a session
 that asked for none refuses them."""
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(list(SessionState)), st.sampled_from(list(MessageType)))
-def test_every_state_and_message_pair_is_handled(state: SessionState, kind: MessageType) -> None:
-    s, received = session_in(state)
+SITUATIONS = [*((state, False) for state in SyncState), (SyncState.SYNCING, True)]
+"""Every state, and SYNCING with a page open (see ALLOWED_IN_PAGE)."""
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(SITUATIONS), st.sampled_from(list(MessageType)))
+def test_every_state_and_message_pair_is_handled(
+    situation: tuple[SyncState, bool], kind: MessageType
+) -> None:
+    state, in_page = situation
+    s, received = session_in(state, in_page=in_page)
     frame = encode(sample_message(kind), received)
-    if state is SessionState.CLOSED:
+    if state is SyncState.CLOSED:
         with pytest.raises(LocalProtocolError):
             s.receive(frame)
         return
-    if (
-        kind not in ALLOWED[state]
-        or s.version < SINCE.get(kind, 0)
-        or (state, kind) in ONLY_IN_A_SNAPSHOT
-    ):
+    allowed = ALLOWED_IN_PAGE if in_page else ALLOWED[state]
+    if kind not in allowed or s.version < SINCE.get(kind, 0) or (state, kind) in ONLY_IN_A_SNAPSHOT:
         with pytest.raises(RemoteProtocolError) as caught:
             s.receive(frame)
         assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
-        assert s.state is SessionState.CLOSED
+        assert s.state is SyncState.CLOSED
         return
     if kind is MessageType.CREDIT:
-        s.credit = 0  # make room within the window
+        s.send_changes([], final=True)  # use a credit: make room within the window
     events = s.receive(frame)
     assert isinstance(events, list)
     if kind in {MessageType.ERROR, MessageType.CLOSE}:
-        assert s.state is SessionState.CLOSED
+        assert s.state is SyncState.CLOSED
+        assert s.closed
+    if kind is MessageType.CHANGES:
+        assert not s.page_open  # the sample is a final frame: it ends the page
+    elif in_page:
+        assert s.page_open
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_escape_as_anything_but_a_protocol_error(data: bytes) -> None:
-    s, _ = session_in(SessionState.SYNCING)
+    s, _ = session_in(SyncState.SYNCING)
     code: ErrorCode | None = None
     try:
         s.receive(data)
@@ -433,7 +450,7 @@ def test_a_frame_says_which_schema_its_rows_need() -> None:
     assert decode(frame, max_frame_bytes=1 << 20, max_batch_rows=100).message == Changes(
         [change(1)], True, 2
     )
-    assert pair.b.receive(frame) == [ChangesReceived([change(1)], True, 2)]
+    assert pair.b.receive(frame) == [ChangesReceived([change(1)], True, 2, hold_for=2)]
     # Nothing newer than the announced schema: the frame has no schema field.
     pair.a.send_changes([change(2)], final=True, schema=0)
     (frame,) = pair.a.data_to_send()
@@ -574,7 +591,7 @@ def test_malformed_snapshots_fail_the_session(frames: list[Message]) -> None:
         b.receive(encode(message, number))
     with pytest.raises(RemoteProtocolError):
         b.receive(encode(last, 3 + len(before)))
-    assert b.state is SessionState.CLOSED
+    assert b.state is SyncState.CLOSED
 
 
 def test_snapshot_frames_round_trip() -> None:
@@ -585,3 +602,114 @@ def test_snapshot_frames_round_trip() -> None:
     ):
         frame = decode(encode(message, 5), max_frame_bytes=1 << 20, max_batch_rows=10)
         assert (frame.number, frame.message) == (5, message)
+
+
+# -- pages, acknowledgements and the read-only state ------------------------------------
+
+
+def test_a_page_is_open_from_a_non_final_frame_to_the_final_one() -> None:
+    pair = ProtocolPair()
+    assert (pair.b.page_open, pair.b.page_rows) == (False, 0)
+    pair.a.send_changes([change(1), change(1, 1)], final=False)
+    pair.a.send_changes([change(1, 2)], final=False)
+    deliver(pair.a, pair.b)
+    assert (pair.b.page_open, pair.b.page_rows) == (True, 3)
+    pair.a.send_changes([], final=True)
+    assert deliver(pair.a, pair.b) == [ChangesReceived([], True, 0)]
+    assert (pair.b.page_open, pair.b.page_rows) == (False, 0)
+    pair.a.send_eose()  # after the page, EOSE is welcome
+    assert deliver(pair.a, pair.b) == [EoseReceived()]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [EoseMessage(), Backlog(3), SnapshotPart(7, b"abcd"), SnapshotEnd(7, bytes(32), {})],
+    ids=["eose", "backlog", "snapshot part", "snapshot end"],
+)
+def test_eose_backlog_or_a_snapshot_inside_a_page_fails_the_session(message: Message) -> None:
+    pair = ProtocolPair()
+    pair.a.send_changes([change(1)], final=False)
+    deliver(pair.a, pair.b)
+    with pytest.raises(RemoteProtocolError, match="not allowed in a page") as caught:
+        pair.b.receive(encode(message, 4))
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE
+    assert pair.b.closed
+    assert pair.b.page_rows == 1  # what the unfinished page had brought
+
+
+def test_eose_backlog_and_a_snapshot_are_not_sent_inside_a_page() -> None:
+    pair = ProtocolPair()
+    pair.a.send_changes([change(1)], final=False)
+    for send in (
+        pair.a.send_eose,
+        lambda: pair.a.send_backlog(3),
+        lambda: pair.a.send_snapshot_part(7, b"abcd"),
+        lambda: pair.a.group_sent(A_SITE, 1),
+    ):
+        with pytest.raises(LocalProtocolError):
+            send()
+    pair.a.send_changes([], final=True)
+    pair.a.send_backlog(3)
+    pair.a.send_eose()
+    assert [type(e) for e in deliver(pair.a, pair.b)] == [
+        ChangesReceived,
+        ChangesReceived,
+        BacklogReceived,
+        EoseReceived,
+    ]
+
+
+def test_frame_applied_needs_a_received_frame_to_acknowledge() -> None:
+    pair = ProtocolPair()
+    with pytest.raises(LocalProtocolError):
+        pair.b.frame_applied()  # before any frame
+    pair.a.send_changes([change(1)], final=True)
+    deliver(pair.a, pair.b)
+    pair.b.frame_applied()
+    with pytest.raises(LocalProtocolError):
+        pair.b.frame_applied()  # twice for one frame
+    assert deliver(pair.b, pair.a) == [CreditReceived()]
+
+
+def test_a_frame_applied_after_the_close_queues_nothing() -> None:
+    pair = ProtocolPair()
+    pair.a.send_changes([change(1)], final=True)
+    pair.a.send_close()
+    assert [type(e) for e in deliver(pair.a, pair.b)] == [ChangesReceived, RemoteClosed]
+    pair.b.frame_applied()  # the frame came before the close: no misuse
+    assert pair.b.data_to_send() == []
+
+
+def test_a_ping_is_sent_after_hello_and_before_the_close_only() -> None:
+    s = session(A_SITE)
+    with pytest.raises(LocalProtocolError):
+        s.send_ping(1)  # before hello
+    pair = ProtocolPair()
+    pair.a.send_close()
+    with pytest.raises(LocalProtocolError):
+        pair.a.send_ping(1)
+
+
+def test_group_sent_raises_the_remote_cursor_and_never_lowers_it() -> None:
+    pair = ProtocolPair()
+    assert pair.a.remote_cursor == {C_SITE: 4}
+    pair.a.group_sent(C_SITE, 2)
+    assert pair.a.remote_cursor == {C_SITE: 4}
+    pair.a.group_sent(C_SITE, 9)
+    pair.a.group_sent(A_SITE, 3)
+    assert pair.a.remote_cursor == {C_SITE: 9, A_SITE: 3}
+    early = session(A_SITE)
+    early.hello()
+    with pytest.raises(LocalProtocolError):
+        early.group_sent(C_SITE, 1)  # before the cursors
+
+
+def test_the_remote_cursor_is_a_read_only_view() -> None:
+    pair = ProtocolPair()
+    view = pair.a.remote_cursor
+    with pytest.raises(TypeError):
+        view[C_SITE] = 99  # type: ignore[index]
+    with pytest.raises(TypeError):
+        pair.a.announced[C_SITE] = 99  # type: ignore[index]
+    pair.a.send_changes([change(5)], final=True)
+    assert view == {C_SITE: 4, A_SITE: 5}  # a view: it follows the session

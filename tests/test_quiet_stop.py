@@ -14,7 +14,7 @@ import pytest
 from peer import events
 from peer.errors import LocalProtocolError
 from peer.peer import Peer
-from peer.protocol import Limits, SessionState
+from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from tests.support import wait_for
@@ -80,8 +80,7 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
             # The read finishes only once the session has closed: the page
             # reaches the sender after the stop began.
             page = await read_page(cursor, limit, exclude, max_bytes)
-            while driver.session.state is not SessionState.CLOSED:  # noqa: ASYNC110 (no event to wait on)
-                await asyncio.sleep(0)
+            await driver.closed.wait()
             return page
 
         sender.next_page = page_read_across_the_close  # type: ignore[method-assign]

@@ -15,14 +15,16 @@ from peer import events
 from peer.errors import ChannelClosed, ConfigError
 from peer.peer import Peer
 from peer.retry import Backoff
+from peer.session import SessionSnapshot, SessionStats
 from peer.status import (
+    DialStatus,
     PeerStatus,
     SessionHistory,
     SessionStatus,
     VersionLag,
+    build_peer_status,
     classify,
     lag_versions,
-    peer_status,
 )
 from peer.store import ApplyResult, Change, Store
 from tests.support import wait_for
@@ -121,7 +123,6 @@ class Pair:
     b: Peer
     store_a: Store
     store_b: Store
-    history_b: SessionHistory
     release: asyncio.Event
 
 
@@ -154,8 +155,6 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         insecure=True,
         seed=2,
     )
-    history = SessionHistory(clock=FakeClock())
-    b.subscribe(history.record)
     release = asyncio.Event()
     original = b.apply
 
@@ -164,7 +163,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         return await original(changes, hold_for)
 
     b.apply = gated_apply  # type: ignore[method-assign]
-    yield Pair(a, b, stores[0], stores[1], history, release)
+    yield Pair(a, b, stores[0], stores[1], release)
     release.set()
     await b.stop()
     await a.stop()
@@ -179,7 +178,7 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     change_rows = len(pair.store_a.changes_since({}, 1000))
 
     await pair.a.start()
-    alone = await peer_status(pair.a)
+    alone = await pair.a.status()
     assert alone.sessions == ()
     assert (alone.name, alone.site_id, alone.peer_id) == ("a", pair.store_a.site_id.hex(), None)
     assert alone.db_version == pair.store_a.db_version()
@@ -189,12 +188,13 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     await pair.b.start()
     # b has received a's page but may not apply it yet: a is ahead of b, as b sees it.
     await wait_for(
-        lambda: bool(pair.b.sessions) and pair.b.sessions[0].stats.rows_received == 0, interval=0.01
+        lambda: bool(pair.b.sessions) and pair.b.sessions[0].snapshot().stats.rows_received == 0,
+        interval=0.01,
     )
     await wait_for(
-        lambda: pair.b.sessions[0].stats.frames_received >= 4, interval=0.01
+        lambda: pair.b.sessions[0].snapshot().stats.frames_received >= 4, interval=0.01
     )  # to BACKLOG
-    during = (await peer_status(pair.b, pair.history_b)).sessions[0]
+    during = (await pair.b.status()).sessions[0]
     assert during.remote_name == "a"
     assert during.site_id == pair.store_a.site_id.hex()
     assert (during.address, during.transport, during.inbound) == ("memory://a", "memory", False)
@@ -207,16 +207,13 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     await wait_for(lambda: len(pair.store_b.execute("SELECT * FROM notes")) == 5, interval=0.01)
     await wait_for(
         lambda: (
-            all(
-                s.session.eose_sent and s.session.eose_received
-                for s in pair.a.sessions + pair.b.sessions
-            )
+            all(s.snapshot().state == "live" for s in pair.a.sessions + pair.b.sessions)
             and len(pair.a.sessions) == 1
         ),
         interval=0.01,
     )
-    after_b = await peer_status(pair.b, pair.history_b)
-    after_a = await peer_status(pair.a)
+    after_b = await pair.b.status()
+    after_a = await pair.a.status()
     (seen_from_b,) = after_b.sessions
     (seen_from_a,) = after_a.sessions
     for seen in (seen_from_a, seen_from_b):
@@ -231,9 +228,15 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     assert after_b.cursor[pair.store_a.site_id.hex()] == own_a
 
     # Live writes keep the pair in sync once they have gone out.
+    before = pair.b.sessions[0].snapshot()
     await pair.b.execute("INSERT INTO notes VALUES (100, 'from b')")
     await wait_for(lambda: len(pair.store_a.execute("SELECT * FROM notes")) == 6, interval=0.01)
-    final = (await peer_status(pair.b, pair.history_b)).sessions[0]
+    await wait_for(lambda: pair.b.sessions[0].snapshot().stats.rows_sent > 0, interval=0.01)
+    # A snapshot is a copy: the session went on without it.
+    assert (before.stats.rows_sent, before.state) == (0, "live")
+    assert pair.store_b.site_id not in before.remote_cursor
+    assert pair.store_b.site_id in pair.b.sessions[0].snapshot().remote_cursor
+    final = (await pair.b.status()).sessions[0]
     assert final.classification == "in_sync"
 
 
@@ -246,3 +249,62 @@ def test_history_keeps_the_last_error_of_a_remote() -> None:
     history.record(events.SessionFailed(None, "memory://x", ChannelClosed("no remote")))
     assert history.last_eose == {B: 1001.0}
     assert history.last_error == {B: "link cut"}
+
+
+def snapshot_of(remote: events.RemotePeer | None, **overrides: Any) -> SessionSnapshot:
+    fields: dict[str, Any] = {
+        "remote": remote,
+        "site_id": remote.site_id if remote else B,
+        "peer_id": None,
+        "address": "memory://b",
+        "outbound": True,
+        "remote_cursor": {A: 2},
+        "eose_sent": True,
+        "eose_received": True,
+        "eose_at": 1000.0,
+        "stats": SessionStats(rows_sent=3, rows_received=4, bytes_sent=5, bytes_received=6),
+        "error": None,
+        "duplicate": False,
+        "closed": False,
+    }
+    fields.update(overrides)
+    return SessionSnapshot(**fields)
+
+
+def test_a_peer_status_is_built_from_plain_data() -> None:
+    remote = events.RemotePeer(B, "b", "memory://b", "memory", False)
+    history = SessionHistory(clock=FakeClock())
+    history.record(events.Eose(remote))
+    history.record(events.Disconnected(remote, ChannelClosed("an earlier cut")))
+    dial = events.DialState("memory://b", "connected", 1)
+    status = build_peer_status(
+        site_id=A,
+        peer_id=None,
+        name="a",
+        cursor={A: 5, B: 1},
+        db_version=9,
+        schema_version=1,
+        held_rows=2,
+        sessions=[
+            snapshot_of(remote),
+            snapshot_of(None),  # not past the handshake: left out
+            snapshot_of(
+                events.RemotePeer(C, "c", "memory://c", "memory", True),
+                eose_received=False,
+                remote_cursor={A: 5, C: 3},
+                error=ChannelClosed("cut"),
+            ),
+        ],
+        dials={"memory://b": dial},
+        history=history,
+    )
+    assert (status.site_id, status.db_version, status.held_rows) == (A.hex(), 9, 2)
+    assert status.cursor == {A.hex(): 5, B.hex(): 1}
+    b, c = status.sessions
+    # b's own origin counts as what we hold from it; a's: 2 of 5.
+    assert (b.state, b.classification, b.lag) == ("live", "local_ahead", VersionLag(3, 0))
+    assert (b.rows_sent, b.rows_received, b.bytes_sent, b.bytes_received) == (3, 4, 5, 6)
+    assert (b.last_eose, b.last_error) == (1001.0, "an earlier cut")
+    assert (c.state, c.classification, c.lag) == ("catching_up", "diverged", VersionLag(1, 3))
+    assert c.last_error == "cut"
+    assert status.dials == (DialStatus.from_event(dial),)

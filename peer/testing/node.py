@@ -87,8 +87,9 @@ class _Rules:
             if not channel.remote.inbound and channel.remote.address == address:
                 return name
         for driver in self.peer.sessions if self.peer else []:
-            if driver.channel is channel and driver.remote is not None:
-                return driver.remote.name
+            remote = driver.snapshot().remote
+            if driver.channel is channel and remote is not None:
+                return remote.name
         return None
 
 
@@ -234,7 +235,8 @@ class _Node:
 
     async def _close_blocked(self) -> None:
         for driver in self.peer.sessions:
-            if driver.remote is not None and driver.remote.name in self.rules.blocked:
+            remote = driver.snapshot().remote
+            if remote is not None and remote.name in self.rules.blocked:
                 with contextlib.suppress(CrpeerError):
                     await driver.channel.close()
 
