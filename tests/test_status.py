@@ -23,7 +23,7 @@ from peer.status import (
     lag_versions,
     peer_status,
 )
-from peer.store import ApplyResult, Change, Store
+from peer.store import Store
 from tests.support import wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
@@ -122,6 +122,8 @@ class Pair:
     store_b: Store
     history_b: SessionHistory
     release: asyncio.Event
+    hold_merges: Callable[[], None]
+    """Call right after ``b.start()``: b merges nothing until ``release`` is set."""
 
 
 class FakeClock:
@@ -156,15 +158,20 @@ async def pair() -> AsyncIterator[Pair]:
     history = SessionHistory(clock=FakeClock())
     b.subscribe(history.record)
     release = asyncio.Event()
-    original = b.apply
+    holding: list[asyncio.Task[None]] = []
 
-    async def gated_apply(changes: list[Change], hold_for: int) -> ApplyResult:
-        await release.wait()  # hold b's first page until the test has looked
-        return await original(changes, hold_for)
+    async def hold_merges() -> None:
+        # b's merges wait for their turn (on the loop: b's store thread stays
+        # free for status) until the test has looked.
+        async with b._worker.merge_turn():
+            await release.wait()
 
-    b.apply = gated_apply  # type: ignore[method-assign]
-    yield Pair(a, b, stores[0], stores[1], history, release)
+    def hold() -> None:
+        holding.append(asyncio.ensure_future(hold_merges()))
+
+    yield Pair(a, b, stores[0], stores[1], history, release, hold)
     release.set()
+    await asyncio.gather(*holding)
     await b.stop()
     await a.stop()
     for store in stores:
@@ -186,6 +193,7 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     assert (alone.schema_version, alone.held_rows) == (0, 0)
 
     await pair.b.start()
+    pair.hold_merges()
     # b has received a's page but may not apply it yet: a is ahead of b, as b sees it.
     await wait_for(
         lambda: bool(pair.b.sessions) and pair.b.sessions[0].stats.rows_received == 0, interval=0.01
