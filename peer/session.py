@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +47,7 @@ from peer.protocol import (
     SyncSession,
 )
 from peer.store import ApplyResult, Change, Cursor, LargeGroup
+from peer.store_worker import Page
 from transports.base import Channel
 
 __all__ = ["Refusal", "SessionDriver", "SessionHost", "SessionStats"]
@@ -86,6 +88,14 @@ class SessionHost(Protocol):
         """Apply one whole page (its own transaction). Rows for a table or
         column this side lacks are held as needing schema ``hold_for``, or
         rejected (InvalidChangeError) when it is 0."""
+        ...
+
+    def page(self) -> AbstractAsyncContextManager[Page]:
+        """A page that spans frames: ``async with host.page() as page:``, then
+        ``await page.apply(changes, hold_for)`` for each frame (as :meth:`apply`).
+        It commits when the block exits normally, rolls back when it exits
+        by an exception (CancelledError included); other merges and app
+        writes wait meanwhile (see :meth:`peer.store_worker.StoreWorker.page`)."""
         ...
 
     async def begin_page(self) -> None:
