@@ -40,7 +40,9 @@ from peer.auth import Gate
 from peer.bootstrap import remove_leftovers
 from peer.dialer import Dialer, transport_for
 from peer.errors import ConfigError, CrpeerError
+from peer.event_hub import EventHub
 from peer.identity import Identity
+from peer.local_writes import LocalWrites
 from peer.pairing_guard import PairingGuard
 from peer.protocol import Limits, LocalInfo
 from peer.retry import Backoff
@@ -124,34 +126,29 @@ class Peer:
         self._connect = list(connect)
         for address in self._connect:
             transport_for(self.transports, address)
-        self._poll_interval = poll_interval
-        self._woken_through = 0
-        """The sessions were woken for every local write at or below this db_version."""
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._subscribers: list[EventCallback] = []
-        self._queues: list[asyncio.Queue[ev.Event]] = []
+        self._events = EventHub()
         self._schema_cookie: int | None = None
         """The schema cookie the announced schema was read at."""
         self._started = False
         self._unsubscribe_trust: Callable[[], None] | None = None
         self.history = SessionHistory()
         """Each remote's last EOSE time and last error, for :meth:`status`."""
-        self._subscribers.append(self.history.record)
+        self._events.subscribe(self.history.record)
         self.timing_observers: list[TimingObserver] = []
-        """Called on the worker thread as ``observer(kind, seconds)`` after each
-        apply of remote changes (``kind`` ``"apply"``) and each read of changes
-        to send (``"read"``); see :attr:`StoreWorker.timing_observers
-        <peer.store_worker.StoreWorker.timing_observers>`. Must be quick and
-        thread-safe; none by default, and then nothing is timed."""
+        """``observer(kind, seconds)`` after each apply (``"apply"``) and each read
+        of changes to send (``"read"``): see :attr:`StoreWorker.timing_observers
+        <peer.store_worker.StoreWorker.timing_observers>`."""
         self._worker = StoreWorker(database, self.timing_observers)
         self._registry = SessionRegistry(self._worker, self.gate.trust, self._spawn)
+        self._local_writes = LocalWrites(self._worker, self.notify_local_change, poll_interval)
         randomness = random.Random(seed)
         self._host = PeerSessionHost(
             self._worker,
             self._registry,
             self.gate,
             self.limits,
-            self._emit,
+            self._events.emit,
             self.refresh_schema,
             accept_snapshot=accept_snapshot,
             ping_interval=ping_interval,
@@ -162,7 +159,7 @@ class Peer:
             self.transports,
             self._registry,
             self._host.run_channel,
-            self._emit,
+            self._events.emit,
             self._spawn,
             backoff=backoff or Backoff(),
             redial_grace=redial_grace,
@@ -213,20 +210,15 @@ class Peer:
         await self._registry.load()
         await self.refresh_schema()
         if self.gate.trust is not None:
-            loop = asyncio.get_running_loop()
-
-            def removed(peer_id: str) -> None:
-                loop.call_soon_threadsafe(self.cut_peer, peer_id)
-
-            self._unsubscribe_trust = self.gate.trust.on_removed(removed)
-            self._spawn(self._watch_trust(self.gate.trust), "crpeer-watch-trust")
+            self._unsubscribe_trust = _follow_trust(self.gate.trust, self.cut_peer, self._spawn)
         for transport in self.transports:
             if isinstance(transport, SupportsDiscovery):
                 transport.set_discovery_handler(self._dialer.discovery_handler(transport))
             await transport.start(self._host.accept)
         for address in self._connect:
             self._dialer.connect(address)
-        self._spawn(self._watch_store(), "crpeer-watch")
+        watching = self._local_writes.watch(lambda: self._schema_cookie, self.refresh_schema)
+        self._spawn(watching, "crpeer-watch")
 
     async def stop(self) -> None:
         """Close every session and transport, then the store (if the peer opened it)."""
@@ -275,8 +267,7 @@ class Peer:
         rows, db_version = await self._worker.app_write(run)
         # The sessions are woken here for this write and all before it; the
         # watcher need not wake them again.
-        self._woken_through = max(self._woken_through, db_version)
-        self.notify_local_change()
+        self._local_writes.written(db_version)
         return rows
 
     async def run_in_store(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -358,18 +349,11 @@ class Peer:
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` on the event loop for each event; returns an unsubscribe."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
+        return self._events.subscribe(callback)
 
-    async def events(self) -> AsyncIterator[ev.Event]:
+    def events(self) -> AsyncIterator[ev.Event]:
         """Every event from now on, in order, until the iterator is closed."""
-        queue: asyncio.Queue[ev.Event] = asyncio.Queue()
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
+        return self._events.stream()
 
     @property
     def sessions(self) -> list[SessionDriver]:
@@ -378,18 +362,8 @@ class Peer:
 
     # -- internals ----------------------------------------------------------------
 
-    def _emit(self, event: ev.Event) -> None:
-        """Give ``event`` to every subscriber and :meth:`events` iterator."""
-        for callback in list(self._subscribers):
-            try:
-                callback(event)
-            except Exception:
-                self.log.exception("event callback %r failed", callback)
-        for queue in self._queues:
-            queue.put_nowait(event)
-
     def _secret_expired(self, failures: int, address: str) -> None:
-        self._emit(ev.JoinSecretExpired(failures, address))
+        self._events.emit(ev.JoinSecretExpired(failures, address))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -397,50 +371,33 @@ class Peer:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _watch_trust(self, trust: TrustStore) -> None:
-        """Pick up trust changes made by another process (the CLI) within a second."""
-        while True:
-            await asyncio.sleep(0.5)
-            try:
-                trust.reload_if_changed()
-            except CrpeerError as exc:
-                self.log.error("trust store unreadable, keeping the previous one: %s", exc)
 
-    async def _watch_store(self) -> None:
-        """Notice local writes made outside :meth:`execute` and wake the sessions.
+def _follow_trust(
+    trust: TrustStore,
+    cut_peer: Callable[[str], None],
+    spawn: Callable[[Coroutine[Any, Any, Any], str], object],
+) -> Callable[[], None]:
+    """Cut the sessions of a peer removed from ``trust`` (from any thread), and
+    pick up changes another process makes to it; returns an unsubscribe."""
+    loop = asyncio.get_running_loop()
 
-        Any commit moves ``(data_version, db_version)``: the app's own writes
-        through the store or another connection, and this peer's merges of
-        remote changes. Only the first kind raises the local high-water mark;
-        merges already woke the sessions that relay them
-        (:meth:`SessionRegistry.relay <peer.session_registry.SessionRegistry.relay>`),
-        and waking the session a page came from would only make it read again.
-        """
-        store = self.store
-        marker: tuple[int, int] | None = None
-        cookie: int | None = None
+    def removed(peer_id: str) -> None:
+        loop.call_soon_threadsafe(cut_peer, peer_id)
 
-        def poll() -> int | None:
-            nonlocal marker, cookie
-            now = store.change_marker()
-            if now == marker:
-                return None
-            marker = now
-            cookie = store.schema_cookie()
-            return store.local_high_water()
+    spawn(_watch_trust(trust), "crpeer-watch-trust")
+    return trust.on_removed(removed)
 
-        first = await self._worker.run(poll)
-        self._woken_through = max(self._woken_through, first or 0)
-        self.notify_local_change()  # for a write that raced the first poll
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            high_water = await self._worker.run(poll)
-            if cookie != self._schema_cookie:
-                # A migration, through the store or the app's own connection.
-                await self.refresh_schema()
-            if high_water is not None and high_water > self._woken_through:
-                self._woken_through = high_water
-                self.notify_local_change()
+
+async def _watch_trust(trust: TrustStore) -> None:
+    """Pick up trust changes made by another process (the CLI) within a second."""
+    while True:
+        await asyncio.sleep(0.5)
+        try:
+            trust.reload_if_changed()
+        except CrpeerError as exc:
+            logging.getLogger("crpeer.peer").error(
+                "trust store unreadable, keeping the previous one: %s", exc
+            )
 
 
 def _make_gate(

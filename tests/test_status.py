@@ -199,8 +199,8 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
         lambda: bool(pair.b.sessions) and pair.b.sessions[0].stats.rows_received == 0, interval=0.01
     )
     await wait_for(
-        lambda: pair.b.sessions[0].stats.frames_received >= 4, interval=0.01
-    )  # to BACKLOG
+        lambda: pair.b.sessions[0].stats.frames_received >= 5, interval=0.01
+    )  # HELLO, LIMITS, CURSOR, BACKLOG, then the page b holds
     during = (await peer_status(pair.b, pair.history_b)).sessions[0]
     assert during.remote_name == "a"
     assert during.site_id == pair.store_a.site_id.hex()
