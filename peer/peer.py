@@ -239,7 +239,7 @@ class Peer:
             path = self.store.path
             if path != ":memory:":
                 # A copy whose session ended while the read thread made it
-                # (see make_snapshot) may be finished only now.
+                # (see SnapshotExchange.make_snapshot) may be finished only now.
                 for leftover in await asyncio.to_thread(remove_leftovers, path):
                     self.log.info("removed %s (a snapshot no session sends)", leftover)
 

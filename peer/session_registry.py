@@ -112,7 +112,9 @@ class SessionRegistry:
             self._site_owners[site] = peer_id
             store = self._worker.store
             try:
-                owner = await self._worker.run(
+                # A write: it waits for a page another session has open (on
+                # the store thread it would wait for the page's write lock).
+                owner = await self._worker.app_call(
                     lambda: store.claim_site(site, peer_id, replacing=owner)
                 )
             except BaseException:

@@ -11,11 +11,13 @@ call on it from one of two threads, so the event loop never waits on SQLite:
 
 Ordering, in this one place (all of it on the event loop's thread):
 
-1. One merge at a time: :meth:`~StoreWorker.apply` (a page in one frame) and
+1. One merge at a time: :meth:`~StoreWorker.apply` (a page in one frame),
    :meth:`~StoreWorker.page` (a page spanning frames, one transaction from
-   its first frame to its last) take turns, in the order they asked.
+   its first frame to its last) and :meth:`~StoreWorker.exclusive` (held
+   rows, a snapshot install) take turns, in the order they asked.
 2. While a page is open, app calls (:meth:`~StoreWorker.app_write`,
-   :meth:`~StoreWorker.app_call`) wait for it to end: on the store thread
+   :meth:`~StoreWorker.app_call`; any write outside a merge, the peer's own
+   bookkeeping included) wait for it to end: on the store thread
    they would wait for the page's write lock on the very thread that must
    finish the page. An app call checks that no page is open and queues its
    work on the store thread in one step, with no await between; a page marks
@@ -24,6 +26,10 @@ Ordering, in this one place (all of it on the event loop's thread):
    app call runs wholly before a page's BEGIN or wholly after its end.
 3. During an apply (not a page), app writes run between its slices (see
    :class:`~peer.store_jobs.StoreJobs`): they wait for a slice, not the batch.
+
+The turn to merge (point 1) is an asyncio.Lock taken by ``async with`` for
+the whole of one apply or one page, in one coroutine frame: never acquired
+by one call and released by another.
 """
 
 from __future__ import annotations

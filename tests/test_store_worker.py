@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from peer import events
 from peer.errors import StoreError
 from peer.store import Change, Store
 from peer.store_worker import StoreWorker
+from tests.support import Node, address, scaled, wait_for
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
 
@@ -196,3 +198,29 @@ async def test_an_in_memory_store_has_no_pages() -> None:
         finally:
             await worker.close()
         assert not store.closed  # a Store passed in stays open
+
+
+async def test_admitting_a_new_site_waits_for_a_page_another_session_has_open(
+    tmp_path: Path,
+) -> None:
+    """Binding a remote's site id to its peer id is a write: while a page is
+    open it waits, instead of blocking the store thread until SQLite's busy
+    timeout ("database is locked", the session refused)."""
+    a, b = Node(tmp_path / "a", "a"), Node(tmp_path / "b", "b")
+    a.trust.add(b.identity.peer_id)
+    b.trust.add(a.identity.peer_id)
+    a.store.close()
+    a.store = Store(tmp_path / "a" / "a.db", busy_timeout_ms=100)
+    try:
+        async with a.peer() as pa, b.peer([address(pa)]) as pb:
+            async with pa._worker.page():  # what a session does for a page spanning frames
+                await wait_for(lambda: len(pb.sessions) == 1)  # a's HELLO reached b
+                await asyncio.sleep(scaled(0.5))  # b's reached a: five busy timeouts
+                assert pa.sessions == []
+                assert not [e for e in a.seen if isinstance(e, events.SessionFailed)]
+            await wait_for(lambda: len(pa.sessions) == 1)
+            assert not [e for e in a.seen if isinstance(e, events.SessionFailed)]
+            assert pa.store.site_owners() == {b.store.site_id: b.identity.peer_id}
+    finally:
+        a.close()
+        b.close()
