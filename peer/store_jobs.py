@@ -1,7 +1,8 @@
 """App calls waiting for the store thread, run there even in the middle of an apply.
 
-:meth:`peer.peer.Peer.execute` queues its statement here and asks the store
-thread to drain the queue. Whichever reaches it first runs it: that drain
+:meth:`peer.store_worker.StoreWorker.app_write` (what
+:meth:`peer.peer.Peer.execute` calls) queues its statement here and asks the
+store thread to drain the queue. Whichever reaches it first runs it: that drain
 call, or :meth:`peer.store.Store.apply` between two slices of a large batch
 (it commits what it merged so far, runs what waits here, and goes on in a
 new transaction). So an app write waits for at most one slice of a merge,

@@ -89,6 +89,7 @@ from bench_node import SCHEMA, TABLE
 from peer import protocol
 from peer import store as store_module
 from peer.peer import Peer
+from peer.peer_host import PeerSessionHost
 from peer.store import Store
 
 _HERE = Path(__file__).resolve().parent
@@ -168,7 +169,7 @@ def mesh_copies(writes: int) -> None:
     kinds: collections.Counter[str] = collections.Counter()
     merged: collections.defaultdict[bytes, dict[bytes, int]] = collections.defaultdict(dict)
     received: collections.defaultdict[bytes, dict[bytes, int]] = collections.defaultdict(dict)
-    on_changes, applied = protocol.SyncSession._on_changes, Peer.applied
+    on_changes, applied = protocol.SyncSession._on_changes, PeerSessionHost.applied
 
     def sorted_on_changes(session: protocol.SyncSession, message: Any) -> Any:
         here, frame_high = session.local.site_id, dict[bytes, int]()
@@ -187,15 +188,15 @@ def mesh_copies(writes: int) -> None:
             received[here][origin] = max(version, received[here].get(origin, 0))
         return on_changes(session, message)
 
-    def recorded_applied(peer: Peer, source: Any, result: Any) -> None:
-        known = merged[peer.site_id]
+    def recorded_applied(host: PeerSessionHost, source: Any, result: Any) -> None:
+        known = merged[source.session.local.site_id]
         for origin, version in result.cursor.items():
             known[origin] = max(version, known.get(origin, 0))
-        applied(peer, source, result)
+        applied(host, source, result)
 
     for owner, name, wrapper in (
         (protocol.SyncSession, "_on_changes", sorted_on_changes),
-        (Peer, "applied", recorded_applied),
+        (PeerSessionHost, "applied", recorded_applied),
     ):
         setattr(owner, name, wrapper)
     _run_mesh_role(writes)

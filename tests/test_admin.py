@@ -187,7 +187,7 @@ async def test_apply_and_read_times_are_histograms(nodes: Any, admin_of: Any) ->
     b.trust.add(a.identity.peer_id)
     pa = a.peer()
     rows = a.rows
-    assert pa._timed("apply", rows) is rows  # nothing observes: nothing is timed
+    assert pa._worker.timed("apply", rows) is rows  # nothing observes: nothing is timed
     admin = admin_of(pa, a)
     async with pa:
         await admin.start()

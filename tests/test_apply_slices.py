@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from peer.errors import InvalidChangeError
-from peer.peer import Peer
 from peer.store import APPLY_SLICE_ROWS, Change, Store
 from peer.store_jobs import StoreJobs
+from peer.store_worker import StoreWorker
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER);
@@ -147,6 +147,7 @@ CRASHING_APPLY = """
 import os, pickle, sys
 from peer.store import Store
 from peer.store_jobs import StoreJobs
+from peer.store_worker import StoreWorker
 path, batch_file = sys.argv[1], sys.argv[2]
 with open(batch_file, "rb") as f:
     batch = pickle.load(f)
@@ -192,24 +193,26 @@ async def test_an_app_write_lands_before_the_last_slice_of_a_page_being_applied(
 ) -> None:
     origin, batch = source_batch()
     store = new_store(tmp_path / "b.db")
-    peer = Peer(store, insecure=True)
-    await peer.start()
+    worker = StoreWorker(store, [])  # the Peer's store threads (Peer.execute is an app_write)
+    await worker.open()
     try:
         gate = threading.Event()
         # The store thread is busy; the page, then the app's write, queue behind it.
-        busy = asyncio.ensure_future(peer.run_in_store(gate.wait, 10.0))
-        page = asyncio.ensure_future(peer.apply(list(batch), 0))
+        busy = asyncio.ensure_future(worker.app_call(gate.wait, 10.0))
+        page = asyncio.ensure_future(worker.apply(list(batch), 0))
         await asyncio.sleep(0)
-        write = asyncio.ensure_future(peer.execute("INSERT INTO items VALUES (1, 'app', 0)"))
+        write = asyncio.ensure_future(
+            worker.app_write(lambda: store.execute("INSERT INTO items VALUES (1, 'app', 0)"))
+        )
         await asyncio.sleep(0)
         gate.set()
         await asyncio.wait_for(asyncio.gather(busy, page, write), 30)
-        app_version = await peer.run_in_store(store.local_high_water)
-        groups = await peer.run_in_store(landed_groups, store)
+        app_version = await worker.run(store.local_high_water)
+        groups = await worker.run(landed_groups, store)
         # The write ran at the first slice's end, not after the page.
         assert max(groups[1][1]) < app_version < min(groups[GROUPS][1])
         assert all(count == ROWS_PER_GROUP and len(v) == 1 for count, v in groups.values())
-        assert await peer.local_cursor() == {origin: GROUPS}
+        assert await worker.run(store.cursor) == {origin: GROUPS}
     finally:
-        await peer.stop()
+        await worker.close()
         store.close()

@@ -256,7 +256,7 @@ def test_a_full_event_queue_drops_the_oldest(tmp_path: Path) -> None:
 
         async def emit(p: Peer) -> None:
             for rows in range(1, 6):
-                p.emit(events.Changed(remote, frozenset({"notes"}), rows))
+                p._events.emit(events.Changed(remote, frozenset({"notes"}), rows))
 
         peer.call(emit)
         kept = drain(peer.events)
@@ -281,7 +281,7 @@ def test_stop_from_an_event_callback(tmp_path: Path) -> None:
     remote = events.RemotePeer(b"r" * 16, "r", "memory://r", "memory", False)
 
     async def emit(p: Peer) -> None:
-        p.emit(events.Eose(remote))
+        p._events.emit(events.Eose(remote))
 
     peer.call(emit)
     assert stopped.wait(10)

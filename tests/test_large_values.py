@@ -529,19 +529,18 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
         store.make_crr("notes")
     peer = Peer(path, [], insecure=True, poll_interval=0.1)
     async with peer:
-        await peer.begin_page()  # what a session does for a page spanning frames
-        write = asyncio.create_task(
-            peer.run_in_store(peer.store.execute, "INSERT INTO notes VALUES (1, 'app')")
-        )
-        migrate = asyncio.create_task(
-            peer.migrate(1, "ALTER TABLE notes ADD COLUMN tag TEXT", alter=["notes"])
-        )
-        # No sign shows a call parked behind the page: give them time to
-        # (wrongly) finish, scaled.
-        await asyncio.sleep(scaled(0.3))
-        assert not write.done()
-        assert not migrate.done()
-        await peer.end_page(commit=True)
+        async with peer._worker.page():  # what a session does for a page spanning frames
+            write = asyncio.create_task(
+                peer.run_in_store(peer.store.execute, "INSERT INTO notes VALUES (1, 'app')")
+            )
+            migrate = asyncio.create_task(
+                peer.migrate(1, "ALTER TABLE notes ADD COLUMN tag TEXT", alter=["notes"])
+            )
+            # No sign shows a call parked behind the page: give them time to
+            # (wrongly) finish, scaled.
+            await asyncio.sleep(scaled(0.3))
+            assert not write.done()
+            assert not migrate.done()
         async with asyncio.timeout(10):
             await write
             await migrate
@@ -561,9 +560,8 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
             other.execute("SELECT crsql_finalize()")
         finally:
             other.close()
-        await peer.begin_page()
-        await asyncio.sleep(scaled(0.5))  # several polls (0.1 s) of the peer's watcher
-        await peer.end_page(commit=True)
+        async with peer._worker.page():
+            await asyncio.sleep(scaled(0.5))  # several polls (0.1 s) of the peer's watcher
         # The watcher's next poll merges the held row.
         await wait_for(lambda: peer.store.execute("SELECT n FROM notes") == [(7,)])
         await peer.execute("UPDATE notes SET n = 8 WHERE id = 1")

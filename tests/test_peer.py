@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from peer.peer import Peer
 from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Change, Store
+from tests.hooked_store import HookedStore
 from tests.support import wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
@@ -33,6 +35,20 @@ def new_store(path: Path) -> Store:
     store = Store(path)
     store.execute(SCHEMA)
     store.make_crr("notes")
+    return store
+
+
+def hooked_store(path: str | Path) -> HookedStore:
+    """A store like :func:`new_store` whose merges and reads call a test's hooks."""
+    store = HookedStore(path, [SCHEMA])
+    store.make_crr("notes")
+    return store
+
+
+def hook(cluster: Cluster, index: int) -> HookedStore:
+    """Put a hooked store in place of the cluster's store ``index`` (before its peer is made)."""
+    cluster.stores[index].close()
+    store = cluster.stores[index] = hooked_store(cluster.directory / f"p{index}-hooked.db")
     return store
 
 
@@ -141,26 +157,21 @@ async def test_a_relay_drops_what_the_remote_announced_while_the_read_waited() -
     # are slow (a busy read thread): by the time r's read for z returns w's
     # rows, z has merged them and announced so (HAVE). r sends none of them.
     cluster = Cluster(3)
-    w, r, z = cluster.peer(0, []), cluster.peer(1, [0]), cluster.peer(2, [0, 1])
+    slow = hook(cluster, 1)
     reads: list[int] = []
-    original = r.next_page
-
-    async def slow_next_page(cursor: Any, limit: int, exclude: Any, max_bytes: int) -> Any:
-        await asyncio.sleep(0.3)
-        page = await original(cursor, limit, exclude, max_bytes)
-        reads.append(len(page) if isinstance(page, list) else -1)
-        return page
-
-    r.next_page = slow_next_page  # type: ignore[method-assign]
+    slow.before_next_page = lambda: time.sleep(0.3)
+    slow.after_next_page = lambda page: reads.append(len(page) if isinstance(page, list) else -1)
+    w, r, z = cluster.peer(0, []), cluster.peer(1, [0]), cluster.peer(2, [0, 1])
     async with cluster:
         await wait_for(lambda: all(len(p.sessions) == 2 for p in (w, r, z)))
-        await wait_for(lambda: all(s.snapshot().eose_received for s in r.sessions))
+        await wait_for(lambda: all(s.snapshot().state == "live" for s in r.sessions))
+        caught_up = len(reads)  # r's catch-up reads are done
         for i in range(20):
             await w.execute("INSERT INTO notes VALUES (?, 'from w', ?)", (i, i))
         await wait_for(cluster.converged)
         await asyncio.sleep(1.0)  # r's reads woken by the writes have returned
         to_z = next(s for s in r.sessions if s.remote is not None and s.remote.name == "p2")
-        assert any(count > 0 for count in reads)  # r did read w's rows for z ...
+        assert any(count > 0 for count in reads[caught_up:]), reads  # r did read w's rows for z ...
         assert to_z.stats.rows_sent == 0  # ... and sent z none of them
 
 
@@ -193,29 +204,29 @@ async def test_writes_through_the_peers_own_store_reach_peers_without_a_call() -
 
 
 async def test_merging_remote_changes_does_not_wake_the_watcher() -> None:
+    # A wake makes the reader's idle session read the store for changes to
+    # send: counting its reads counts the wakes.
     cluster = Cluster(2)
+    store = hook(cluster, 1)
     writer = cluster.peer(0, [])
     reader = cluster.peer(1, [0])
     async with cluster:
         await wait_for(
-            lambda: bool(reader.sessions) and reader.sessions[0].snapshot().eose_received
+            lambda: bool(reader.sessions) and reader.sessions[0].snapshot().state == "live"
         )
-        wakes: list[int] = []
-        original = reader.notify_local_change
-
-        def counting() -> None:
-            wakes.append(1)
-            original()
-
-        reader.notify_local_change = counting  # type: ignore[method-assign]
+        reads: list[int] = []
+        polls: list[int] = []
+        store.after_next_page = lambda page: reads.append(1)
+        store.after_change_marker = lambda: polls.append(1)
         for i in range(5):
             await writer.execute("INSERT INTO notes VALUES (?, 'remote', ?)", (i, i))
         await wait_for(lambda: len(rows(cluster.stores[1])) == 5)
-        await asyncio.sleep(0.1)  # five poll intervals after the last merge
-        assert wakes == []
+        seen = len(polls)
+        await wait_for(lambda: len(polls) >= seen + 3)  # the watcher saw the merges
+        assert reads == []
         await reader.execute("INSERT INTO notes VALUES (99, 'local', 0)")
-        assert wakes == [1]
         await wait_for(lambda: len(rows(cluster.stores[0])) == 6)
+        assert reads
 
 
 async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() -> None:
@@ -256,12 +267,14 @@ async def test_a_session_cut_mid_catch_up_resumes_from_the_persisted_cursor() ->
 
 
 def one_transaction_pair(
-    tmp_path: Path, count: int
+    tmp_path: Path, count: int, target: Store | None = None
 ) -> tuple[MemoryNetwork, Store, Store, Peer, Peer]:
     """A file store holding ``count`` rows written in one transaction, a fresh
-    one dialing it, and their peers: frames of 100 rows, a window of 2."""
+    one (``target``, else a new one) dialing it, and their peers: frames of
+    100 rows, a window of 2."""
     network = MemoryNetwork()
-    source, target = new_store(tmp_path / "source.db"), new_store(tmp_path / "target.db")
+    source = new_store(tmp_path / "source.db")
+    target = target or new_store(tmp_path / "target.db")
     source.executescript(
         "BEGIN;"
         + "".join(f"INSERT INTO notes VALUES ({i}, 'bulk', {i});" for i in range(count))
@@ -309,21 +322,19 @@ async def test_a_transaction_larger_than_a_frame_streams_into_one_commit(tmp_pat
 
 
 async def test_an_app_write_during_an_open_page_waits_for_its_commit(tmp_path: Path) -> None:
-    _, source, target, sender, receiver = one_transaction_pair(tmp_path, 600)
+    hooked = hooked_store(tmp_path / "target.db")
+    _, source, target, sender, receiver = one_transaction_pair(tmp_path, 600, hooked)
     order: list[str] = []
-    apply_in_page, end_page = receiver.apply_in_page, receiver.end_page
 
-    async def slow_apply_in_page(changes: Any, hold_for: int) -> Any:
-        order.append("frame")
-        await asyncio.sleep(0.05)
-        return await apply_in_page(changes, hold_for)
+    def slow_frame(changes: Any, in_page: bool) -> None:
+        if in_page:
+            order.append("frame")
+            time.sleep(0.05)
 
-    async def recorded_end_page(commit: bool) -> None:
-        await end_page(commit)
-        order.append("page committed")
-
-    receiver.apply_in_page = slow_apply_in_page  # type: ignore[method-assign]
-    receiver.end_page = recorded_end_page  # type: ignore[method-assign]
+    hooked.before_apply = slow_frame
+    hooked.after_end_page = lambda commit: order.append(
+        "page committed" if commit else "rolled back"
+    )
     async with sender, receiver:
         await wait_for(lambda: "frame" in order)
         await receiver.execute("INSERT INTO notes VALUES (5000, 'app write', 0)")
@@ -388,18 +399,18 @@ async def test_a_slow_receiver_slows_the_sender() -> None:
     cluster = Cluster(2, limits=Limits(max_batch_rows=10, window=window))
     for i in range(300):
         cluster.stores[0].execute("INSERT INTO notes VALUES (?, 'x', ?)", (i, i))
-    sender, receiver = cluster.peer(0, []), cluster.peer(1, [0])
-    original = receiver.apply
+    slow = hook(cluster, 1)
+    sender = cluster.peer(0, [])
+    cluster.peer(1, [0])
     in_flight: list[int] = []
 
-    async def slow_apply(changes: Any, hold_for: int) -> Any:
+    def slow_apply(changes: Any, in_page: bool) -> None:
         session = sender.sessions[0]
         # Frames the sender sent that the receiver has not credited back yet.
         in_flight.append(window - session.session.credit)
-        await asyncio.sleep(0.01)
-        return await original(changes, hold_for)
+        time.sleep(0.01)
 
-    receiver.apply = slow_apply  # type: ignore[method-assign]
+    slow.before_apply = slow_apply
     async with cluster:
         await wait_for(cluster.converged, within=30)
     assert in_flight
@@ -410,16 +421,16 @@ async def test_small_live_writes_wait_for_the_page_in_flight_and_go_out_together
     # Nagle's rule: a short page is not sent while another is unapplied, so
     # writes made during a slow apply leave as one page, not one page each.
     cluster = Cluster(2, limits=Limits(window=4))
-    sender, receiver = cluster.peer(0, []), cluster.peer(1, [0])
-    original = receiver.apply
+    slow = hook(cluster, 1)
+    sender = cluster.peer(0, [])
+    cluster.peer(1, [0])
     in_flight: list[int] = []
 
-    async def slow_apply(changes: Any, hold_for: int) -> Any:
+    def slow_apply(changes: Any, in_page: bool) -> None:
         in_flight.append(4 - sender.sessions[0].session.credit)
-        await asyncio.sleep(0.05)
-        return await original(changes, hold_for)
+        time.sleep(0.05)
 
-    receiver.apply = slow_apply  # type: ignore[method-assign]
+    slow.before_apply = slow_apply
     async with cluster:
         await wait_for(
             lambda: bool(sender.sessions) and sender.sessions[0].snapshot().eose_received
@@ -443,18 +454,18 @@ async def test_a_catch_up_of_transactions_that_leave_frames_part_full_still_pipe
             "INSERT INTO notes SELECT ? * 15 + i, 'bulk', i FROM n",
             (tx,),
         )
-    sender, receiver = cluster.peer(0, []), cluster.peer(1, [0])
-    original = receiver.apply
+    slow = hook(cluster, 1)
+    sender = cluster.peer(0, [])
+    cluster.peer(1, [0])
     in_flight: list[int] = []
     sizes: list[int] = []
 
-    async def slow_apply(changes: Any, hold_for: int) -> Any:
+    def slow_apply(changes: Any, in_page: bool) -> None:
         in_flight.append(4 - sender.sessions[0].session.credit)
         sizes.append(len(changes))
-        await asyncio.sleep(0.02)
-        return await original(changes, hold_for)
+        time.sleep(0.02)
 
-    receiver.apply = slow_apply  # type: ignore[method-assign]
+    slow.before_apply = slow_apply
     async with cluster:
         await wait_for(cluster.converged, within=30)
     assert set(sizes) == {30}

@@ -4,20 +4,24 @@ no task left pending behind the session."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Collection, Iterator
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from peer import events
-from peer.errors import LocalProtocolError
+from peer.errors import ChannelClosed, LocalProtocolError
 from peer.peer import Peer
 from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
+from tests.hooked_store import HookedStore
 from tests.support import wait_for
+from transports.base import Channel, ChannelHandler, RemoteInfo
 from transports.memory import MemoryNetwork, MemoryTransport
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
@@ -34,19 +38,74 @@ def store_folder(tmp_path: Path) -> Iterator[None]:
     _folders.pop()
 
 
-def new_store() -> Store:
-    """A store in a new file in the test's folder."""
+def new_store() -> HookedStore:
+    """A store in a new file in the test's folder, whose merges and reads
+    call a test's hooks."""
     folder = _folders[-1]
-    store = Store(folder / f"store{len(list(folder.glob('store*.db')))}.db")
-    store.execute(SCHEMA)
+    store = HookedStore(folder / f"store{len(list(folder.glob('store*.db')))}.db", [SCHEMA])
     store.make_crr("notes")
     return store
 
 
-def new_peer(network: MemoryNetwork, store: Store, name: str, connect: list[str]) -> Peer:
+class SlowToClose(Channel):
+    """A channel whose end comes late: its close, and a recv that finds it
+    closed, first wait for ``may_close`` (at most 10 s), then 50 ms more:
+    time for a task that was waiting on a thread to go on."""
+
+    def __init__(self, inner: Channel, may_close: asyncio.Event) -> None:
+        self._inner, self._may_close = inner, may_close
+
+    @property
+    def remote(self) -> RemoteInfo:
+        return self._inner.remote
+
+    async def send(self, frame: bytes) -> None:
+        await self._inner.send(frame)
+
+    async def recv(self) -> bytes:
+        try:
+            return await self._inner.recv()
+        except ChannelClosed:
+            await self._wait()
+            raise
+
+    def authenticated(self) -> None:
+        self._inner.authenticated()
+
+    async def close(self) -> None:
+        await self._wait()
+        await self._inner.close()
+
+    async def _wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._may_close.wait(), 10)
+        await asyncio.sleep(0.05)
+
+
+class SlowToCloseTransport(MemoryTransport):
+    """A memory listener whose accepted channels are :class:`SlowToClose`."""
+
+    def __init__(self, network: MemoryNetwork, name: str, may_close: asyncio.Event) -> None:
+        super().__init__(network, name)
+        self._may_close = may_close
+
+    async def start(self, handler: ChannelHandler) -> None:
+        async def wrapped(channel: Channel) -> None:
+            await handler(SlowToClose(channel, self._may_close))
+
+        await super().start(wrapped)
+
+
+def new_peer(
+    network: MemoryNetwork,
+    store: Store,
+    name: str,
+    connect: list[str],
+    transport: MemoryTransport | None = None,
+) -> Peer:
     return Peer(
         store,
-        [MemoryTransport(network, name)],
+        [transport or MemoryTransport(network, name)],
         name=name,
         connect=connect,
         limits=Limits(max_batch_rows=5, window=4),
@@ -61,7 +120,11 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
 ) -> None:
     network = MemoryNetwork(seed=3)
     stores = [new_store(), new_store()]
-    sender = new_peer(network, stores[0], "a", [])
+    read_back = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    sender = new_peer(
+        network, stores[0], "a", [], transport=SlowToCloseTransport(network, "a", read_back)
+    )
     receiver = new_peer(network, stores[1], "b", ["memory://a"])
     seen: list[events.Event] = []
     sender.subscribe(seen.append)
@@ -72,20 +135,23 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
             lambda: len(sender.sessions) == 1 and len(receiver.sessions) == 1, interval=0.01
         )
         driver = sender.sessions[0]
-        read_page = sender.next_page
+        reading = threading.Event()
 
-        async def page_read_across_the_close(
-            cursor: Any, limit: int, exclude: Collection[bytes], max_bytes: int
-        ) -> Any:
-            # The read finishes only once the session has closed: the page
-            # reaches the sender after the stop began.
-            page = await read_page(cursor, limit, exclude, max_bytes)
-            await driver.closed.wait()
-            return page
+        def read_across_the_close(page: object) -> None:
+            # The read (on the sender's read thread) finishes only once the
+            # session has closed: the page reaches the sender after the stop
+            # began, and before its channel has closed.
+            if not page:
+                return
+            reading.set()
+            deadline = time.monotonic() + 10
+            while not driver.session.closed and time.monotonic() < deadline:
+                time.sleep(0.001)
+            loop.call_soon_threadsafe(read_back.set)
 
-        sender.next_page = page_read_across_the_close  # type: ignore[method-assign]
+        stores[0].after_next_page = read_across_the_close
         await sender.execute("INSERT INTO notes VALUES (1, 'cut by the stop')")
-        await asyncio.sleep(0.05)  # the sender is inside the read
+        await asyncio.to_thread(reading.wait, 10)  # the sender is inside the read
         with caplog.at_level(logging.DEBUG, logger="crpeer.session"):
             await sender.stop()
         failed = [e for e in seen if isinstance(e, events.SessionFailed)]
@@ -109,20 +175,19 @@ async def test_a_stop_leaves_no_queue_put_pending() -> None:
         stores[0].execute("INSERT INTO notes VALUES (?, 'x')", (i,))
     source = new_peer(network, stores[0], "a", [])
     receiver = new_peer(network, stores[1], "b", ["memory://a"])
-    gate = asyncio.Event()
-    applying = asyncio.Event()
-    apply = receiver.apply
+    gate = threading.Event()
+    applying = threading.Event()
 
-    async def stuck_apply(changes: Any, hold_for: int) -> Any:
+    def stuck_apply(changes: object, in_page: bool) -> None:
+        # The receiver's store thread is stuck in a merge until the gate opens.
         applying.set()
-        await gate.wait()
-        return await apply(changes, hold_for)
+        gate.wait(10)
 
-    receiver.apply = stuck_apply  # type: ignore[method-assign]
+    stores[1].before_apply = stuck_apply
     await source.start()
     await receiver.start()
     try:
-        await asyncio.wait_for(applying.wait(), 10)
+        assert await asyncio.to_thread(applying.wait, 10)
         await asyncio.sleep(0.1)  # frames pile up: the reader waits to queue one
         waiting = [t for t in asyncio.all_tasks() if "Queue.put" in repr(t.get_coro())]
         assert waiting, "the reader should be waiting to queue a frame"

@@ -26,7 +26,7 @@ from peer.status import (
     classify,
     lag_versions,
 )
-from peer.store import ApplyResult, Change, Store
+from peer.store import Store
 from tests.support import wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
@@ -124,6 +124,8 @@ class Pair:
     store_a: Store
     store_b: Store
     release: asyncio.Event
+    hold_merges: Callable[[], None]
+    """Call right after ``b.start()``: b merges nothing until ``release`` is set."""
 
 
 class FakeClock:
@@ -156,15 +158,20 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         seed=2,
     )
     release = asyncio.Event()
-    original = b.apply
+    holding: list[asyncio.Task[None]] = []
 
-    async def gated_apply(changes: list[Change], hold_for: int) -> ApplyResult:
-        await release.wait()  # hold b's first page until the test has looked
-        return await original(changes, hold_for)
+    async def hold_merges() -> None:
+        # b's merges wait for their turn (on the loop: b's store thread stays
+        # free for status) until the test has looked.
+        async with b._worker.merge_turn():
+            await release.wait()
 
-    b.apply = gated_apply  # type: ignore[method-assign]
-    yield Pair(a, b, stores[0], stores[1], release)
+    def hold() -> None:
+        holding.append(asyncio.ensure_future(hold_merges()))
+
+    yield Pair(a, b, stores[0], stores[1], release, hold)
     release.set()
+    await asyncio.gather(*holding)
     await b.stop()
     await a.stop()
     for store in stores:
@@ -186,14 +193,15 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     assert (alone.schema_version, alone.held_rows) == (0, 0)
 
     await pair.b.start()
+    pair.hold_merges()
     # b has received a's page but may not apply it yet: a is ahead of b, as b sees it.
     await wait_for(
         lambda: bool(pair.b.sessions) and pair.b.sessions[0].snapshot().stats.rows_received == 0,
         interval=0.01,
     )
     await wait_for(
-        lambda: pair.b.sessions[0].snapshot().stats.frames_received >= 4, interval=0.01
-    )  # to BACKLOG
+        lambda: pair.b.sessions[0].snapshot().stats.frames_received >= 5, interval=0.01
+    )  # HELLO, LIMITS, CURSOR, BACKLOG, then the page b holds
     during = (await pair.b.status()).sessions[0]
     assert during.remote_name == "a"
     assert during.site_id == pair.store_a.site_id.hex()
