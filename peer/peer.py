@@ -60,8 +60,8 @@ from peer.retry import Backoff
 from peer.session import Refusal, SessionDriver
 from peer.status import PeerStatus, SessionHistory, peer_status
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
-from peer.store_jobs import StoreJobs
-from peer.store_snapshot import prepare_received, snapshot_reference
+from peer.store.jobs import StoreJobs
+from peer.store.snapshot import prepare_received, snapshot_reference
 from peer.trust import TrustStore, default_trust_path
 from transports.base import Channel, SupportsDiscovery, Transport
 
@@ -139,7 +139,7 @@ class Peer:
                     "(peer.identity.Identity.load_or_create(path)) or insecure=True"
                 )
             if trust is None:
-                if isinstance(database, Store) and database.path == ":memory:":
+                if isinstance(database, Store) and database.in_memory:
                     raise ConfigError("pass trust= (a TrustStore) for an in-memory database")
                 path = database.path if isinstance(database, Store) else database
                 trust = TrustStore.load(default_trust_path(path))
@@ -274,12 +274,13 @@ class Peer:
         for transport in self.transports:
             with contextlib.suppress(CrpeerError):
                 await transport.stop()
+        if self._read_executor is not None:
+            # Before the store closes: the reader's connection is the read thread's.
+            self._read_executor.shutdown(wait=True)
         if self._executor is not None:
             if not isinstance(self._database, Store) and self._store is not None:
                 await self._in_store_thread(self._store.close)
             self._executor.shutdown(wait=True)
-        if self._read_executor is not None:
-            self._read_executor.shutdown(wait=True)
         if self._store is not None and self._store.path != ":memory:":
             # A copy whose session ended while the read thread made it (see
             # make_snapshot) may be finished only now.
@@ -544,8 +545,9 @@ class Peer:
         self, driver: SessionDriver, incoming: IncomingSnapshot, end: SnapshotEndReceived
     ) -> bool:
         """Check the received file, then swap it in under the Store (see the
-        class docstring): merges wait (the apply lock) and every store call
-        waits for the store's locks, so nothing runs on the old file after."""
+        class docstring): merges wait (the apply lock), the read thread waits
+        for the swap and store calls queue behind it on the store thread, so
+        nothing runs on the old file after."""
         assert driver.remote is not None
         store = self.store
         started = time.monotonic()
@@ -557,7 +559,7 @@ class Peer:
             if cursor != end.cursor:
                 raise SnapshotError("the snapshot does not hold the cursor it announced")
             async with self._apply_lock:
-                await self._in_store_thread(store.install_snapshot, incoming.path)
+                await self._in_read_thread(lambda: self._install_with_reads_held(incoming.path))
         except StoreError as exc:
             self.log.warning("refused a snapshot from %s: %s", driver.address, exc)
             self.emit(ev.SnapshotRefused(driver.remote, exc))
@@ -946,6 +948,13 @@ class Peer:
                 return
             driver = await self._run_channel(channel, outbound=True)
             await self._session_ended(driver)
+
+    def _install_with_reads_held(self, snapshot: Path) -> None:
+        """On the read thread: hold it while the store thread swaps the file
+        in (:meth:`Store.install_snapshot` closes the reader's connection too,
+        so no read may run meanwhile)."""
+        assert self._executor is not None
+        self._executor.submit(self.store.install_snapshot, snapshot).result()
 
     async def _watch_trust(self, trust: TrustStore) -> None:
         """Pick up trust changes made by another process (the CLI) within a second."""

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 
 from peer import crsqlite
 from peer.errors import ExtensionError, InvalidChangeError, SchemaError, StoreError
-from peer.store import _MERGE_ROWS_PER_STATEMENT, Change, Store
+from peer.store import Change, Store
+from peer.store.connection import locate
+from peer.store.merger import MERGE_ROWS_PER_STATEMENT
+from peer.store.reader import ChangeReader
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER);
@@ -174,8 +177,12 @@ def test_the_one_pass_read_serves_what_the_per_origin_reads_serve(
         lags = dict(zip(held, behind, strict=False))  # the hub and up to three origins
         remote = {site: max(0, version - lags[site]) for site, version in held.items()}
         one_pass = hub.changes_since(remote, 10_000)
-        hub._combined_page = lambda *args: None  # type: ignore[method-assign]
-        by_origin = hub.changes_since(remote, 10_000)
+        # A second reader of the hub's file that reads every page origin by origin.
+        origin_by_origin = ChangeReader(locate(hub.path)[0], hub.site_id, combined_reads=0)
+        try:
+            by_origin = origin_by_origin.changes_since(remote, 10_000)
+        finally:
+            origin_by_origin.close()
         assert sorted(one_pass) == sorted(by_origin)
         assert per_origin(one_pass) == per_origin(by_origin)
     finally:
@@ -507,14 +514,14 @@ def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
 
 def _one_large_group(store: Store) -> list[Change]:
     """One transaction of 6,000 change rows: it spans many multi-row INSERTs
-    (a large group merges at most ``_MERGE_ROWS_PER_STATEMENT`` rows each)."""
+    (a large group merges at most ``MERGE_ROWS_PER_STATEMENT`` rows each)."""
     store.execute(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
         "INSERT INTO items SELECT i, 'name ' || i, i * 2 FROM n"
     )
     batch = store.changes_since({}, 100_000)
     assert len(batch) == 6000
-    assert len(batch) > 100 * _MERGE_ROWS_PER_STATEMENT
+    assert len(batch) > 100 * MERGE_ROWS_PER_STATEMENT
     return batch
 
 
