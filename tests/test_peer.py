@@ -21,6 +21,8 @@ from peer.peer import Peer
 from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Change, Store
+from peer.store.connection import locate
+from peer.store.reader import ChangeReader
 from tests.support import wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
@@ -648,6 +650,9 @@ async def _converge(
         cluster.peer(i, dials[i])
     oracle = new_store()
     rng = random.Random(seed)
+    # Readers of the peers' files owned by this thread (a store's own reader
+    # is its peer's read thread's).
+    readers = [ChangeReader(locate(store.path)[0], store.site_id) for store in cluster.stores]
     async with cluster:
         for kind, who, key in actions:
             if kind == "write":
@@ -662,9 +667,11 @@ async def _converge(
                 a, b = edges[who]
                 cluster.network.cut(f"p{a}", f"p{b}")
             # Everything committed anywhere goes to the oracle as it happens.
-            for store in cluster.stores:
-                while batch := store.changes_since(oracle.cursor(), 500, exclude={oracle.site_id}):
+            for reader in readers:
+                while batch := reader.changes_since(oracle.cursor(), 500, exclude={oracle.site_id}):
                     oracle.apply(batch)
             await asyncio.sleep(rng.choice([0, 0, 0.01]))
         await wait_for(lambda: all(rows(s) == rows(oracle) for s in cluster.stores), within=30)
+    for reader in readers:
+        reader.close()
     oracle.close()
