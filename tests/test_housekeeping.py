@@ -31,8 +31,8 @@ def test_every_connection_of_a_store_has_the_journal_size_limit(tmp_path: Path) 
     with Store(tmp_path / "a.db") as store:
         store.next_page({}, 1)  # the reader opens its connection at its first read
         store.apply([])  # the merger at its first merge
-        merger, reader = store._merger._conn, store._reader._conn
-        connections = {id(c): c for c in (store._conn, reader, merger)}
+        main, merger, reader = store._main.conn, store._merger._conn, store._reader._conn
+        connections = {id(c): c for c in (main, reader, merger)}
         assert len(connections) == 3
         for conn in connections.values():
             assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == JOURNAL_SIZE_LIMIT

@@ -67,32 +67,26 @@ in-memory store works exactly as a file store does.
 
 from __future__ import annotations
 
-import os
 import shutil
 import weakref
 from collections.abc import Collection, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pysqlite3.dbapi2 as sqlite3
-
-from peer import crsqlite
 from peer.changes import SENTINEL_CID, SITE_ID_LENGTH, Change, Cursor, SqlValue
-from peer.errors import SchemaError, StoreError
+from peer.errors import StoreError
 from peer.packed_pk import KeyShape
 from peer.store import bookkeeping, schema
 from peer.store.bookkeeping import persisted_cursor
 from peer.store.connection import (
     JOURNAL_SIZE_LIMIT,
-    close_connection,
     create_private_file,
     file_integrity_problems,
     locate,
-    quote_identifier,
-    sync_file,
     translate_errors,
 )
 from peer.store.jobs import StoreJobs
+from peer.store.main import MainConnection, replace_file
 from peer.store.merger import APPLY_SLICE_ROWS, ApplyResult, Merger
 from peer.store.pages import LargeGroup
 from peer.store.reader import ChangeReader
@@ -115,20 +109,19 @@ __all__ = [
 
 
 class Store:
-    """A cr-sqlite database opened for syncing.
+    """A cr-sqlite database opened for syncing: the facade over its
+    :class:`~peer.store.main.MainConnection`, :class:`~peer.store.merger.Merger`
+    and :class:`~peer.store.reader.ChangeReader` (the module docstring says
+    which thread runs which).
 
     ``Store(path)`` opens (or creates, with mode 0600) the database at ``path``
     (``":memory:"`` for a private temporary one), in WAL mode, with cr-sqlite
-    loaded and the bookkeeping tables created. Call :meth:`close` (or use
-    ``with``) when done.
-
-    ``read_only=True`` opens an existing crpeer database without writing
-    anything to it (no table is created): for reading its state only.
-    ``journal_size_limit`` bounds the ``-wal`` file once it is checkpointed
-    (see :meth:`checkpoint`).
-
-    Raises ExtensionError if cr-sqlite cannot be loaded, StoreError if the
-    file is not a usable database (read-only: or not a crpeer database).
+    loaded and the bookkeeping tables created; :meth:`close` (or ``with``)
+    when done. ``read_only=True`` opens an existing crpeer database without
+    writing to it. ``journal_size_limit`` bounds the ``-wal`` file once it is
+    checkpointed (:meth:`checkpoint`). Raises ExtensionError if cr-sqlite
+    cannot be loaded, StoreError if the file is not a usable database
+    (read-only: or not a crpeer database).
     """
 
     def __init__(
@@ -148,7 +141,7 @@ class Store:
         )
         self.in_memory = self._location.in_memory
         """Opened as ``":memory:"``: :attr:`path` is a private temporary file,
-        removed at :meth:`close`."""
+        removed at :meth:`close` (or when the store is garbage-collected)."""
         self.path = self._location.target if self.in_memory else str(path)
         """The database file (for ``":memory:"``, the temporary file standing for it)."""
         self._remove_files = weakref.finalize(
@@ -164,38 +157,15 @@ class Store:
             raise
 
     def _open(self) -> None:
-        """Open the main connection on :attr:`path` and make the merger and the
-        reader (at start, and after :meth:`install_snapshot` replaced the file)."""
-        conn = self._location.connect(extension=False)
-        try:
-            names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-            if self.read_only and not {"crsql_site_id", "crpeer_cursor"} <= names:
-                raise StoreError(
-                    f"{self.path} has no crpeer tables yet: it is not a crpeer database "
-                    f"(run `crpeer init {self.path}` to make it one)"
-                )
-            crsqlite.load(conn)
-            self._schema = schema.SchemaCache()
-            if not self.read_only:
-                conn.execute("PRAGMA journal_mode = WAL")
-                bookkeeping.create_tables(conn)
-                schema.index_clocks(conn, self._schema.read(conn)[0])
-            (site_id,) = conn.execute("SELECT crsql_site_id()").fetchone()
-            held_schema = bookkeeping.held_schema(conn)
-            read_schema = schema.user_version(conn)
-            self._cookie = schema.cookie(conn)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(f"{self.path} is not a usable database: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        self.site_id: bytes = bytes(site_id)
-        self._merger = Merger(self._location, self.site_id, held_schema)
-        self._reader = ChangeReader(self._location, self.site_id, read_schema=read_schema)
-
-    # -- lifecycle ---------------------------------------------------------
+        """Open the main connection and make the merger and the reader (at
+        start, and after :meth:`install_snapshot` replaced the file); they
+        open their connections at their first use."""
+        self._main = MainConnection(self._location, name=self.path)
+        self.site_id: bytes = self._main.site_id
+        self._merger = Merger(self._location, self.site_id, self._main.held_schema)
+        self._reader = ChangeReader(
+            self._location, self.site_id, read_schema=self._main.user_version
+        )
 
     def close(self) -> None:
         """Finalize cr-sqlite and close every connection; remove the files of
@@ -214,7 +184,7 @@ class Store:
             self._reader.close(gone=gone)
             self._merger.close(gone=gone)
         finally:
-            close_connection(self._conn)
+            self._main.close()
 
     def __enter__(self) -> Store:
         return self
@@ -226,26 +196,20 @@ class Store:
     def closed(self) -> bool:
         return self._closed
 
-    # -- app-facing SQL (main connection) ---------------------------------
+    # -- the app's SQL, the schema, the state: the main connection ---------
 
     @translate_errors
     def execute(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[tuple[Any, ...]]:
         """Run one statement (autocommit) and return all its rows."""
-        rows: list[tuple[Any, ...]] = self._main().execute(sql, params).fetchall()
+        rows: list[tuple[Any, ...]] = self._main.execute(sql, params).fetchall()
         return rows
 
     @translate_errors
     def executescript(self, script: str) -> None:
         """Run several statements; wrap them in BEGIN/COMMIT to make them atomic."""
-        conn = self._main()
-        try:
-            conn.executescript(script)
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        self._main.executescript(script)
 
     @translate_errors
     def query(
@@ -253,33 +217,16 @@ class Store:
     ) -> tuple[list[str], list[tuple[Any, ...]], int]:
         """Run one statement (autocommit): its column names, its rows, and the
         rows it changed (0 for a statement that writes none)."""
-        cursor = self._main().execute(sql, params)
+        cursor = self._main.execute(sql, params)
         rows: list[tuple[Any, ...]] = cursor.fetchall()
         columns = [column[0] for column in cursor.description or ()]
         changed = cursor.rowcount if cursor.rowcount > 0 and not columns else 0
         return columns, rows, changed
 
-    def _main(self) -> Any:
-        """The main connection, brought up to date first if the schema changed
-        since it last looked (another connection migrated)."""
-        now = schema.cookie(self._conn)
-        if now != self._cookie:
-            schema.refresh(self._conn)
-            self._cookie = now
-        return self._conn
-
     def integrity_problems(self, limit: int = 10) -> list[str]:
         """What ``PRAGMA quick_check`` finds wrong with the file (at most ``limit``
         lines); empty when the database is sound."""
-        try:
-            found = [
-                str(line) for (line,) in self._conn.execute(f"PRAGMA quick_check({int(limit)})")
-            ]
-        except sqlite3.DatabaseError as exc:
-            return [str(exc)]
-        return [] if found == ["ok"] else found
-
-    # -- schema ------------------------------------------------------------
+        return self._main.integrity_problems(limit)
 
     def make_crr(self, *tables: str) -> None:
         """Turn existing tables into conflict-free replicated relations.
@@ -287,8 +234,7 @@ class Store:
         Raises SchemaError if a table is missing or unsuitable (cr-sqlite
         requires a primary key and NOT NULL defaults on non-pk columns).
         """
-        schema.make_crr(self._conn, tables)
-        schema.index_clocks(self._conn, self.crr_columns())
+        self._main.make_crr(tables)
 
     def migrate(
         self, version: int, sql: str, *, alter: Sequence[str] = (), new_crrs: Sequence[str] = ()
@@ -301,116 +247,99 @@ class Store:
         many held rows were merged. Raises SchemaError (and changes nothing)
         if any step fails.
         """
-        script = schema.migration_script(version, sql, alter, new_crrs)
-        conn = self._main()
-        try:
-            conn.executescript(script)
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise SchemaError(f"migration to version {version} failed: {exc}") from exc
-        schema.index_clocks(conn, self.crr_columns())
+        self._main.migrate(version, sql, alter, new_crrs)
         return self.apply_held()
 
     @translate_errors
     def schema_cookie(self) -> int:
         """SQLite's schema cookie (``PRAGMA schema_version``): it moves on every
         schema change, made through any connection."""
-        return schema.cookie(self._main())
+        return schema.cookie(self._main.current())
 
     @translate_errors
     def schema_version(self) -> int:
         """The app's schema version (``PRAGMA user_version``)."""
-        return schema.user_version(self._conn)
+        return schema.user_version(self._main.conn)
 
     def crr_columns(self) -> dict[str, frozenset[str]]:
         """Each CRR table and its column names (cached until the schema changes)."""
-        return dict(self._schema.read(self._conn)[0])
+        return dict(self._main.crr_schema()[0])
 
     def crr_keys(self) -> dict[str, KeyShape]:
         """Each CRR table's primary key: its columns in key order and which
         values each holds (cached until the schema changes)."""
-        return dict(self._schema.read(self._conn)[1])
+        return dict(self._main.crr_schema()[1])
 
     @translate_errors
     def schema_fingerprint(self) -> bytes:
         """16 bytes that differ when the CRR tables or their columns differ."""
-        return schema.schema_fingerprint_of(self._conn, self.crr_columns())
-
-    # -- state (main connection) -------------------------------------------
+        return schema.schema_fingerprint_of(self._main.conn, self.crr_columns())
 
     @translate_errors
     def db_version(self) -> int:
         """The database's current cr-sqlite db_version (local clock)."""
-        return int(self._conn.execute("SELECT crsql_db_version()").fetchone()[0])
+        return int(self._main.conn.execute("SELECT crsql_db_version()").fetchone()[0])
 
     @translate_errors
     def change_marker(self) -> tuple[int, int]:
         """``(data_version, db_version)`` in one statement: it moves on every
         commit, through this connection or another."""
-        data, db = (
-            self._main()
-            .execute("SELECT data_version, crsql_db_version() FROM pragma_data_version")
-            .fetchone()
-        )
-        return int(data), int(db)
+        return self._main.change_marker()
 
     @translate_errors
     def cursor(self) -> Cursor:
         """The persisted version vector of what this database holds from others."""
-        return persisted_cursor(self._conn)
+        return self._main.cursor()
 
     @translate_errors
     def site_owners(self) -> dict[bytes, str]:
         """Every site id a remote has shown in a session, and the peer id that showed it."""
-        return bookkeeping.site_owners(self._conn)
+        return bookkeeping.site_owners(self._main.conn)
 
     @translate_errors
     def claim_site(self, site_id: bytes, peer_id: str, *, replacing: str | None = None) -> str:
-        """Bind ``site_id`` to ``peer_id`` if it is free; return its owner afterwards.
-
-        A site id bound to another peer id stays bound to it, unless that peer
-        id is ``replacing`` (the caller frees the sites of peers it no longer
-        trusts). The caller refuses a session whose peer id is not the owner
-        returned.
-        """
-        return bookkeeping.claim_site(self._conn, site_id, peer_id, replacing)
+        """Bind ``site_id`` to ``peer_id`` unless another peer id (not
+        ``replacing``) holds it; return its owner afterwards (the caller
+        refuses a session whose peer id is not that owner)."""
+        return bookkeeping.claim_site(self._main.conn, site_id, peer_id, replacing)
 
     @translate_errors
     def own_version(self) -> int:
         """The highest origin version of this site's own changes."""
-        row = (
-            self._main()
-            .execute("SELECT max(db_version) FROM crsql_changes WHERE site_id = ?", (self.site_id,))
-            .fetchone()
-        )
-        return int(row[0] or 0)
+        return self._main.own_version()
 
     @translate_errors
     def local_high_water(self) -> int:
-        """The highest local db_version at which this site wrote a change itself.
+        """The highest local db_version at which this site wrote a change
+        itself: it moves on local writes (through any connection), never on
+        merges of others' changes."""
+        return self._main.local_high_water()
 
-        Moves on local writes (through any connection), never on merges of
-        others' changes; an index lookup per CRR table.
-        """
-        highs = " UNION ALL ".join(
-            "SELECT max(db_version) AS high FROM "
-            f"{quote_identifier(table + '__crsql_clock')} WHERE site_id = 0"
-            for table in self.crr_columns()
-        )
-        if not highs:
-            return 0
-        (high,) = self._conn.execute(f"SELECT coalesce(max(high), 0) FROM ({highs})").fetchone()
-        return int(high)
+    @translate_errors
+    def held_count(self) -> int:
+        """How many held rows still wait for a schema migration."""
+        return bookkeeping.held_count(self._main.conn)
+
+    @translate_errors
+    def is_fresh(self) -> bool:
+        """Whether this database holds nothing to sync: an empty cursor, no
+        held rows, and no clock rows (nothing written, not even deleted)."""
+        return self._main.is_fresh()
+
+    @translate_errors
+    def checkpoint(self, *, truncate: bool = True) -> tuple[bool, int, int]:
+        """Copy the ``-wal`` file into the database now, without waiting for
+        anyone (``truncate``: and cut it to zero bytes); returns ``(done,
+        wal_pages, checkpointed_pages)``, ``done`` False when a reader or
+        writer (a page spanning frames) was in the way: call again later."""
+        if self._merger.page is not None or self.read_only:
+            return False, 0, 0
+        return self._main.checkpoint(truncate)
 
     @property
     def held_schema(self) -> int:
-        """The newest schema version a held row needs (0 if none is held).
-
-        Pages this store serves may carry held rows; a session announces this
-        version in its frames so a receiver with the same schema holds them
-        too (PROTOCOL.md, CHANGES).
-        """
+        """The newest schema version a held row needs (0 if none is held): a
+        session announces it in frames that may carry held rows (PROTOCOL.md)."""
         return self._merger.held_schema
 
     @property
@@ -421,37 +350,7 @@ class Store:
         that of a held row it serves on (see :attr:`held_schema`)."""
         return max(self._reader.read_schema, self._merger.held_schema)
 
-    @translate_errors
-    def held_count(self) -> int:
-        """How many held rows still wait for a schema migration."""
-        return bookkeeping.held_count(self._conn)
-
-    @translate_errors
-    def is_fresh(self) -> bool:
-        """Whether this database holds nothing to sync: an empty cursor, no
-        held rows, and no clock rows (nothing written, not even deleted)."""
-        return bookkeeping.is_fresh(self._main(), list(self.crr_columns()))
-
-    @translate_errors
-    def checkpoint(self, *, truncate: bool = True) -> tuple[bool, int, int]:
-        """Copy the ``-wal`` file into the database now, without waiting for
-        anyone; with ``truncate``, also cut the ``-wal`` file to zero bytes.
-
-        Returns ``(done, wal_pages, checkpointed_pages)``: ``done`` is False
-        when a reader or writer (a page spanning frames, another process)
-        was in the way; call again later. Nothing is lost either way.
-        """
-        if self._merger.page is not None or self.read_only:
-            return False, 0, 0
-        mode = "TRUNCATE" if truncate else "PASSIVE"
-        self._conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            busy, log, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {self._location.busy_timeout_ms:d}")
-        return busy == 0, int(log), int(done)
-
-    # -- reading changes (the reader's thread) -----------------------------
+    # -- reading changes: the reader ---------------------------------------
 
     @translate_errors
     def next_page(
@@ -462,18 +361,9 @@ class Store:
         exclude: Collection[bytes] = (),
         max_bytes: int | None = None,
     ) -> list[Change] | LargeGroup:
-        """The next page of changes above ``cursor``: at most ``limit`` rows
-        and, if ``max_bytes`` is given, at most that many bytes as counted by
-        :func:`peer.changes.change_size` (reads stop there, so a page of large
-        values never sits whole in memory).
-
-        For each origin (except those in ``exclude``) the changes come in
-        ascending ``(version, seq)``, whole groups only. If the first group to
-        send is larger than ``limit`` or ``max_bytes``, returns it as a
-        :class:`LargeGroup` to read with :meth:`read_group`. An empty list means
-        nothing is above the cursor. To page, advance the cursor to the highest
-        version returned per origin (or of the large group) and call again.
-        """
+        """The next page of changes above ``cursor`` (at most ``limit`` rows,
+        ``max_bytes`` bytes), or the :class:`LargeGroup` to read with
+        :meth:`read_group`; see :meth:`peer.store.reader.ChangeReader.next_page`."""
         return self._reader.next_page(cursor, limit, exclude=exclude, max_bytes=max_bytes)
 
     @translate_errors
@@ -486,14 +376,9 @@ class Store:
     def read_group(
         self, group: LargeGroup, chunk: int, max_bytes: int | None = None
     ) -> Generator[list[Change], None, None]:
-        """The rows of ``group`` in chunks of at most ``chunk`` rows and, if
-        ``max_bytes`` is given, at most that many bytes by
-        :func:`peer.changes.change_size` (a row larger than that comes alone).
-
-        They are read through a connection of their own, in one statement (one
-        consistent snapshot), whatever the group's size, on the reader's
-        thread; close the iterator (or exhaust it) to release it.
-        """
+        """The rows of ``group`` in chunks (see
+        :meth:`peer.store.reader.GroupReader.chunks`), read on a connection of
+        their own; close the iterator (or exhaust it) to release it."""
         return self._reader.read_group(group, chunk, max_bytes)
 
     @translate_errors
@@ -514,7 +399,7 @@ class Store:
         the reader's connection: one read transaction, writers go on."""
         self._reader.copy_into(out)
 
-    # -- merging changes (the main connection's thread) --------------------
+    # -- merging changes: the merger ---------------------------------------
 
     @property
     def can_stream_pages(self) -> bool:
@@ -525,12 +410,8 @@ class Store:
     @translate_errors
     def begin_page(self) -> None:
         """Open one transaction for several :meth:`apply` calls (a page that
-        spans frames); end it with :meth:`end_page`, from the same thread.
-
-        It runs on the merger's connection: readers keep seeing committed
-        data, and other writers wait for SQLite's lock (busy timeout). Raises
-        StoreError if a page is open already.
-        """
+        spans frames; see :meth:`peer.store.merger.Merger.begin_page`); end it
+        with :meth:`end_page`, from the same thread."""
         self._merger.begin_page()
 
     def end_page(self, *, commit: bool) -> None:
@@ -554,47 +435,11 @@ class Store:
         held_schema: int = 0,
         yield_to: StoreJobs | None = None,
     ) -> ApplyResult:
-        """Merge ``changes`` and advance the persisted cursor, in one transaction.
-
-        Inside :meth:`begin_page` the rows join that page's transaction (and
-        an error leaves it to the caller to end the page without committing).
-        Every row is validated before a row reaches the database, including
-        its packed primary key against the table's key (see
-        :func:`peer.changes.plan_groups`): cr-sqlite aborts the process on
-        some malformed rows, so none reaches it unchecked. Rows for a
-        table or column this database lacks raise InvalidChangeError, unless
-        ``hold_unknown`` (the sender's schema is newer), in which case they
-        are held, recorded as needing schema version ``held_schema`` (the
-        sender's, or the one its frame says its rows need; by default the
-        next one after this database's), which is what :attr:`held_schema`
-        reports and frames serving them on announce.
-        ``types_checked`` is for rows :func:`peer.messages.decode`
-        produced, whose field types and ranges it already checked. Rows that
-        originated here are skipped, and with ``skip_known`` so are groups
-        whose version the persisted cursor already covers (as it stood when
-        the transaction began): for callers that deliver each origin's groups
-        whole and in ascending order, as sessions do, where such a group is a
-        copy that came by another path. On any error nothing of the batch is
-        applied and the cursor does not move; applying the same batch again
-        is harmless.
-
-        ``yield_to`` lets app calls cut in (outside a page only): the batch
-        merges in slices of whole groups of about :data:`APPLY_SLICE_ROWS`
-        rows, and when a call waits in ``yield_to`` at the end of a slice,
-        the slices so far commit with their cursor, the waiting calls run
-        (on this thread), and the rest merges in a new transaction (with none
-        waiting, it stays one transaction). A group never spans two
-        transactions. The whole batch is validated first, so a malformed row
-        still lands nothing; but should the database itself refuse a row (a
-        constraint or trigger of the app's) after a commit for a waiting
-        call, or the process die there, the slices committed before stay,
-        whole groups with their cursor, and the sender sends the rest again.
-        Should a waiting call change the CRR tables, the rest is validated
-        again against the new schema before it merges.
-
-        Raises InvalidChangeError for a malformed row, StoreError if SQLite
-        fails.
-        """
+        """Merge ``changes`` and advance the persisted cursor, in one
+        transaction; see :meth:`peer.store.merger.Merger.apply` (holding rows
+        for a newer schema, skipping known groups, letting waiting app calls
+        cut in). Raises InvalidChangeError for a malformed row, StoreError if
+        SQLite fails; on any error nothing of the batch is applied."""
         return self._merger.apply(
             changes,
             hold_unknown=hold_unknown,
@@ -606,13 +451,8 @@ class Store:
 
     @translate_errors
     def apply_held(self) -> int:
-        """Merge held rows whose table and column now exist; return how many.
-
-        Held rows stay recorded (and are still served to others at their
-        original place in the order); the merge itself is not re-served. A
-        held row whose primary key does not fit its table now that it exists
-        is never merged (it stays held; a warning names it).
-        """
+        """Merge held rows whose table and column now exist; return how many
+        (see :meth:`peer.store.merger.Merger.apply_held`)."""
         return self._merger.apply_held()
 
     # -- snapshots (a fresh device bootstraps from a copy) -----------------
@@ -624,44 +464,26 @@ class Store:
 
         Closes every connection of the store, the reader's included: call it
         where no other thread uses the store meanwhile (a Peer runs it on its
-        store thread while its read thread waits for it). Checks that the
-        database is still fresh (:meth:`is_fresh`), copies ``crpeer_sites``
-        into the snapshot, closes every connection (the last close
-        checkpoints and removes the ``-wal`` file), moves the snapshot over
-        the database file with ``os.replace`` (atomic), removes a stale
-        ``-shm``, and opens the main connection again on the new file (the
-        merger and the reader open theirs at their next use). No connection
-        of the store ever points at the replaced file. Raises StoreError,
-        leaving the database as it was, when it is not fresh, a page or a
-        group read is open, or another connection (another process, the
-        app's own) keeps the old file open (its ``-wal`` file stays).
+        store thread while its read thread waits for it). Copies
+        ``crpeer_sites`` into the snapshot, closes every connection (the last
+        close removes the ``-wal`` file), moves the snapshot over the file
+        (:func:`peer.store.main.replace_file`) and opens the main connection
+        again: no connection ever points at the replaced file. Raises
+        StoreError, leaving the database as it was, when it is not fresh
+        (:meth:`is_fresh`), a page or a group read is open, or another
+        connection (another process, the app's own) keeps the file open.
         """
         if self.read_only or self._location.uri:
             raise StoreError("only a writable store opened on a path installs a snapshot")
         if self._merger.page is not None or self._reader.open_groups:
             raise StoreError("the store is busy (a page or a group read is open)")
-        if not bookkeeping.is_fresh(self._main(), list(self.crr_columns())):
+        if not self._main.is_fresh():
             raise StoreError("the database is no longer fresh")
-        sites = self._conn.execute("SELECT site_id, peer_id FROM crpeer_sites").fetchall()
-        target = sqlite3.connect(os.fspath(snapshot), isolation_level=None)
-        try:
-            target.execute("BEGIN IMMEDIATE")
-            target.execute("DELETE FROM crpeer_sites")
-            target.executemany("INSERT INTO crpeer_sites (site_id, peer_id) VALUES (?, ?)", sites)
-            target.execute("COMMIT")
-        finally:
-            target.close()
-        sync_file(snapshot)
+        self._main.copy_sites_into(snapshot)
         site_before = self.site_id
         self._close_connections(gone=False)
         try:
-            wal = Path(f"{self.path}-wal")
-            if wal.exists() and wal.stat().st_size > 0:
-                raise StoreError("another connection keeps the database open: cannot replace it")
-            os.replace(snapshot, self.path)
-            Path(f"{self.path}-shm").unlink(missing_ok=True)
-            wal.unlink(missing_ok=True)
-            sync_file(Path(self.path).parent)
+            replace_file(self.path, snapshot)
         finally:
             self._open()
         if self.site_id != site_before:

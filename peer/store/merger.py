@@ -233,8 +233,48 @@ class Merger:
         held_schema: int = 0,
         yield_to: StoreJobs | None = None,
     ) -> ApplyResult:
-        """See :meth:`peer.store.Store.apply`; inside :meth:`begin_page` the
-        rows join the page (an error leaves it to the caller to end it)."""
+        """Merge ``changes`` and advance the persisted cursor, in one transaction.
+
+        Inside :meth:`begin_page` the rows join that page's transaction (and
+        an error leaves it to the caller to end the page without committing).
+        Every row is validated before a row reaches the database, including
+        its packed primary key against the table's key (see
+        :func:`peer.changes.plan_groups`): cr-sqlite aborts the process on
+        some malformed rows, so none reaches it unchecked. Rows for a
+        table or column this database lacks raise InvalidChangeError, unless
+        ``hold_unknown`` (the sender's schema is newer), in which case they
+        are held, recorded as needing schema version ``held_schema`` (the
+        sender's, or the one its frame says its rows need; by default the
+        next one after this database's), which is what :attr:`held_schema`
+        reports and frames serving them on announce.
+        ``types_checked`` is for rows :func:`peer.messages.decode`
+        produced, whose field types and ranges it already checked. Rows that
+        originated here are skipped, and with ``skip_known`` so are groups
+        whose version the persisted cursor already covers (as it stood when
+        the transaction began): for callers that deliver each origin's groups
+        whole and in ascending order, as sessions do, where such a group is a
+        copy that came by another path. On any error nothing of the batch is
+        applied and the cursor does not move; applying the same batch again
+        is harmless.
+
+        ``yield_to`` lets app calls cut in (outside a page only): the batch
+        merges in slices of whole groups of about :data:`APPLY_SLICE_ROWS`
+        rows, and when a call waits in ``yield_to`` at the end of a slice,
+        the slices so far commit with their cursor, the waiting calls run
+        (on this thread, where they may use the main connection), and the
+        rest merges in a new transaction (with none waiting, it stays one
+        transaction). A group never spans two transactions. The whole batch
+        is validated first, so a malformed row still lands nothing; but
+        should the database itself refuse a row (a constraint or trigger of
+        the app's) after a commit for a waiting call, or the process die
+        there, the slices committed before stay, whole groups with their
+        cursor, and the sender sends the rest again. Should a waiting call
+        change the CRR tables, the rest is validated again against the new
+        schema before it merges.
+
+        Raises InvalidChangeError for a malformed row, StoreError if SQLite
+        fails.
+        """
         page = self.page
         conn = self._conn if page is not None else self._begin()
         try:
@@ -355,7 +395,14 @@ class Merger:
         return int(impacted)
 
     def apply_held(self) -> int:
-        """See :meth:`peer.store.Store.apply_held` (not inside a page)."""
+        """Merge held rows whose table and column now exist; return how many.
+
+        Held rows stay recorded (and are still served to others at their
+        original place in the order); the merge itself is not re-served. A
+        held row whose primary key does not fit its table now that it exists
+        is never merged (it stays held; a warning names it). Raises
+        StoreError inside a page.
+        """
         if self.page is not None:
             raise StoreError("a page is open")
         conn = self._connection()

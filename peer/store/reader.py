@@ -113,7 +113,18 @@ class ChangeReader:
         exclude: Collection[bytes] = (),
         max_bytes: int | None = None,
     ) -> list[Change] | LargeGroup:
-        """See :meth:`peer.store.Store.next_page`."""
+        """The next page of changes above ``cursor``: at most ``limit`` rows
+        and, if ``max_bytes`` is given, at most that many bytes as counted by
+        :func:`peer.changes.change_size` (reads stop there, so a page of large
+        values never sits whole in memory).
+
+        For each origin (except those in ``exclude``) the changes come in
+        ascending ``(version, seq)``, whole groups only. If the first group to
+        send is larger than ``limit`` or ``max_bytes``, returns it as a
+        :class:`LargeGroup` to read with :meth:`read_group`. An empty list means
+        nothing is above the cursor. To page, advance the cursor to the highest
+        version returned per origin (or of the large group) and call again.
+        """
         if limit < 1:
             raise ValueError("limit must be >= 1")
         site_id = self._site_id
