@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peer import crsqlite
-from peer.errors import ExtensionError, InvalidChangeError, SchemaError, StoreError
+from peer.errors import ConfigError, ExtensionError, InvalidChangeError, SchemaError, StoreError
+from peer.identity import Identity
+from peer.peer import Peer
 from peer.store import Change, Store
 from peer.store.connection import locate
 from peer.store.merger import MERGE_ROWS_PER_STATEMENT, Merger
@@ -774,3 +776,10 @@ def test_a_closed_store_refuses_reads_and_merges() -> None:
         store.next_page({}, 10)
     with pytest.raises(StoreError, match="closed"):
         store.apply([])
+
+
+def test_a_peer_on_an_in_memory_store_asks_for_a_trust_store(tmp_path: Path) -> None:
+    identity = Identity.load_or_create(tmp_path / "key")
+    with Store(":memory:") as store, pytest.raises(ConfigError, match="in-memory database"):
+        Peer(store, [], identity=identity)
+    assert not list(Path(store.path).parent.glob("*trust*"))
