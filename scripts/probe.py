@@ -86,11 +86,11 @@ import bench
 import pysqlite3.dbapi2 as sqlite3
 from bench_node import SCHEMA, TABLE
 
+import peer.store.bookkeeping as store_bookkeeping
+import peer.store.merger as store_merger
 from peer import protocol
 from peer.peer import Peer
 from peer.store import Store
-from peer.store import bookkeeping as store_bookkeeping
-from peer.store import merger as store_merger
 from peer.store.connection import locate
 from peer.store.reader import ChangeReader
 

@@ -73,10 +73,11 @@ from collections.abc import Collection, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import peer.store.bookkeeping as bookkeeping
+import peer.store.schema as schema
 from peer.changes import SENTINEL_CID, SITE_ID_LENGTH, Change, Cursor, SqlValue
 from peer.errors import StoreError
 from peer.packed_pk import KeyShape
-from peer.store import bookkeeping, schema
 from peer.store.bookkeeping import persisted_cursor
 from peer.store.connection import (
     JOURNAL_SIZE_LIMIT,

@@ -16,10 +16,11 @@ from typing import Any
 
 import pysqlite3.dbapi2 as sqlite3
 
+import peer.store.bookkeeping as bookkeeping
+import peer.store.schema as schema
 from peer import crsqlite
 from peer.changes import Cursor
 from peer.errors import SchemaError, StoreError
-from peer.store import bookkeeping, schema
 from peer.store.connection import Location, close_connection, quote_identifier, sync_file
 
 __all__ = ["MainConnection"]

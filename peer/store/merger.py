@@ -17,10 +17,10 @@ from typing import Any
 
 import pysqlite3.dbapi2 as sqlite3
 
+import peer.store.schema as schema
 from peer.changes import Change, Cursor, Group, by_group, fits, plan_groups
 from peer.errors import InvalidChangeError, StoreError
 from peer.packed_pk import KeyShape, PackedKeyError, check_key
-from peer.store import schema
 from peer.store.bookkeeping import (
     CHANGES_INTO,
     CURSOR_INTO,

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import peer.store.pages as pages
+import peer.store.schema as schema
 from peer.changes import Change, change_size
 from peer.errors import StoreError
-from peer.store import pages, schema
 from peer.store.bookkeeping import CHANGE_COLUMNS, persisted_cursor
 from peer.store.connection import (
     Location,
