@@ -783,3 +783,21 @@ def test_a_peer_on_an_in_memory_store_asks_for_a_trust_store(tmp_path: Path) -> 
     with Store(":memory:") as store, pytest.raises(ConfigError, match="in-memory database"):
         Peer(store, [], identity=identity)
     assert not list(Path(store.path).parent.glob("*trust*"))
+
+
+def test_a_merge_waiting_past_the_busy_timeout_is_a_store_error(tmp_path: Path) -> None:
+    with new_store() as source, Store(tmp_path / "b.db", busy_timeout_ms=50) as store:
+        store.executescript(SCHEMA)
+        store.make_crr("items", "tags")
+        source.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        other = sqlite3.connect(os.fspath(tmp_path / "b.db"), isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock
+            with pytest.raises(StoreError, match="applying a batch failed: database is locked"):
+                store.apply(source.changes_since({}, 100))
+            with pytest.raises(StoreError, match="begin_page: database is locked"):
+                store.begin_page()
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert store.apply(source.changes_since({}, 100)).merged == 2

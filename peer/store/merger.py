@@ -276,8 +276,8 @@ class Merger:
         fails.
         """
         page = self.page
-        conn = self._conn if page is not None else self._begin()
         try:
+            conn = self._conn if page is not None else self._begin()
             schema_now = self._schema.read(conn)
             groups = plan_groups(changes, *schema_now, self._site_id, hold_unknown, types_checked)
             result_cursor: Cursor = {}
