@@ -4,36 +4,13 @@ A :class:`Store` opens a database with the cr-sqlite extension loaded. Apps
 write with ordinary SQL (through :meth:`Store.execute` or their own
 connection that loaded the extension); crpeer reads and merges changes.
 
-Versions and cursors
---------------------
-A *change* is one row of ``crsql_changes`` in the order of its columns, except
-that the sixth field is the **origin version**: the db_version the change had
-on the site that wrote it (``site_id``). cr-sqlite gives merged rows a local
-db_version (a Lamport-style ``max(local + 1, incoming)``), so the store keeps
-``crpeer_versions``: for each origin and local version at which it merged a
-group, the origin version of that group. That makes a **cursor** a version
-vector ``{origin site_id: origin version}``: :meth:`Store.changes_since` serves
-every change of each origin above the cursor, in ascending order, and
-:meth:`Store.apply` merges a batch and advances the persisted cursor in one
-transaction.
-
-A group is all the changes of one ``(site_id, version)``; the store never
-splits one across two pages of :meth:`Store.changes_since` nor across two
-transactions of :meth:`Store.apply`.
-
-Site owners
------------
-``crpeer_sites`` binds each site id a remote has shown in a session to the
-authenticated peer id that showed it first (:meth:`Store.claim_site`).
-
-Held changes
-------------
-A change for a table or column this database does not have yet (the sender's
-schema is newer) is *held* when ``apply(..., hold_unknown=True)``: kept in
-``crpeer_held`` with the schema version it needs, counted in the cursor,
-served to others in order (:attr:`Store.served_schema` says which schema such
-pages may need), and merged by :meth:`Store.apply_held` once a migration adds
-what it needs.
+The bookkeeping beside the app's tables (:mod:`peer.store.bookkeeping`)
+makes a **cursor** a version vector ``{origin site_id: origin version}``:
+:meth:`Store.changes_since` serves every change of each origin above the
+cursor, in ascending order and whole groups (one origin transaction) only,
+and :meth:`Store.apply` merges a batch and advances the persisted cursor in
+one transaction. Changes for a schema this database lacks yet are *held*
+until a migration adds what they need.
 
 Schema changes
 --------------
@@ -46,14 +23,20 @@ Connections and threads
 A store is three objects, each owning one connection, each used from one
 thread; no lock guards any of them:
 
-- the **main connection** (the app's SQL, migrations, the bookkeeping's
-  state) and the **merger** (:class:`~peer.store.merger.Merger`: merges, held
-  rows, pages spanning frames): a Peer runs both on its "crpeer-store"
-  thread;
-- the **reader** (:class:`~peer.store.reader.ChangeReader`: pages, large
-  groups, the backlog, snapshot copies): a Peer runs it on its "crpeer-read"
-  thread. It reads committed data only (WAL), so reads and merges never wait
-  for each other.
+- the **main connection** (:class:`~peer.store.main.MainConnection`: the
+  app's SQL, migrations, the bookkeeping's state) and the **merger**
+  (:class:`~peer.store.merger.Merger`: merges, held rows, pages spanning
+  frames): a Peer runs both on its "crpeer-store" thread;
+- the **reader** (:class:`~peer.store.reader.ChangeReader`: pages, the
+  backlog, snapshot copies; a large group through a
+  :class:`~peer.store.reader.GroupReader` with a connection of its own): a
+  Peer runs it on its "crpeer-read" thread. It reads committed data only
+  (WAL), so reads and merges never wait for each other.
+
+The connections of the merger and the reader open at their first use, on
+the thread that uses them. :meth:`Store.close` and
+:meth:`Store.install_snapshot` close all of them: call them where no other
+thread uses the store meanwhile.
 
 A Store used directly (the CLI, tests, an app before it hands the store to
 a Peer) is used from one thread at a time. The attributes :attr:`Store.site_id`,

@@ -1,5 +1,39 @@
 """crpeer's own tables beside the app's: their DDL and the queries on them.
 
+Versions and cursors
+--------------------
+A *change* is one row of ``crsql_changes`` in the order of its columns, except
+that the sixth field is the **origin version**: the db_version the change had
+on the site that wrote it (``site_id``). cr-sqlite gives merged rows a local
+db_version (a Lamport-style ``max(local + 1, incoming)``), so the store keeps
+``crpeer_versions``: for each origin and local version at which it merged a
+group, the origin version of that group. That makes a **cursor** a version
+vector ``{origin site_id: origin version}``:
+:meth:`peer.store.Store.changes_since` serves every change of each origin
+above the cursor, in ascending order, and :meth:`peer.store.Store.apply`
+merges a batch and advances the persisted cursor in one transaction.
+
+A group is all the changes of one ``(site_id, version)``; the store never
+splits one across two pages of :meth:`peer.store.Store.changes_since` nor
+across two transactions of :meth:`peer.store.Store.apply`.
+
+Site owners
+-----------
+``crpeer_sites`` binds each site id a remote has shown in a session to the
+authenticated peer id that showed it first
+(:meth:`peer.store.Store.claim_site`).
+
+Held changes
+------------
+A change for a table or column this database does not have yet (the sender's
+schema is newer) is *held* when ``apply(..., hold_unknown=True)``: kept in
+``crpeer_held`` with the schema version it needs, counted in the cursor,
+served to others in order (:attr:`peer.store.Store.served_schema` says which
+schema such pages may need), and merged by :meth:`peer.store.Store.apply_held`
+once a migration adds what it needs.
+
+Tables
+------
 - ``crpeer_versions``: for each origin and local version at which the store
   merged a group, the origin version of that group (``replay`` = 1 for a
   held group merged after a migration: never served again).
