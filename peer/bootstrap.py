@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from peer.errors import SnapshotError, StoreError
 from peer.store import Cursor, Store
-from peer.store_snapshot import snapshot_cursor
+from peer.store.snapshot import snapshot_cursor
 
 __all__ = ["IncomingSnapshot", "OutgoingSnapshot", "beside", "remove_leftovers"]
 

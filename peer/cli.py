@@ -16,7 +16,7 @@ error: ...``). Every command that prints takes ``--json``; ``-v`` may go
 anywhere. Long-running commands live in :mod:`peer.cli_serve` (their output
 in :mod:`peer.cli_events`), ``crpeer sql`` in :mod:`peer.cli_sql`, the checks
 of a database file (lock, integrity, read-only status) in
-:mod:`peer.cli_database`, snapshots in :mod:`peer.store_snapshot`, shared
+:mod:`peer.cli_database`, snapshots in :mod:`peer.store.snapshot`, shared
 helpers in :mod:`peer.cli_common`.
 """
 
@@ -57,7 +57,7 @@ from peer.housekeeping import wal_size
 from peer.identity import Identity, default_key_path, format_peer_id
 from peer.status import PeerStatus
 from peer.store import Store
-from peer.store_snapshot import restore_snapshot, take_snapshot
+from peer.store.snapshot import restore_snapshot, take_snapshot
 from peer.trust import TrustStore, default_trust_path
 
 __all__ = ["cli", "main"]

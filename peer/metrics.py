@@ -380,5 +380,5 @@ def _counts(stats: SessionStats) -> Counter[str]:
 
 def database_path(peer: Peer) -> Path | None:
     """The file of ``peer``'s (started) database; None for an in-memory or URI one."""
-    path = peer.store.path
-    return None if path == ":memory:" or path.startswith("file:") else Path(path)
+    store = peer.store
+    return None if store.in_memory or store.path.startswith("file:") else Path(store.path)

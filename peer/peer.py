@@ -204,9 +204,8 @@ class Peer:
         store = await self._worker.open()
         if not self.name:
             self.name = store.site_id.hex()[:8]
-        if store.can_stream_pages:
-            for leftover in await asyncio.to_thread(remove_leftovers, store.path):
-                self.log.info("removed %s (a snapshot cut off by a crash)", leftover)
+        for leftover in await asyncio.to_thread(remove_leftovers, store.path):
+            self.log.info("removed %s (a snapshot cut off by a crash)", leftover)
         await self._registry.load()
         await self.refresh_schema()
         if self.gate.trust is not None:
@@ -237,7 +236,7 @@ class Peer:
         await self._worker.close()
         with contextlib.suppress(ConfigError):
             path = self.store.path
-            if path != ":memory:":
+            if not self.store.in_memory:
                 # A copy whose session ended while the read thread made it
                 # (see SnapshotExchange.make_snapshot) may be finished only now.
                 for leftover in await asyncio.to_thread(remove_leftovers, path):
@@ -452,7 +451,7 @@ def _make_gate(
             "(peer.identity.Identity.load_or_create(path)) or insecure=True"
         )
     if trust is None:
-        if isinstance(database, Store) and database.path == ":memory:":
+        if isinstance(database, Store) and database.in_memory:
             raise ConfigError("pass trust= (a TrustStore) for an in-memory database")
         path = database.path if isinstance(database, Store) else database
         trust = TrustStore.load(default_trust_path(path))

@@ -167,10 +167,6 @@ class PeerSessionHost:
     async def apply(self, changes: list[Change], hold_for: int) -> ApplyResult:
         return await self._worker.apply(changes, hold_for)
 
-    @property
-    def can_stream_pages(self) -> bool:
-        return self._worker.store.can_stream_pages
-
     def page(self) -> AbstractAsyncContextManager[Page]:
         """A page spanning frames (see :meth:`StoreWorker.page`)."""
         return self._worker.page()

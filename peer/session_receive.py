@@ -26,7 +26,7 @@ from peer.protocol import (
     SnapshotPartReceived,
 )
 from peer.session_host import SessionParts
-from peer.store import ApplyResult, Change
+from peer.store import ApplyResult
 
 __all__ = ["Receiver"]
 
@@ -105,7 +105,7 @@ class Receiver:
         table_rows = self._count(event)
         if event.final:
             result = await host.apply(event.changes, event.hold_for)
-        elif host.can_stream_pages:
+        else:
             merged: ApplyResult | None = None
             async with host.page() as page:
                 while True:
@@ -118,15 +118,6 @@ class Receiver:
                     table_rows += self._count(event)
             assert merged is not None
             result = merged
-        else:
-            # An in-memory store cannot keep a page open: gather it, apply it whole.
-            buffered: list[Change] = []
-            while not event.final:
-                buffered.extend(event.changes)
-                self._frame_done(event)
-                event = await self._next_in_page(queue)
-                table_rows += self._count(event)
-            result = await host.apply(buffered + event.changes, event.hold_for)
         self._frame_done(event)  # the final frame, once its page is committed
         self._page_done(result, table_rows, event.schema)
 

@@ -19,7 +19,7 @@ from peer.bootstrap import IncomingSnapshot, OutgoingSnapshot
 from peer.errors import SnapshotError, StoreError
 from peer.protocol import SnapshotEndReceived
 from peer.store import ApplyResult
-from peer.store_snapshot import prepare_received, snapshot_reference
+from peer.store.snapshot import prepare_received, snapshot_reference
 from peer.store_worker import StoreWorker
 
 if TYPE_CHECKING:
@@ -54,10 +54,10 @@ class SnapshotExchange:
         self._accept_snapshot = accept_snapshot
 
     async def takes_snapshot(self) -> bool:
-        """Whether to ask for a snapshot: snapshots are accepted, the store is
-        a file and fresh (nothing replicated yet)."""
+        """Whether to ask for a snapshot: snapshots are accepted and the store
+        is fresh (nothing replicated yet)."""
         store = self._worker.store
-        if not self._accept_snapshot or not store.can_stream_pages:
+        if not self._accept_snapshot:
             return False
         return await self._worker.run(store.is_fresh)
 
@@ -66,8 +66,6 @@ class SnapshotExchange:
         if it cannot be made. A copy whose caller is cancelled meanwhile is
         removed once made."""
         store = self._worker.store
-        if not store.can_stream_pages:
-            return None  # an in-memory store has no file to copy beside
         making = asyncio.ensure_future(self._worker.read(lambda: OutgoingSnapshot.make(store)))
         try:
             return await asyncio.shield(making)
@@ -87,8 +85,8 @@ class SnapshotExchange:
         self, driver: SessionDriver, incoming: IncomingSnapshot, end: SnapshotEndReceived
     ) -> bool:
         """Check the received file, then swap it in under the Store between
-        merges (every store call waits for the store's locks, so nothing
-        runs on the old file after). False if it was refused (a
+        merges (see :meth:`StoreWorker.install_snapshot`: nothing runs on
+        the old file after). False if it was refused (a
         SnapshotRefused event says why; the store is unchanged); else a
         Bootstrapped event follows."""
         assert driver.remote is not None
@@ -101,7 +99,7 @@ class SnapshotExchange:
             cursor = await asyncio.to_thread(prepare_received, incoming.path, reference)
             if cursor != end.cursor:
                 raise SnapshotError("the snapshot does not hold the cursor it announced")
-            await self._worker.exclusive(store.install_snapshot, incoming.path)
+            await self._worker.install_snapshot(incoming.path)
         except StoreError as exc:
             _log.warning("refused a snapshot from %s: %s", driver.address, exc)
             self._emit(ev.SnapshotRefused(driver.remote, exc))

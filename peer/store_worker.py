@@ -25,7 +25,7 @@ Ordering, in this one place (all of it on the event loop's thread):
    its COMMIT or ROLLBACK. The store thread runs its queue in order, so an
    app call runs wholly before a page's BEGIN or wholly after its end.
 3. During an apply (not a page), app writes run between its slices (see
-   :class:`~peer.store_jobs.StoreJobs`): they wait for a slice, not the batch.
+   :class:`~peer.store.jobs.StoreJobs`): they wait for a slice, not the batch.
 
 The turn to merge (point 1) is an asyncio.Lock taken by ``async with`` for
 the whole of one apply or one page, in one coroutine frame: never acquired
@@ -45,7 +45,7 @@ from typing import ParamSpec, TypeVar
 
 from peer.errors import ConfigError, StoreError
 from peer.store import ApplyResult, Change, Cursor, LargeGroup, Store
-from peer.store_jobs import StoreJobs
+from peer.store.jobs import StoreJobs
 
 __all__ = ["Page", "StoreWorker", "TimingObserver"]
 
@@ -126,12 +126,13 @@ class StoreWorker:
         """Close the store if this worker opened it, then end both threads
         once the work queued on them has run (the loop goes on meanwhile)."""
         executor, read_executor = self._executor, self._read_executor
+        if read_executor is not None:
+            # Before the store closes: the reader's connection is the read thread's.
+            await asyncio.to_thread(read_executor.shutdown, wait=True)
         if executor is not None:
             if not isinstance(self._database, Store) and self._store is not None:
                 await self.run(self._store.close)
             await asyncio.to_thread(executor.shutdown, wait=True)
-        if read_executor is not None:
-            await asyncio.to_thread(read_executor.shutdown, wait=True)
 
     # -- the two threads -------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class StoreWorker:
 
     async def app_write(self, fn: Callable[[], _R]) -> _R:
         """``fn`` on the store thread once no page is open; an apply under way
-        runs it between two of its slices (see :class:`~peer.store_jobs.StoreJobs`)."""
+        runs it between two of its slices (see :class:`~peer.store.jobs.StoreJobs`)."""
         await self._page_closed()
         job = self.jobs.submit(fn)
         self._submit(self.jobs.run_waiting)
@@ -201,6 +202,16 @@ class StoreWorker:
         async with self.merge_turn():
             return await self.run(fn, *args, **kwargs)
 
+    async def install_snapshot(self, snapshot: Path) -> None:
+        """Swap a checked snapshot in under the store, between merges. The
+        read thread waits while the store thread installs it
+        (:meth:`Store.install_snapshot` reopens every connection, the
+        reader's too, so no read may run meanwhile); app calls queue behind
+        it on the store thread. Raises StoreError if the install fails."""
+        store = self.store
+        async with self.merge_turn():
+            await self.read(lambda: self._submit(lambda: store.install_snapshot(snapshot)).result())
+
     @contextlib.asynccontextmanager
     async def merge_turn(self) -> AsyncIterator[None]:
         """Wait for the turn to merge (after every merge that asked before),
@@ -220,12 +231,9 @@ class StoreWorker:
         ROLLBACK is queued before the exception goes on, so it runs even
         if the caller is cancelled again. A failed COMMIT raises StoreError
         (the page is rolled back). While the page is open, other merges and
-        app calls wait. Raises StoreError at once for a store that cannot
-        keep a page open (``:memory:``, see :attr:`Store.can_stream_pages`).
+        app calls wait.
         """
         store = self.store
-        if not store.can_stream_pages:
-            raise StoreError("an in-memory store applies a page in one call")
         opened = False
 
         def begin() -> None:

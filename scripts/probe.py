@@ -86,11 +86,14 @@ import bench
 import pysqlite3.dbapi2 as sqlite3
 from bench_node import SCHEMA, TABLE
 
+import peer.store.bookkeeping as store_bookkeeping
+import peer.store.merger as store_merger
 from peer import protocol
-from peer import store as store_module
 from peer.peer import Peer
 from peer.peer_host import PeerSessionHost
 from peer.store import Store
+from peer.store.connection import locate
+from peer.store.reader import ChangeReader
 
 _HERE = Path(__file__).resolve().parent
 _TABLE = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER)"
@@ -319,17 +322,20 @@ def next_page(writes: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         hub = _hub(folder, writes)
         held = hub.cursor()
-        for label in ("one pass", "per origin"):
-            if label == "per origin":
-                hub._combined_page = lambda *args: None  # type: ignore[method-assign]
+        readers = {
+            "one pass": ChangeReader(locate(hub.path)[0], hub.site_id),
+            "per origin": ChangeReader(locate(hub.path)[0], hub.site_id, combined_reads=0),
+        }
+        for label, reader in readers.items():
             for behind in (0, 1, 3, 20):
                 remote = {site: max(0, version - behind) for site, version in held.items()}
                 started = time.perf_counter()
                 for _ in range(20):
-                    page = hub.next_page(remote, 5000)
+                    page = reader.next_page(remote, 5000)
                 spent = (time.perf_counter() - started) / 20 * 1000
                 rows = len(page) if isinstance(page, list) else 0
                 print(f"{label:10s} {behind:2d} behind each origin: {spent:7.2f} ms, {rows} rows")
+            reader.close()
         hub.close()
 
 
@@ -455,7 +461,7 @@ def _store_apply(target: Store, pages: list[list[Any]]) -> float:
 def merge_statement_size(writes: int) -> None:
     def with_size(size: int) -> Variant:
         def apply(target: Store, pages: list[list[Any]]) -> float:
-            store_module._MERGE_ROWS_PER_STATEMENT = size
+            store_merger.MERGE_ROWS_PER_STATEMENT = size
             return _store_apply(target, pages)
 
         return apply
@@ -465,7 +471,7 @@ def merge_statement_size(writes: int) -> None:
 
 
 def apply_binding(writes: int) -> None:
-    insert = f"INSERT INTO {store_module._CHANGES_INTO} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    insert = f"INSERT INTO {store_bookkeeping.CHANGES_INTO} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
     def executemany(blobs: Callable[[Any], Any]) -> Variant:
         """As bench.py's apply_limit: one transaction, ``executemany``; the
@@ -473,7 +479,7 @@ def apply_binding(writes: int) -> None:
 
         def apply(target: Store, pages: list[list[Any]]) -> float:
             rows = [tuple(blobs(value) for value in row) for page in pages for row in page]
-            connection = target._sync
+            connection = target._merger._connection()
             started = time.perf_counter()
             connection.execute("BEGIN")
             connection.executemany(insert, rows)

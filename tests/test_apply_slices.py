@@ -15,7 +15,7 @@ import pytest
 
 from peer.errors import InvalidChangeError
 from peer.store import APPLY_SLICE_ROWS, Change, Store
-from peer.store_jobs import StoreJobs
+from peer.store.jobs import StoreJobs
 from peer.store_worker import StoreWorker
 
 SCHEMA = """
@@ -146,7 +146,7 @@ def test_a_call_that_drops_a_table_has_the_rest_checked_again(tmp_path: Path) ->
 CRASHING_APPLY = """
 import os, pickle, sys
 from peer.store import Store
-from peer.store_jobs import StoreJobs
+from peer.store.jobs import StoreJobs
 from peer.store_worker import StoreWorker
 path, batch_file = sys.argv[1], sys.argv[2]
 with open(batch_file, "rb") as f:

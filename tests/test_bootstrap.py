@@ -13,14 +13,15 @@ import pysqlite3.dbapi2 as sqlite3
 import pytest
 
 import peer.protocol
-from peer import events, store_snapshot
+from peer import events
 from peer.bootstrap import IncomingSnapshot, OutgoingSnapshot
 from peer.errors import SnapshotError, StoreError
 from peer.peer import Peer
 from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
-from peer.store_snapshot import prepare_received, snapshot_reference
+from peer.store import snapshot as store_snapshot
+from peer.store.snapshot import prepare_received, snapshot_reference
 from tests.support import Node, address, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 from transports.websocket import WebSocketTransport

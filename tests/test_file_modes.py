@@ -11,7 +11,7 @@ import pytest
 
 from peer.cli_common import status_path, write_status_file
 from peer.store import Store
-from peer.store_snapshot import restore_snapshot, take_snapshot
+from peer.store.snapshot import restore_snapshot, take_snapshot
 from tests.support import SCHEMA
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")

@@ -31,7 +31,10 @@ def make_database(path: Path, limit: int = LIMIT) -> Store:
 
 def test_every_connection_of_a_store_has_the_journal_size_limit(tmp_path: Path) -> None:
     with Store(tmp_path / "a.db") as store:
-        connections = {id(c): c for c in (store._conn, store._reader, store._sync)}
+        store.next_page({}, 1)  # the reader opens its connection at its first read
+        store.apply([])  # the merger at its first merge
+        main, merger, reader = store._main.conn, store._merger._conn, store._reader._conn
+        connections = {id(c): c for c in (main, reader, merger)}
         assert len(connections) == 3
         for conn in connections.values():
             assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == JOURNAL_SIZE_LIMIT

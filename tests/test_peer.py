@@ -685,6 +685,9 @@ async def _converge(
         cluster.peer(i, dials[i])
     oracle = new_store(cluster.directory / "oracle.db")
     rng = random.Random(seed)
+    # Stores of the peers' files owned by this thread (a peer's own store is
+    # its threads').
+    readers = [Store(store.path) for store in cluster.stores]
     async with cluster:
         for kind, who, key in actions:
             if kind == "write":
@@ -699,12 +702,14 @@ async def _converge(
                 a, b = edges[who]
                 cluster.network.cut(f"p{a}", f"p{b}")
             # Everything committed anywhere goes to the oracle as it happens.
-            for store in cluster.stores:
-                while batch := store.changes_since(oracle.cursor(), 500, exclude={oracle.site_id}):
+            for reader in readers:
+                while batch := reader.changes_since(oracle.cursor(), 500, exclude={oracle.site_id}):
                     oracle.apply(batch)
             if rng.choice([False, False, True]):
                 # Let the cluster work between actions: until a random peer's
                 # store thread has run what was queued on it so far.
                 await cluster.peers[rng.randrange(count)].run_in_store(lambda: None)
         await wait_for(lambda: all(rows(s) == rows(oracle) for s in cluster.stores), within=30)
-        oracle.close()
+    for reader in readers:
+        reader.close()
+    oracle.close()

@@ -9,7 +9,7 @@ import pytest
 
 from peer.errors import ErrorCode, RemoteProtocolError
 from peer.store import Store
-from peer.store_snapshot import take_snapshot
+from peer.store.snapshot import take_snapshot
 from tests.support import SCHEMA, Node, address, refusals, wait_for
 
 # Seeds whose first session nonce is the smallest / largest of many: a peer

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pysqlite3.dbapi2 as sqlite3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peer import crsqlite
-from peer.errors import ExtensionError, InvalidChangeError, SchemaError, StoreError
-from peer.store import _MERGE_ROWS_PER_STATEMENT, Change, Store
+from peer.errors import ConfigError, ExtensionError, InvalidChangeError, SchemaError, StoreError
+from peer.identity import Identity
+from peer.peer import Peer
+from peer.store import Change, Store
+from peer.store.connection import locate
+from peer.store.merger import MERGE_ROWS_PER_STATEMENT, Merger
+from peer.store.reader import ChangeReader
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, name TEXT, score INTEGER);
@@ -174,8 +183,12 @@ def test_the_one_pass_read_serves_what_the_per_origin_reads_serve(
         lags = dict(zip(held, behind, strict=False))  # the hub and up to three origins
         remote = {site: max(0, version - lags[site]) for site, version in held.items()}
         one_pass = hub.changes_since(remote, 10_000)
-        hub._combined_page = lambda *args: None  # type: ignore[method-assign]
-        by_origin = hub.changes_since(remote, 10_000)
+        # A second reader of the hub's file that reads every page origin by origin.
+        origin_by_origin = ChangeReader(locate(hub.path)[0], hub.site_id, combined_reads=0)
+        try:
+            by_origin = origin_by_origin.changes_since(remote, 10_000)
+        finally:
+            origin_by_origin.close()
         assert sorted(one_pass) == sorted(by_origin)
         assert per_origin(one_pass) == per_origin(by_origin)
     finally:
@@ -507,14 +520,14 @@ def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
 
 def _one_large_group(store: Store) -> list[Change]:
     """One transaction of 6,000 change rows: it spans many multi-row INSERTs
-    (a large group merges at most ``_MERGE_ROWS_PER_STATEMENT`` rows each)."""
+    (a large group merges at most ``MERGE_ROWS_PER_STATEMENT`` rows each)."""
     store.execute(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
         "INSERT INTO items SELECT i, 'name ' || i, i * 2 FROM n"
     )
     batch = store.changes_since({}, 100_000)
     assert len(batch) == 6000
-    assert len(batch) > 100 * _MERGE_ROWS_PER_STATEMENT
+    assert len(batch) > 100 * MERGE_ROWS_PER_STATEMENT
     return batch
 
 
@@ -611,3 +624,179 @@ def test_one_batch_of_several_origins_records_where_each_group_landed(
         assert contents(c) == contents(b)
     finally:
         d.close()
+
+
+# -- connections and threads --------------------------------------------------
+
+
+def _rows_of(store: Store, pages: list[Change]) -> int:
+    return sum(1 for change in pages if change[6] != store.site_id)
+
+
+@pytest.mark.parametrize("path", [":memory:", "file::memory:", "file:mem?mode=memory&cache=shared"])
+def test_an_in_memory_store_is_a_private_file_removed_at_close(path: str) -> None:
+    with new_store() as source:
+        source.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        store = new_store(path)
+        try:
+            assert store.in_memory
+            folder = Path(store.path).parent
+            assert oct(folder.stat().st_mode & 0o777) == "0o700"
+            assert oct(Path(store.path).stat().st_mode & 0o777) == "0o600"
+            store.begin_page()  # a page spanning frames works as on any file store
+            store.apply(source.changes_since({}, 100))
+            store.end_page(commit=True)
+            assert contents(store) == contents(source)
+        finally:
+            store.close()
+        assert not folder.exists()
+
+
+def test_an_in_memory_store_never_closed_is_removed_when_collected() -> None:
+    store = Store(":memory:")
+    folder = Path(store.path).parent
+    assert folder.exists()
+    del store
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_a_store_opened_by_a_file_uri_reads_and_merges(tmp_path: Path) -> None:
+    with new_store() as source:
+        source.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        with new_store(f"file:{tmp_path / 'uri.db'}") as store:
+            store.apply(source.changes_since({}, 100))
+            assert store.changes_since({}, 100, exclude={store.site_id}) == source.changes_since(
+                {}, 100
+            )
+        with Store(f"file:{tmp_path / 'uri.db'}", read_only=True) as readable:
+            assert readable.cursor() == {source.site_id: 1}
+
+
+def test_the_reader_sees_committed_data_only_while_a_page_is_open_on_another_thread() -> None:
+    with new_store() as source, new_store() as store, ThreadPoolExecutor(1) as read_thread:
+        source.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        store.begin_page()
+        store.apply(source.changes_since({}, 100))
+        # The page holds the write lock on the merger's connection; the
+        # reader, on its own connection and thread, neither waits nor sees it.
+        pending = read_thread.submit(store.changes_since, {}, 100).result(timeout=10)
+        assert pending == []
+        store.end_page(commit=True)
+        committed = read_thread.submit(store.changes_since, {}, 100).result(timeout=10)
+        assert _rows_of(store, committed) == 2
+
+
+def test_reads_and_merges_run_at_once_on_their_two_threads() -> None:
+    with new_store() as source, new_store() as store, ThreadPoolExecutor(1) as read_thread:
+        for i in range(60):
+            source.execute("INSERT INTO items VALUES (?, 'n', ?)", (i, i))
+        batches = [source.changes_since({source.site_id: v}, 2) for v in range(0, 60, 1)]
+        stop = threading.Event()
+
+        def read_until_stopped() -> int:
+            reads = 0
+            while not stop.is_set() and reads < 100_000:
+                page = store.next_page({}, 10)
+                assert isinstance(page, list)
+                store.backlog_estimate({})
+                reads += 1
+            return reads
+
+        reading = read_thread.submit(read_until_stopped)
+        for batch in batches:
+            store.apply(batch, skip_known=True)
+        stop.set()
+        assert reading.result(timeout=30) > 0
+        assert contents(store) == contents(source)
+        everything = read_thread.submit(store.changes_since, {}, 1000).result(timeout=10)
+        assert sorted(everything) == sorted(source.changes_since({}, 1000))
+
+
+def test_a_schema_change_through_any_connection_reaches_the_reader_and_the_merger(
+    tmp_path: Path,
+) -> None:
+    alter = "ALTER TABLE items ADD COLUMN color TEXT"
+    with new_store() as source, new_store(tmp_path / "b.db") as store:
+        source.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        store.apply(source.changes_since({}, 100))  # the merger's connection is open
+        assert store.next_page({}, 100) != []  # and the reader's
+        # The app migrates on a connection of its own.
+        app = sqlite3.connect(os.fspath(tmp_path / "b.db"), isolation_level=None)
+        crsqlite.load(app)
+        app.executescript(
+            f"BEGIN; SELECT crsql_begin_alter('items'); {alter}; "
+            "SELECT crsql_commit_alter('items'); PRAGMA user_version = 1; COMMIT;"
+        )
+        app.execute("SELECT crsql_finalize()")
+        app.close()
+        source.migrate(1, alter, alter=["items"])
+        source.execute("UPDATE items SET color = 'red' WHERE id = 1")
+        result = store.apply(source.changes_since({}, 100))  # no row held: it sees the column
+        assert (result.held, store.held_count()) == (0, 0)
+        assert store.execute("SELECT color FROM items") == [("red",)]
+        page = store.next_page({}, 100)
+        assert isinstance(page, list)
+        assert ("items", "color") in {(row[0], row[2]) for row in page}
+        assert store.served_schema == 1
+
+
+def test_a_merger_page_commits_whole_and_rolls_back_on_an_error(tmp_path: Path) -> None:
+    with new_store() as source, new_store(tmp_path / "b.db") as store:
+        source.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        source.execute("INSERT INTO items VALUES (2, 'two', 2)")
+        first, second = source.changes_since({}, 100)[:2], source.changes_since({}, 100)[2:]
+        merger = Merger(locate(store.path)[0], store.site_id, held_schema=0)
+        try:
+
+            def a_page_with_a_bad_row() -> None:
+                with merger.begin_page():
+                    merger.apply(first)
+                    merger.apply([("items", b"\x01", "name", "x", 1, 9, b"s" * 16, 1, 0)])
+
+            with pytest.raises(InvalidChangeError):
+                a_page_with_a_bad_row()
+            assert merger.page is None
+            assert (contents(store)[0], store.cursor()) == ([], {})
+            with merger.begin_page():
+                merger.apply(first)
+                assert contents(store)[0] == []  # not committed yet
+                merger.apply(second)
+            assert contents(store)[0] == [(1, "one", 1), (2, "two", 2)]
+            assert store.cursor() == {source.site_id: 2}
+        finally:
+            merger.close()
+
+
+def test_a_closed_store_refuses_reads_and_merges() -> None:
+    store = new_store()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.next_page({}, 10)
+    with pytest.raises(StoreError, match="closed"):
+        store.apply([])
+
+
+def test_a_peer_on_an_in_memory_store_asks_for_a_trust_store(tmp_path: Path) -> None:
+    identity = Identity.load_or_create(tmp_path / "key")
+    with Store(":memory:") as store, pytest.raises(ConfigError, match="in-memory database"):
+        Peer(store, [], identity=identity)
+    assert not list(Path(store.path).parent.glob("*trust*"))
+
+
+def test_a_merge_waiting_past_the_busy_timeout_is_a_store_error(tmp_path: Path) -> None:
+    with new_store() as source, Store(tmp_path / "b.db", busy_timeout_ms=50) as store:
+        store.executescript(SCHEMA)
+        store.make_crr("items", "tags")
+        source.execute("INSERT INTO items VALUES (1, 'one', 1)")
+        other = sqlite3.connect(os.fspath(tmp_path / "b.db"), isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock
+            with pytest.raises(StoreError, match="applying a batch failed: database is locked"):
+                store.apply(source.changes_since({}, 100))
+            with pytest.raises(StoreError, match="begin_page: database is locked"):
+                store.begin_page()
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert store.apply(source.changes_since({}, 100)).merged == 2

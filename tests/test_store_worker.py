@@ -187,14 +187,18 @@ async def test_pages_and_applies_never_interleave(worker: StoreWorker, tmp_path:
     assert len(notes(worker.store)) == 7
 
 
-async def test_an_in_memory_store_has_no_pages() -> None:
-    with Store(":memory:") as store:
+async def test_an_in_memory_store_keeps_a_page_open_like_a_file_store(tmp_path: Path) -> None:
+    site, pages = frames(tmp_path, 3)
+    with new_store(":memory:") as store:
         worker = StoreWorker(store, [])
         await worker.open()
         try:
-            with pytest.raises(StoreError, match="in-memory"):
-                async with worker.page():
-                    pass
+            async with worker.page() as page:
+                for changes in pages:
+                    await page.apply(changes, 0)
+                assert notes(store) == []  # not committed yet
+            assert notes(store) == [(0,), (1,), (2,)]
+            assert store.cursor()[site] == 3
         finally:
             await worker.close()
         assert not store.closed  # a Store passed in stays open

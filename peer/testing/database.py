@@ -19,6 +19,7 @@ import pysqlite3.dbapi2 as sqlite3
 from peer import crsqlite
 from peer.errors import ConfigError
 from peer.store import Change, Cursor, SqlValue, Store
+from peer.store.bookkeeping import CHANGE_COLUMNS
 from peer.testing.migrations import SchemaChange
 from peer.testing.plan import MARK_DDL, MARK_TABLE
 from peer.testing.scenario import Schema
@@ -158,13 +159,13 @@ def capture_write(store: Store, sql: str, params: Mapping[str, SqlValue]) -> lis
             store.execute("ROLLBACK")
             raise
         store.execute("COMMIT")
-    others = set(store.cursor())
-    out: list[Change] = []
-    cursor: Cursor = {store.site_id: before}
-    while page := store.changes_since(cursor, 10_000, exclude=others):
-        out.extend(page)
-        cursor[store.site_id] = max(change[5] for change in page)
-    return out
+    # Read on this thread's own connection (the store's reader is the read thread's).
+    written: list[Change] = store.execute(
+        f"SELECT {CHANGE_COLUMNS} FROM crsql_changes WHERE site_id = ? AND db_version > ? "
+        "ORDER BY db_version, seq",
+        (store.site_id, before),
+    )
+    return written
 
 
 def vector(store: Store) -> tuple[bytes, Cursor]:

@@ -44,14 +44,8 @@ import pysqlite3.dbapi2 as sqlite3
 
 from peer.changes import MAX_COUNTER
 from peer.errors import ConfigError, SnapshotError, StoreError
-from peer.store import (
-    SITE_ID_LENGTH,
-    Cursor,
-    Store,
-    create_private_file,
-    persisted_cursor,
-    schema_fingerprint_of,
-)
+from peer.store import SITE_ID_LENGTH, Cursor, Store, create_private_file, persisted_cursor
+from peer.store.schema import schema_fingerprint_of
 
 __all__ = [
     "SnapshotReference",
