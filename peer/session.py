@@ -217,7 +217,7 @@ class SessionDriver:
         finally:
             # An unfinished page was rolled back (whole transactions only):
             # say how many of its changes the remote must send again.
-            discarded = self.session.page_rows
+            discarded = self._receiving.rolled_back
             for task in (self._sender, self._announcing):
                 if task is not None:
                     task.cancel()

@@ -54,6 +54,9 @@ class Receiver:
         """Set by the read loop when it ends: take no further event."""
         self._incoming: IncomingSnapshot | None = None
         """A snapshot being received (protocol 4)."""
+        self.rolled_back = 0
+        """Changes applied in a page that was then rolled back (the session
+        ended inside it): what the remote must send again."""
         self._backlog: tuple[int, float, int, int, int] | None = None
         """The remote's announced backlog: (rows, when, and the changes, bytes
         and app-table rows received before)."""
@@ -107,15 +110,21 @@ class Receiver:
             result = await host.apply(event.changes, event.hold_for)
         else:
             merged: ApplyResult | None = None
-            async with host.page() as page:
-                while True:
-                    applied = await page.apply(event.changes, event.hold_for)
-                    merged = _merge_results(merged, applied)
-                    if event.final:
-                        break
-                    self._frame_done(event)
-                    event = await self._next_in_page(queue)
-                    table_rows += self._count(event)
+            applied_rows = 0
+            try:
+                async with host.page() as page:
+                    while True:
+                        applied = await page.apply(event.changes, event.hold_for)
+                        applied_rows += len(event.changes)
+                        merged = _merge_results(merged, applied)
+                        if event.final:
+                            break
+                        self._frame_done(event)
+                        event = await self._next_in_page(queue)
+                        table_rows += self._count(event)
+            except BaseException:
+                self.rolled_back = applied_rows
+                raise
             assert merged is not None
             result = merged
         self._frame_done(event)  # the final frame, once its page is committed
