@@ -4,12 +4,12 @@ A :class:`Merger` owns the store's sync connection and is used from one
 thread, the one that also runs the app's writes on the main connection (a
 Peer's "crpeer-store" thread; a Store used directly: the caller's). Its
 transactions take SQLite's write lock; readers on other connections keep
-seeing committed data meanwhile (WAL).
+seeing committed data meanwhile (WAL). Held rows are kept and later merged
+through :mod:`peer.store.held`, on the merger's connection and thread.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -18,25 +18,22 @@ from typing import Any
 import pysqlite3.dbapi2 as sqlite3
 
 import peer.store.schema as schema
-from peer.changes import Change, Cursor, Group, by_group, fits, plan_groups
+from peer.changes import Change, Cursor, Group, plan_groups
 from peer.errors import InvalidChangeError, StoreError
-from peer.packed_pk import KeyShape, PackedKeyError, check_key
 from peer.store.bookkeeping import (
     CHANGES_INTO,
     CURSOR_INTO,
     CURSOR_UPSERT,
-    INSERT_HELD,
     VERSIONS_INTO,
     VERSIONS_UPSERT,
     insert,
     persisted_cursor,
 )
 from peer.store.connection import Location, close_connection
+from peer.store.held import hold, merge_ready, ready_to_merge
 from peer.store.jobs import StoreJobs
 
 __all__ = ["APPLY_SLICE_ROWS", "MERGE_ROWS_PER_STATEMENT", "ApplyResult", "Merger", "Page"]
-
-_log = logging.getLogger("crpeer.store")
 
 _MERGE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS crpeer_incoming (
@@ -387,21 +384,19 @@ class Merger:
             if local is not None:
                 versions.append((origin, local, version, 0))
             if held_rows:
-                conn.executemany(
-                    INSERT_HELD,
-                    [(origin, local, version, r[8], *r[:5], r[7], held_schema) for r in held_rows],
-                )
+                hold(conn, origin, local, version, held_rows, held_schema)
         insert(conn, VERSIONS_INTO, versions, VERSIONS_UPSERT)
         return int(impacted)
 
     def apply_held(self) -> int:
-        """Merge held rows whose table and column now exist; return how many.
+        """Merge held rows whose table and column now exist, in one
+        transaction; return how many.
 
         Held rows stay recorded (and are still served to others at their
         original place in the order); the merge itself is not re-served. A
         held row whose primary key does not fit its table now that it exists
-        is never merged (it stays held; a warning names it). Raises
-        StoreError inside a page.
+        is never merged (it stays held; a warning names it; see
+        :func:`peer.store.held.ready_to_merge`). Raises StoreError inside a page.
         """
         if self.page is not None:
             raise StoreError("a page is open")
@@ -409,39 +404,12 @@ class Merger:
         if schema.cookie(conn) != self._cookie:
             self.close()
             conn = self._connection()
-        columns, keys = self._schema.read(conn)
-        pending = conn.execute(
-            "SELECT rowid, tbl, pk, cid, val, col_version, version, origin, cl, seq "
-            "FROM crpeer_held WHERE applied = 0 ORDER BY origin, version, seq"
-        ).fetchall()
-        known = [r for r in pending if fits(r[1], r[3], columns) and r[3] not in keys[r[1]].names]
-        ready, unfit = [], set()
-        for r in known:
-            if _key_fits(bytes(r[2]), keys[r[1]]):
-                ready.append(r)
-            else:
-                unfit.add(f"{r[1]} from {bytes(r[7]).hex()}")
-        if unfit:
-            _log.warning(
-                "held rows stay held, their primary key does not fit the table: %s",
-                ", ".join(sorted(unfit)),
-            )
+        ready = ready_to_merge(conn, self._schema.read(conn))
         if not ready:
             return 0
         conn = self._begin()
         try:
-            for (origin, version), group in by_group(ready, lambda r: (bytes(r[7]), r[6])):
-                insert(
-                    conn,
-                    CHANGES_INTO,
-                    [tuple(r[1:]) for r in group],
-                    rows_per_statement=MERGE_ROWS_PER_STATEMENT,
-                )
-                (local,) = conn.execute("SELECT crsql_next_db_version()").fetchone()
-                insert(conn, VERSIONS_INTO, [(origin, local, version, 1)], VERSIONS_UPSERT)
-                conn.executemany(
-                    "UPDATE crpeer_held SET applied = 1 WHERE rowid = ?", [(r[0],) for r in group]
-                )
+            merge_ready(conn, ready, MERGE_ROWS_PER_STATEMENT)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -470,11 +438,3 @@ def _replan(
     for _, _, mergeable, held_rows in groups:
         rows += sorted(mergeable + held_rows, key=lambda row: row[8]) if held_rows else mergeable
     return plan_groups(rows, *crr_schema, own_site, hold_unknown, types_checked=True)
-
-
-def _key_fits(packed: bytes, shape: KeyShape) -> bool:
-    try:
-        check_key(packed, shape)
-    except PackedKeyError:
-        return False
-    return True
