@@ -37,23 +37,15 @@ from pathlib import Path
 
 ALLOWED_MODULES: dict[str, int] = {
     "peer/store.py": 1807,
-    "peer/peer.py": 998,
-    "peer/protocol.py": 859,
-    "peer/session.py": 768,
 }
 """Modules over MODULE_LIMIT lines: path -> the most lines it may have."""
 
 ALLOWED_CLASSES: dict[str, int] = {
     "peer.store.Store": 1307,
-    "peer.peer.Peer": 916,
-    "peer.session.SessionDriver": 573,
-    "peer.protocol.SyncSession": 539,
 }
 """Classes over CLASS_LIMIT lines: module.Class -> the most lines it may have."""
 
-ALLOWED_CYCLES: set[frozenset[str]] = {
-    frozenset({"peer.peer", "peer.status"}),
-}
+ALLOWED_CYCLES: set[frozenset[str]] = set()
 """Import cycles, each as the set of modules in it (a strongly connected component)."""
 
 MODULE_LIMIT = 500
