@@ -91,10 +91,12 @@ class PeerBackground:
 
 
 async def _watch_trust(trust: TrustStore) -> None:
-    """Pick up trust changes made by another process (the CLI) within a second."""
+    """Pick up trust changes made by another process (the CLI) within a
+    second; each reload is logged (INFO) once the peer uses the new store."""
     while True:
         await asyncio.sleep(0.5)
         try:
-            trust.reload_if_changed()
+            if trust.reload_if_changed():
+                _log.info("trust store reloaded: changed by another process")
         except CrpeerError as exc:
             _log.error("trust store unreadable, keeping the previous one: %s", exc)
