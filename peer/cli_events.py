@@ -357,7 +357,7 @@ class EventPrinter:
                     address=state.address,
                 )
             case _:
-                pass  # connecting / connected: the Connected line follows
+                pass  # connected: the Connected line follows; following: no news
 
     def _line(
         self,

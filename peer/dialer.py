@@ -173,14 +173,22 @@ class Dialer:
             def pausing(pause: float, error: CrpeerError | None = error, n: int = attempts) -> None:
                 self._report(ev.DialState(address, "backing_off", n, error, time.time() + pause))
 
-            await self._session_ended(driver, pausing)
+            def following(n: int = attempts) -> None:
+                self._report(ev.DialState(address, "following", n))
+
+            await self._session_ended(driver, pausing, following)
 
     async def _session_ended(
-        self, driver: SessionDriver | None, pausing: Callable[[float], None] | None = None
+        self,
+        driver: SessionDriver | None,
+        pausing: Callable[[float], None] | None = None,
+        following: Callable[[], None] | None = None,
     ) -> None:
         """Wait before redialing: while another session serves the same peer
-        (see :meth:`SessionRegistry.follow_duplicates`), or a jittered pause
-        after a failure (``pausing`` hears its length first)."""
+        (see :meth:`SessionRegistry.follow_duplicates`) or the remote's dial
+        is expected, or a jittered pause after a failure. ``following()``
+        hears each wait of the first kind as it starts, ``pausing`` the
+        length of a pause."""
         registry = self._registry
         remote = driver.session.remote if driver else None
         site = remote.site_id if remote is not None else None
@@ -193,6 +201,8 @@ class Dialer:
             ):
                 # The remote's dial is on its way (refused for it, its
                 # handshake here still under way), or comes soon (a cut).
+                if following is not None:
+                    following()
                 await registry.next_session(site, self._redial_grace)
             elif driver is None or not driver.eose_received.is_set():
                 pause = self._random.uniform(0, self.backoff.maximum)
@@ -200,7 +210,7 @@ class Dialer:
                     pausing(pause)
                 await asyncio.sleep(pause)
         if site is not None:
-            await registry.follow_duplicates(site, self._redial_grace)
+            await registry.follow_duplicates(site, self._redial_grace, following)
 
     # -- LAN discovery -----------------------------------------------------------------
 

@@ -145,7 +145,7 @@ class SessionFailed:
     error: CrpeerError
 
 
-DialStateName = Literal["connecting", "connected", "backing_off", "failed"]
+DialStateName = Literal["connecting", "connected", "following", "backing_off", "failed"]
 """Where a dial target stands (see :class:`DialState`)."""
 
 
@@ -154,7 +154,12 @@ class DialState:
     """An address the peer dials (``connect``) changed state.
 
     ``connecting``: attempt ``attempt`` is under way; ``connected``: the
-    channel is up and its session runs; ``backing_off``: the last attempt or
+    channel is up and its session runs; ``following``: no dial, because
+    another session serves the same peer (the remote's own dial, which wins
+    the tie-break, see :class:`~peer.peer.Peer`) or the remote is expected
+    to dial again after a cut; reported again for each session followed, and
+    the address is dialed again once none comes within ``redial_grace``;
+    ``backing_off``: the last attempt or
     session failed with ``error`` and the next attempt starts at ``retry_at``
     (seconds since the epoch); ``failed``: the address cannot work
     (``error`` says why) and is not dialed again.

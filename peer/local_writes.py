@@ -26,6 +26,9 @@ class LocalWrites:
         self._poll_interval = poll_interval
         self.woken_through = 0
         """The sessions were woken for every local write at or below this db_version."""
+        self.schema_changes_noticed = 0
+        """How many times :meth:`watch` has seen a schema cookie other than the
+        announced one (each time it calls ``refresh_schema``). Read on the event loop."""
 
     def written(self, db_version: int) -> None:
         """A local write reached ``db_version``: wake the sessions for it and all before."""
@@ -67,6 +70,7 @@ class LocalWrites:
             await asyncio.sleep(self._poll_interval)
             high_water = await self._worker.run(poll)
             if cookie != announced_cookie():
+                self.schema_changes_noticed += 1
                 await refresh_schema()
             if high_water is not None and high_water > self.woken_through:
                 self.written(high_water)

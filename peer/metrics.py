@@ -31,7 +31,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
@@ -117,7 +117,7 @@ TIME_BUCKETS = (
 
 _CLASSIFICATIONS = ("in_sync", "local_ahead", "remote_ahead", "diverged")
 _STATES = ("catching_up", "live")
-_DIAL_STATES = ("connecting", "connected", "backing_off", "failed")
+_DIAL_STATES = get_args(events.DialStateName)
 _PEER = ["peer", "name"]
 
 

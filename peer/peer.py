@@ -20,40 +20,42 @@ polling ``PRAGMA data_version`` and ``crsql_db_version()`` every
 
 The Peer composes a :class:`~peer.store_worker.StoreWorker` (the store
 threads, page transactions), a :class:`~peer.session_registry.SessionRegistry`
-(admission, duplicate tie-breaks), a :class:`~peer.dialer.Dialer` and a
+(admission, duplicate tie-breaks), a :class:`~peer.dialer.Dialer`, a
 :class:`~peer.peer_host.PeerSessionHost` (what each session asks of its
-peer); only the app API is public.
+peer), a :class:`~peer.schema_announcement.SchemaAnnouncement` (the schema
+it announces) and a :class:`~peer.peer_background.PeerBackground` (its
+tasks, transports and trust watch); only the app API is public.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from peer import events as ev
 from peer.auth import Gate
-from peer.bootstrap import remove_leftovers
 from peer.dialer import Dialer, transport_for
-from peer.errors import ConfigError, CrpeerError
+from peer.errors import ConfigError
 from peer.event_hub import EventHub
 from peer.identity import Identity
 from peer.local_writes import LocalWrites
 from peer.pairing_guard import PairingGuard
+from peer.peer_background import PeerBackground
 from peer.peer_host import PeerSessionHost
-from peer.protocol import Limits, LocalInfo
+from peer.protocol import Limits
 from peer.retry import Backoff
+from peer.schema_announcement import SchemaAnnouncement
 from peer.session import SessionDriver
 from peer.session_registry import SessionRegistry
 from peer.status import PeerStatus, SessionHistory, build_peer_status
 from peer.store import Cursor, Store
 from peer.store_worker import StoreWorker, TimingObserver
 from peer.trust import TrustStore, default_trust_path
-from transports.base import SupportsDiscovery, Transport
+from transports.base import Transport
 
 __all__ = ["Peer"]
 
@@ -126,20 +128,14 @@ class Peer:
         self._connect = list(connect)
         for address in self._connect:
             transport_for(self.transports, address)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = PeerBackground(self.transports)
+        self._spawn = self._background.spawn
         self._events = EventHub()
-        self._schema_cookie: int | None = None
-        """The schema cookie the announced schema was read at."""
         self._started = False
-        self._unsubscribe_trust: Callable[[], None] | None = None
         self.history = SessionHistory()
         """Each remote's last EOSE time and last error, for :meth:`status`."""
         self._events.subscribe(self.history.record)
-        self.timing_observers: list[TimingObserver] = []
-        """``observer(kind, seconds)`` after each apply (``"apply"``) and each read
-        of changes to send (``"read"``): see :attr:`StoreWorker.timing_observers
-        <peer.store_worker.StoreWorker.timing_observers>`."""
-        self._worker = StoreWorker(database, self.timing_observers)
+        self._worker = StoreWorker(database, [])
         self._registry = SessionRegistry(self._worker, self.gate.trust, self._spawn)
         self._local_writes = LocalWrites(self._worker, self.notify_local_change, poll_interval)
         randomness = random.Random(seed)
@@ -155,6 +151,7 @@ class Peer:
             idle_timeout=idle_timeout,
             random_source=randomness,
         )
+        self._schema = SchemaAnnouncement(self._worker, self._host, self._registry)
         self._dialer = Dialer(
             self.transports,
             self._registry,
@@ -167,6 +164,17 @@ class Peer:
         )
 
     # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def timing_observers(self) -> list[TimingObserver]:
+        """``observer(kind, seconds)`` after each apply (``"apply"``) and each read
+        of changes to send (``"read"``): see :attr:`StoreWorker.timing_observers
+        <peer.store_worker.StoreWorker.timing_observers>`. Append to it or replace it."""
+        return self._worker.timing_observers
+
+    @timing_observers.setter
+    def timing_observers(self, observers: list[TimingObserver]) -> None:
+        self._worker.timing_observers = observers
 
     @property
     def store(self) -> Store:
@@ -204,19 +212,15 @@ class Peer:
         store = await self._worker.open()
         if not self.name:
             self.name = store.site_id.hex()[:8]
-        for leftover in await asyncio.to_thread(remove_leftovers, store.path):
-            self.log.info("removed %s (a snapshot cut off by a crash)", leftover)
+        await self._background.remove_leftovers(store.path, "a snapshot cut off by a crash")
         await self._registry.load()
         await self.refresh_schema()
-        if self.gate.trust is not None:
-            self._unsubscribe_trust = _follow_trust(self.gate.trust, self.cut_peer, self._spawn)
-        for transport in self.transports:
-            if isinstance(transport, SupportsDiscovery):
-                transport.set_discovery_handler(self._dialer.discovery_handler(transport))
-            await transport.start(self._host.accept)
+        await self._background.start(
+            self.gate.trust, self.cut_peer, self._host.accept, self._dialer.discovery_handler
+        )
         for address in self._connect:
             self._dialer.connect(address)
-        watching = self._local_writes.watch(lambda: self._schema_cookie, self.refresh_schema)
+        watching = self._local_writes.watch(lambda: self._schema.cookie, self.refresh_schema)
         self._spawn(watching, "crpeer-watch")
 
     async def stop(self) -> None:
@@ -224,23 +228,14 @@ class Peer:
         if not self._started or self._registry.stopping:
             return
         self._registry.stopping = True
-        if self._unsubscribe_trust is not None:
-            self._unsubscribe_trust()
+        self._background.stop_following_trust()
         await self._registry.close_all()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for transport in self.transports:
-            with contextlib.suppress(CrpeerError):
-                await transport.stop()
+        await self._background.stop()
         await self._worker.close()
         with contextlib.suppress(ConfigError):
-            path = self.store.path
-            if not self.store.in_memory:
-                # A copy whose session ended while the read thread made it
-                # (see SnapshotExchange.make_snapshot) may be finished only now.
-                for leftover in await asyncio.to_thread(remove_leftovers, path):
-                    self.log.info("removed %s (a snapshot no session sends)", leftover)
+            # A copy whose session ended while the read thread made it
+            # (see SnapshotExchange.make_snapshot) may be finished only now.
+            await self._background.remove_leftovers(self.store.path, "a snapshot no session sends")
 
     async def __aenter__(self) -> Peer:
         await self.start()
@@ -302,33 +297,7 @@ class Peer:
         reconnects announcing the new schema (peers hold rows for a schema
         newer than theirs only when the sender announces it).
         """
-        store = self.store
-
-        def read() -> tuple[int, bytes, int]:
-            return store.schema_version(), store.schema_fingerprint(), store.schema_cookie()
-
-        version, fingerprint, cookie = await self._worker.run(read)
-        self._schema_cookie = cookie
-        before = self._host.local
-        local = LocalInfo(store.site_id, self.name, version, fingerprint)
-        self._host.local = local
-        if before is not None and (before.schema_version, before.schema_fingerprint) == (
-            version,
-            fingerprint,
-        ):
-            return
-        # Also at start: the database may have been migrated while stopped.
-        # A merge: never inside another session's page.
-        merged = await self._worker.exclusive(store.apply_held)
-        if before is None:
-            return
-        stale = self._registry.close_stale(local)
-        self.log.info(
-            "schema is now version %d (%d held rows merged): reconnecting %d sessions",
-            version,
-            merged,
-            stale,
-        )
+        await self._schema.refresh(self.name)
 
     async def status(self) -> PeerStatus:
         """Cursors, lag and counters of this peer and each live session.
@@ -392,40 +361,6 @@ class Peer:
 
     def _secret_expired(self, failures: int, address: str) -> None:
         self._events.emit(ev.JoinSecretExpired(failures, address))
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-
-def _follow_trust(
-    trust: TrustStore,
-    cut_peer: Callable[[str], None],
-    spawn: Callable[[Coroutine[Any, Any, Any], str], object],
-) -> Callable[[], None]:
-    """Cut the sessions of a peer removed from ``trust`` (from any thread), and
-    pick up changes another process makes to it; returns an unsubscribe."""
-    loop = asyncio.get_running_loop()
-
-    def removed(peer_id: str) -> None:
-        loop.call_soon_threadsafe(cut_peer, peer_id)
-
-    spawn(_watch_trust(trust), "crpeer-watch-trust")
-    return trust.on_removed(removed)
-
-
-async def _watch_trust(trust: TrustStore) -> None:
-    """Pick up trust changes made by another process (the CLI) within a second."""
-    while True:
-        await asyncio.sleep(0.5)
-        try:
-            trust.reload_if_changed()
-        except CrpeerError as exc:
-            logging.getLogger("crpeer.peer").error(
-                "trust store unreadable, keeping the previous one: %s", exc
-            )
 
 
 def _make_gate(

@@ -1,9 +1,10 @@
 """The read-only side of a :class:`~peer.protocol.SyncSession`: its state
 and everything the driver reads from it, as properties.
 
-:class:`SessionView` holds the fields; :class:`~peer.protocol.SyncSession`
-adds the transitions (receiving frames, queueing frames to send), the only
-code that changes them. Pure: no I/O.
+:class:`SessionView` holds the fields;
+:class:`~peer.protocol_receive.SessionReceiver` adds the receiving
+transitions and :class:`~peer.protocol.SyncSession` the sending ones, the
+only code that changes them. Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -21,11 +21,8 @@ from peer.errors import (
     ChannelClosed,
     CrpeerError,
     ErrorCode,
-    InvalidChangeError,
     LocalProtocolError,
     RemoteProtocolError,
-    StoreError,
-    TransportError,
 )
 from peer.protocol import (
     CreditReceived,
@@ -36,6 +33,7 @@ from peer.protocol import (
     SnapshotAnswered,
     SyncSession,
 )
+from peer.session_ending import ending_for
 from peer.session_host import PageTransaction, Refusal, SessionHost
 from peer.session_receive import Receiver
 from peer.session_send import SNAPSHOT_CHUNK, Sender
@@ -186,34 +184,21 @@ class SessionDriver:
     async def run(self) -> None:
         """Run the session until either side ends it; never raises a CrpeerError.
 
-        Failures are kept in :attr:`error` and reported as events.
+        Failures are kept in :attr:`error` and reported as events (see
+        :func:`~peer.session_ending.ending_for`).
         """
         try:
             self.session.hello()
             await self.flush()
             await self._read_loop()
-        except RemoteProtocolError as exc:
-            self.error = exc
-            self.log.info("session %s failed: %s", self.address, exc)  # an event says it
-            await self.close(exc.code)
-        except InvalidChangeError as exc:
-            self.error = exc
-            self.log.info("session %s sent invalid changes: %s", self.address, exc)
-            await self.close(ErrorCode.INVALID_CHANGE)
-        except StoreError as exc:
-            self.error = exc
-            self.log.error("session %s: store failed: %s", self.address, exc)
-            await self.close(ErrorCode.INTERNAL)
-        except TimeoutError:
-            self.error = RemoteProtocolError(ErrorCode.TIMEOUT, "remote silent too long")
-            await self.close(ErrorCode.TIMEOUT)
-        except TransportError as exc:
-            if not isinstance(exc, ChannelClosed):
-                self.error = exc
-        except LocalProtocolError:
-            # The session closed (an error or close was exchanged) while a frame
-            # was in flight; nothing is left to do but end.
-            self.log.debug("session %s: frame after close ignored", self.address)
+        except (CrpeerError, TimeoutError) as exc:
+            ending = ending_for(exc, self.address, self.log)
+            if ending is None:
+                raise
+            if ending.error is not None:
+                self.error = ending.error
+            if ending.code is not None:
+                await self.close(ending.code)
         finally:
             # An unfinished page was rolled back (whole transactions only):
             # say how many of its changes the remote must send again.

@@ -147,9 +147,12 @@ class SessionRegistry:
         driver = self._by_site.get(site)
         return None if driver is None or driver.done.is_set() else driver
 
-    async def follow_duplicates(self, site: bytes, grace: float) -> None:
+    async def follow_duplicates(
+        self, site: bytes, grace: float, following: Callable[[], None] | None = None
+    ) -> None:
         """Wait while another session serves the peer ``site``; return when it
-        is our turn to dial it.
+        is our turn to dial it. ``following()`` is called as it starts
+        waiting on each such session.
 
         When that session is the remote's dial and the remote's dial beats
         ours (:meth:`wins`), the remote dials again once it ends: give it
@@ -158,6 +161,8 @@ class SessionRegistry:
         """
         other = self.live_session(site)
         while other is not None:
+            if following is not None:
+                following()
             await other.done.wait()
             if other.outbound or not self.wins(site):
                 return

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 from peer import events
 from peer.errors import ConfigError
@@ -184,7 +184,7 @@ class SessionStatus:
             raise ConfigError(f"not a session status: {exc}") from exc
 
 
-_DIAL_STATES = ("connecting", "connected", "backing_off", "failed")
+_DIAL_STATES = get_args(events.DialStateName)
 
 
 @dataclass(frozen=True, slots=True)

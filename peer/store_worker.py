@@ -95,6 +95,7 @@ class StoreWorker:
         self._no_open_page = asyncio.Event()
         """Clear while a page is open (see the module docstring, point 2)."""
         self._no_open_page.set()
+        self._waiting_for_page = 0
         self.timing_observers = timing_observers
         """Called on the thread of the call as ``observer(kind, seconds)`` after
         each apply (``kind`` ``"apply"``: one :meth:`apply` or :meth:`Page.apply`)
@@ -155,9 +156,21 @@ class StoreWorker:
 
     # -- app calls ------------------------------------------------------------------
 
+    @property
+    def waiting_for_page(self) -> int:
+        """How many app calls wait now for an open page to end (see the module
+        docstring, point 2). Read on the event loop."""
+        return self._waiting_for_page
+
     async def _page_closed(self) -> None:
-        while not self._no_open_page.is_set():
-            await self._no_open_page.wait()
+        if self._no_open_page.is_set():
+            return
+        self._waiting_for_page += 1
+        try:
+            while not self._no_open_page.is_set():
+                await self._no_open_page.wait()
+        finally:
+            self._waiting_for_page -= 1
 
     async def app_call(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """``fn`` on the store thread once no page is open (it may write)."""

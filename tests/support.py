@@ -131,6 +131,20 @@ def wait_until(
         time.sleep(interval)
 
 
+def holds_within(
+    predicate: Callable[[], bool], within: float = 10.0, *, interval: float = 0.002
+) -> bool:
+    """Whether ``predicate`` comes to hold within ``scaled(within)`` seconds,
+    polled on the calling thread: for a hook on a store thread, where an
+    AssertionError would fail the store call instead of the test. The test
+    asserts the result."""
+    try:
+        wait_until(predicate, within, interval=interval)
+    except AssertionError:
+        return False
+    return True
+
+
 def address(peer: Peer) -> str:
     return peer.transports[0].listen_addresses[0]
 

@@ -10,7 +10,7 @@ import stat
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import pytest
@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from peer import events
 from peer.admin import (
     AdminOptions,
     AdminServer,
@@ -144,6 +145,10 @@ async def test_metrics_of_two_peers_syncing_over_tcp(nodes: Any, admin_of: Any) 
             samples_b, _ = parse((await metrics_b.exposition()).decode())
             for code, count in failed.items():
                 assert value(samples_b, "crpeer_session_failures_total", code=code) == count
+            # Every dial state has its gauge (at 0 when no address is in it).
+            dials = [dict(labels) for name, labels in samples_b if name == "crpeer_dials"]
+            dial_states = {labels["state"] for labels in dials}
+            assert dial_states == set(get_args(events.DialStateName))
             refused = sum(1 for e in refusals(a) if e.remote is None)
             assert value(samples, "crpeer_refusals_total", reason="untrusted") == refused >= 1
 

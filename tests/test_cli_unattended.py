@@ -40,7 +40,7 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from peer.trust import TrustStore, default_trust_path
-from tests.support import Node, address, scaled, wait_for, wait_until
+from tests.support import Node, address, wait_for, wait_until
 from tests.test_cli import (
     OTHER,
     ROOT,
@@ -195,7 +195,7 @@ def test_impossible_pairing_options_are_usage_errors(db: Path) -> None:
 def test_a_refused_pairing_ends_at_once_with_the_reason(tmp_path: Path) -> None:
     a, b = two_databases(tmp_path)
     ok("pair", "new-secret", a)
-    serve = Serve(tmp_path, a, *LOOPBACK)
+    serve = Serve(tmp_path, a, *LOOPBACK, "-v")
     try:
         address = serve.listening()
         wrong = "B" * 26
@@ -205,10 +205,10 @@ def test_a_refused_pairing_ends_at_once_with_the_reason(tmp_path: Path) -> None:
             match="wrong join secret",
         )  # fmt: skip
         ok("pair", "clear", a)
-        # The serve reloads its trust store twice a second; it shows no sign
-        # of a reload, and retrying meanwhile meets the failed-pairing rate
-        # limit, so this waits for the reload by time.
-        time.sleep(scaled(1.5))
+        # The serve reloads its trust store within a second and says so;
+        # retrying before would meet the failed-pairing rate limit.
+        reloaded = "trust store reloaded: changed by another process"
+        wait_until(lambda: reloaded in serve.err.read_text(), within=20, interval=0.05)
         failed(
             "pair", b, "--secret", wrong, "--connect", address, *LOOPBACK, "--timeout", "600",
             match="does not accept joins",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Collection
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from peer import events
 from peer.peer import Peer
-from tests.support import Node, address, scaled, wait_for
+from tests.support import Node, address, wait_for
 from tests.test_peer import Cluster
 from transports.memory import MemoryTransport
 
@@ -19,6 +18,17 @@ from transports.memory import MemoryTransport
 def dials(seen: list[events.Event]) -> int:
     """Connections this peer dialed (each one a session attempt)."""
     return sum(isinstance(e, events.DialState) and e.state == "connected" for e in seen)
+
+
+def follows_its_last_session(seen: list[events.Event], since: int = 0) -> bool:
+    """This peer's dial follows the session it connected last instead of
+    dialing: a DialState "following" came after its last Connected event,
+    which came after ``seen[since]``. While it follows, it does not dial;
+    only the session's end moves it on."""
+    connected = [i for i, e in enumerate(seen) if isinstance(e, events.Connected) and i >= since]
+    return bool(connected) and any(
+        isinstance(e, events.DialState) and e.state == "following" for e in seen[connected[-1] :]
+    )
 
 
 def failures(seen: list[events.Event]) -> list[events.SessionFailed]:
@@ -49,23 +59,21 @@ async def test_peers_dialing_each_other_keep_the_lower_sites_dial_and_redial_onc
     peers = [a, b]
     async with cluster:
         await wait_for(lambda: one_session_each(a, b))
-        # Any refusal round would show by now: a losing dial that did not
-        # follow the other session would redial within the backoff's maximum
-        # (0.2 s). No event marks that a dial follows instead, so this waits
-        # out the backoff: a time window (scaled), not a condition.
-        await asyncio.sleep(scaled(0.3))
+        # The losing dial follows the session the other side dialed: it does
+        # not dial again while that session lives.
+        await wait_for(lambda: follows_its_last_session(seen[high]))
         # Both dialed once; the lower site's dial is the one both ends keep.
         assert (dials(seen[0]), dials(seen[1])) == (1, 1)
         assert peers[low].sessions[0].outbound
         assert not peers[high].sessions[0].outbound
         cuts = 3
         for k in range(cuts):
-            before = [*a.sessions, *b.sessions]
+            before, mark = [*a.sessions, *b.sessions], len(seen[high])
             cluster.network.cut("p0", "p1")
             await wait_for(lambda: one_session_each(a, b, besides=before))  # noqa: B023
             await a.execute("INSERT INTO notes VALUES (?, 'after a cut', ?)", (k, k))
             await wait_for(cluster.converged)
-        await asyncio.sleep(scaled(0.3))  # the backoff's window again (see above)
+            await wait_for(lambda: follows_its_last_session(seen[high], mark))  # noqa: B023
         # After each cut only the winning side dialed again: no duplicate.
         assert dials(seen[low]) == 1 + cuts
         assert dials(seen[high]) == 1
@@ -116,14 +124,17 @@ async def test_over_tls_both_dialing_converge_with_at_most_one_refusal_and_no_wa
             await wait_for(lambda: one_session_each(pa, pb))
             a.store.execute("INSERT INTO notes VALUES (1, 'from a')")
             await wait_for(lambda: b.rows() == [(1, "from a")])
-            await asyncio.sleep(scaled(0.3))  # a redial would come within the backoff (0.3 s)
+            # The losing side (the higher site id) follows the winner's dial.
+            loser = a if a.store.site_id > b.store.site_id else b
+            await wait_for(lambda: follows_its_last_session(loser.seen))
             # Cut the session from one end: both notice, one redials.
             (session,) = pa.sessions
+            mark = len(loser.seen)
             await session.channel.close()
             await wait_for(lambda: one_session_each(pa, pb, besides=[session]))
             b.store.execute("INSERT INTO notes VALUES (2, 'from b')")
             await wait_for(lambda: a.rows() == [(1, "from a"), (2, "from b")])
-            await asyncio.sleep(scaled(0.3))  # a redial would come within the backoff (0.3 s)
+            await wait_for(lambda: follows_its_last_session(loser.seen, mark))
             # Two dials at start (one lost), one after the cut.
             assert dials(a.seen) + dials(b.seen) == 3
         assert failures(a.seen) == failures(b.seen) == []

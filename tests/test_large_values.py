@@ -35,7 +35,7 @@ from peer.peer import Peer
 from peer.protocol import ChangesReceived, Limits, SyncSession
 from peer.retry import Backoff
 from peer.store import Change, LargeGroup, Store
-from tests.support import Node, address, scaled, wait_for
+from tests.support import Node, address, wait_for
 from tests.test_protocol import A_SITE, B_SITE, FINGERPRINT, ProtocolPair, deliver, session
 from transports.base import Transport
 from transports.http_sse import HttpSseTransport
@@ -536,9 +536,8 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
             migrate = asyncio.create_task(
                 peer.migrate(1, "ALTER TABLE notes ADD COLUMN tag TEXT", alter=["notes"])
             )
-            # No sign shows a call parked behind the page: give them time to
-            # (wrongly) finish, scaled.
-            await asyncio.sleep(scaled(0.3))
+            # Both are parked behind the page (the migration's app call).
+            await wait_for(lambda: peer._worker.waiting_for_page == 2)
             assert not write.done()
             assert not migrate.done()
         async with asyncio.timeout(10):
@@ -560,8 +559,11 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
             other.execute("SELECT crsql_finalize()")
         finally:
             other.close()
+        noticed = peer._local_writes.schema_changes_noticed
         async with peer._worker.page():
-            await asyncio.sleep(scaled(0.5))  # several polls (0.1 s) of the peer's watcher
+            # The watcher sees the schema change while the page is open: its
+            # merge of the held row waits for the page.
+            await wait_for(lambda: peer._local_writes.schema_changes_noticed > noticed)
         # The watcher's next poll merges the held row.
         await wait_for(lambda: peer.store.execute("SELECT n FROM notes") == [(7,)])
         await peer.execute("UPDATE notes SET n = 8 WHERE id = 1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import tempfile
-import time
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Change, Store
 from tests.hooked_store import HookedStore
-from tests.support import wait_for
+from tests.support import holds_within, scaled, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT, n INTEGER)"
@@ -154,25 +154,43 @@ async def test_nothing_is_echoed_to_where_it_came_from() -> None:
 
 async def test_a_relay_drops_what_the_remote_announced_while_the_read_waited() -> None:
     # Triangle: w writes; r and z both hear it from w directly. r's reads
-    # are slow (a busy read thread): by the time r's read for z returns w's
-    # rows, z has merged them and announced so (HAVE). r sends none of them.
+    # are held (a busy read thread) until z has merged w's rows and
+    # announced so (HAVE): r's read for z then returns w's rows, and r
+    # sends none of them.
     cluster = Cluster(3)
     slow = hook(cluster, 1)
     reads: list[int] = []
-    slow.before_next_page = lambda: time.sleep(0.3)
+    reading = threading.Event()  # r's read thread runs (cleared: it waits)
+    reading.set()
+
+    def held_read() -> None:
+        reading.wait(scaled(10))
+
+    slow.before_next_page = held_read
     slow.after_next_page = lambda page: reads.append(len(page) if isinstance(page, list) else -1)
     w, r, z = cluster.peer(0, []), cluster.peer(1, [0]), cluster.peer(2, [0, 1])
-    async with cluster:
-        await wait_for(lambda: all(len(p.sessions) == 2 for p in (w, r, z)))
-        await wait_for(lambda: all(s.snapshot().state == "live" for s in r.sessions))
-        caught_up = len(reads)  # r's catch-up reads are done
-        for i in range(20):
-            await w.execute("INSERT INTO notes VALUES (?, 'from w', ?)", (i, i))
-        await wait_for(cluster.converged)
-        await asyncio.sleep(1.0)  # r's reads woken by the writes have returned
-        to_z = next(s for s in r.sessions if s.remote is not None and s.remote.name == "p2")
-        assert any(count > 0 for count in reads[caught_up:]), reads  # r did read w's rows for z ...
-        assert to_z.stats.rows_sent == 0  # ... and sent z none of them
+    try:
+        async with cluster:
+            await wait_for(lambda: all(len(p.sessions) == 2 for p in (w, r, z)))
+            await wait_for(lambda: all(s.snapshot().state == "live" for s in r.sessions))
+            caught_up = len(reads)  # r's catch-up reads are done
+            to_z = next(s for s in r.sessions if s.remote is not None and s.remote.name == "p2")
+            reading.clear()
+            for i in range(20):
+                await w.execute("INSERT INTO notes VALUES (?, 'from w', ?)", (i, i))
+            await wait_for(cluster.converged)
+            own, last = w.site_id, cluster.stores[0].own_version()
+            await wait_for(lambda: to_z.session.remote_cursor.get(own, 0) >= last)  # z's HAVE
+            reading.set()
+            await wait_for(lambda: any(count > 0 for count in reads[caught_up:]))
+            # r did read w's rows for z ... A marker of r's own goes to z on
+            # the same session after them: any of w's rows r sent would be
+            # counted by the time it lands.
+            await r.execute("INSERT INTO notes VALUES (100, 'marker from r', 0)")
+            await wait_for(lambda: len(rows(cluster.stores[2])) == 21)
+            assert to_z.stats.rows_sent == 2  # ... and sent z none of them: the marker's two
+    finally:
+        reading.set()
 
 
 async def test_writes_from_another_connection_reach_peers_without_a_call(tmp_path: Path) -> None:
@@ -191,6 +209,18 @@ async def test_writes_from_another_connection_reach_peers_without_a_call(tmp_pat
             other.execute("SELECT crsql_finalize()")
             other.close()
         await wait_for(lambda: rows(cluster.stores[1]) == [(1, "written elsewhere", 1)])
+
+
+async def test_timing_observers_replaced_after_construction_are_the_ones_called() -> None:
+    cluster = Cluster(2)
+    writer = cluster.peer(0, [])
+    reader = cluster.peer(1, [0])
+    timed: list[str] = []
+    reader.timing_observers = [lambda kind, seconds: timed.append(kind)]
+    async with cluster:
+        await writer.execute("INSERT INTO notes VALUES (1, 'timed', 1)")
+        await wait_for(lambda: rows(cluster.stores[1]) == [(1, "timed", 1)])
+        assert "apply" in timed
 
 
 async def test_writes_through_the_peers_own_store_reach_peers_without_a_call() -> None:
@@ -325,21 +355,30 @@ async def test_an_app_write_during_an_open_page_waits_for_its_commit(tmp_path: P
     hooked = hooked_store(tmp_path / "target.db")
     _, source, target, sender, receiver = one_transaction_pair(tmp_path, 600, hooked)
     order: list[str] = []
+    applying = threading.Event()  # the page's frames are applied (cleared: held)
 
-    def slow_frame(changes: Any, in_page: bool) -> None:
+    def held_frame(changes: Any, in_page: bool) -> None:
         if in_page:
             order.append("frame")
-            time.sleep(0.05)
+            applying.wait(scaled(10))
 
-    hooked.before_apply = slow_frame
+    hooked.before_apply = held_frame
     hooked.after_end_page = lambda commit: order.append(
         "page committed" if commit else "rolled back"
     )
-    async with sender, receiver:
-        await wait_for(lambda: "frame" in order)
-        await receiver.execute("INSERT INTO notes VALUES (5000, 'app write', 0)")
-        order.append("app write")
-        await wait_for(lambda: len(rows(target)) == 601)
+    try:
+        async with sender, receiver:
+            await wait_for(lambda: "frame" in order)  # the page is open, its frame held
+            write = asyncio.create_task(
+                receiver.execute("INSERT INTO notes VALUES (5000, 'app write', 0)")
+            )
+            await wait_for(lambda: receiver._worker.waiting_for_page == 1)
+            applying.set()
+            await write
+            order.append("app write")
+            await wait_for(lambda: len(rows(target)) == 601)
+    finally:
+        applying.set()
     assert order.index("app write") > order.index("page committed")
     assert target.cursor() == {source.site_id: 1}
     source.close()
@@ -403,18 +442,23 @@ async def test_a_slow_receiver_slows_the_sender() -> None:
     sender = cluster.peer(0, [])
     cluster.peer(1, [0])
     in_flight: list[int] = []
+    window_used: list[bool] = []
 
     def slow_apply(changes: Any, in_page: bool) -> None:
-        session = sender.sessions[0]
+        session = sender.sessions[0].session
         # Frames the sender sent that the receiver has not credited back yet.
-        in_flight.append(window - session.session.credit)
-        time.sleep(0.01)
+        in_flight.append(window - session.credit)
+        if not window_used:
+            # The receiver holds its first frame until the sender has used
+            # its whole window (and waits for credit).
+            window_used.append(holds_within(lambda: session.credit == 0))
+            in_flight.append(window - session.credit)
 
     slow.before_apply = slow_apply
     async with cluster:
         await wait_for(cluster.converged, within=30)
-    assert in_flight
-    assert max(in_flight) <= window
+    assert window_used == [True]
+    assert max(in_flight) == window
 
 
 async def test_small_live_writes_wait_for_the_page_in_flight_and_go_out_together() -> None:
@@ -425,19 +469,26 @@ async def test_small_live_writes_wait_for_the_page_in_flight_and_go_out_together
     sender = cluster.peer(0, [])
     cluster.peer(1, [0])
     in_flight: list[int] = []
+    applying = threading.Event()  # the receiver applies (cleared: it holds the page)
 
     def slow_apply(changes: Any, in_page: bool) -> None:
         in_flight.append(4 - sender.sessions[0].session.credit)
-        time.sleep(0.05)
+        applying.wait(scaled(10))
 
     slow.before_apply = slow_apply
-    async with cluster:
-        await wait_for(
-            lambda: bool(sender.sessions) and sender.sessions[0].snapshot().eose_received
-        )
-        for i in range(40):
-            await sender.execute("INSERT INTO notes VALUES (?, 'live', ?)", (i, i))
-        await wait_for(lambda: len(rows(cluster.stores[1])) == 40)
+    try:
+        async with cluster:
+            await wait_for(
+                lambda: bool(sender.sessions) and sender.sessions[0].snapshot().eose_received
+            )
+            await sender.execute("INSERT INTO notes VALUES (0, 'live', 0)")
+            await wait_for(lambda: bool(in_flight))  # the first page is held unapplied
+            for i in range(1, 40):
+                await sender.execute("INSERT INTO notes VALUES (?, 'live', ?)", (i, i))
+            applying.set()
+            await wait_for(lambda: len(rows(cluster.stores[1])) == 40)
+    finally:
+        applying.set()
     assert in_flight
     assert max(in_flight) == 1
     assert len(in_flight) <= 10  # 40 writes, a handful of pages
@@ -459,16 +510,23 @@ async def test_a_catch_up_of_transactions_that_leave_frames_part_full_still_pipe
     cluster.peer(1, [0])
     in_flight: list[int] = []
     sizes: list[int] = []
+    window_used: list[bool] = []
 
     def slow_apply(changes: Any, in_page: bool) -> None:
-        in_flight.append(4 - sender.sessions[0].session.credit)
+        session = sender.sessions[0].session
+        in_flight.append(4 - session.credit)
         sizes.append(len(changes))
-        time.sleep(0.02)
+        if not window_used:
+            # The receiver holds its first frame: a pipelining sender fills
+            # its window meanwhile; one that waited for each frame would not.
+            window_used.append(holds_within(lambda: session.credit == 0, within=5))
+            in_flight.append(4 - session.credit)
 
     slow.before_apply = slow_apply
     async with cluster:
         await wait_for(cluster.converged, within=30)
     assert set(sizes) == {30}
+    assert window_used == [True]
     assert max(in_flight) > 1
 
 

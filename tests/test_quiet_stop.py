@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Store
 from tests.hooked_store import HookedStore
-from tests.support import wait_for
+from tests.support import holds_within, wait_for
 from transports.base import Channel, ChannelHandler, RemoteInfo
 from transports.memory import MemoryNetwork, MemoryTransport
 
@@ -49,8 +48,7 @@ def new_store() -> HookedStore:
 
 class SlowToClose(Channel):
     """A channel whose end comes late: its close, and a recv that finds it
-    closed, first wait for ``may_close`` (at most 10 s), then 50 ms more:
-    time for a task that was waiting on a thread to go on."""
+    closed, first wait for ``may_close`` (at most 10 s)."""
 
     def __init__(self, inner: Channel, may_close: asyncio.Event) -> None:
         self._inner, self._may_close = inner, may_close
@@ -79,7 +77,19 @@ class SlowToClose(Channel):
     async def _wait(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._may_close.wait(), 10)
-        await asyncio.sleep(0.05)
+
+
+class SetsOnLog(logging.Handler):
+    """Sets ``event`` (an asyncio.Event: log on the loop's thread) on a
+    record whose message holds ``text``."""
+
+    def __init__(self, text: str, event: asyncio.Event) -> None:
+        super().__init__(logging.DEBUG)
+        self._text, self._event = text, event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._text in record.getMessage():
+            self._event.set()
 
 
 class SlowToCloseTransport(MemoryTransport):
@@ -120,10 +130,13 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
 ) -> None:
     network = MemoryNetwork(seed=3)
     stores = [new_store(), new_store()]
-    read_back = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    # The channel closes only once the sender task has ended on the page
+    # read across the close (it logs "sender stopped ..." either way).
+    sender_ended = asyncio.Event()
+    ended = SetsOnLog("sender stopped", sender_ended)
+    logging.getLogger("crpeer.session").addHandler(ended)
     sender = new_peer(
-        network, stores[0], "a", [], transport=SlowToCloseTransport(network, "a", read_back)
+        network, stores[0], "a", [], transport=SlowToCloseTransport(network, "a", sender_ended)
     )
     receiver = new_peer(network, stores[1], "b", ["memory://a"])
     seen: list[events.Event] = []
@@ -144,10 +157,7 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
             if not page:
                 return
             reading.set()
-            deadline = time.monotonic() + 10
-            while not driver.session.closed and time.monotonic() < deadline:
-                time.sleep(0.001)
-            loop.call_soon_threadsafe(read_back.set)
+            holds_within(lambda: driver.session.closed, interval=0.001)
 
         stores[0].after_next_page = read_across_the_close
         await sender.execute("INSERT INTO notes VALUES (1, 'cut by the stop')")
@@ -162,10 +172,16 @@ async def test_a_page_cut_by_a_stop_is_not_a_session_error(
         assert not [r for r in caplog.records if r.name == "crpeer.session" and r.levelno >= 30]
         assert not isinstance(driver.error, LocalProtocolError)
     finally:
+        logging.getLogger("crpeer.session").removeHandler(ended)
         await sender.stop()
         await receiver.stop()
         for store in stores:
             store.close()
+
+
+def queue_puts() -> list[asyncio.Task[object]]:
+    """Pending tasks that put into an asyncio.Queue (a reader handing on a frame)."""
+    return [t for t in asyncio.all_tasks() if "Queue.put" in repr(t.get_coro())]
 
 
 async def test_a_stop_leaves_no_queue_put_pending() -> None:
@@ -188,15 +204,17 @@ async def test_a_stop_leaves_no_queue_put_pending() -> None:
     await receiver.start()
     try:
         assert await asyncio.to_thread(applying.wait, 10)
-        await asyncio.sleep(0.1)  # frames pile up: the reader waits to queue one
-        waiting = [t for t in asyncio.all_tasks() if "Queue.put" in repr(t.get_coro())]
-        assert waiting, "the reader should be waiting to queue a frame"
+        # Frames pile up: the reader waits to queue one.
+        await wait_for(lambda: bool(queue_puts()), interval=0.01)
         stopping = asyncio.create_task(receiver.stop())
-        await asyncio.sleep(0.05)
+        # The stop cancels the reader while the merge is still stuck: its
+        # put goes with it, before the stop can finish.
+        await wait_for(lambda: not queue_puts(), interval=0.01)
+        assert not stopping.done()
         gate.set()
         await asyncio.wait_for(stopping, 10)
         await asyncio.sleep(0)  # a cancelled put finishes on the next turn
-        left = [t for t in asyncio.all_tasks() if "Queue.put" in repr(t.get_coro())]
+        left = queue_puts()
         assert not left, left
     finally:
         gate.set()

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -93,6 +93,14 @@ def test_status_round_trips_through_json() -> None:
         sessions=(session_status(), session_status(state="catching_up", last_eose=None)),
     )
     assert PeerStatus.from_dict(json.loads(json.dumps(status.as_dict()))) == status
+
+
+@pytest.mark.parametrize("state", get_args(events.DialStateName))
+def test_every_dial_state_round_trips_through_json(state: events.DialStateName) -> None:
+    dial = DialStatus.from_event(events.DialState("tcp://h:1", state, 2))
+    assert DialStatus.from_dict(json.loads(json.dumps(dial.as_dict()))) == dial
+    with pytest.raises(ConfigError):
+        DialStatus.from_dict({**dial.as_dict(), "state": "sleeping"})
 
 
 @pytest.mark.parametrize(

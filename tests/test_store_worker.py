@@ -145,9 +145,8 @@ async def test_an_app_write_during_a_page_waits_for_its_commit_then_lands(
         await page.apply(pages[0], 0)
         write = asyncio.create_task(worker.app_write(app_write))
         call = asyncio.create_task(worker.app_call(lambda: order.append("app call")))
-        for _ in range(5):
-            await asyncio.sleep(0.01)
-            await worker.run(lambda: None)  # the store thread is free meanwhile
+        await wait_for(lambda: worker.waiting_for_page == 2)  # both parked behind the page
+        await worker.run(lambda: None)  # the store thread is free meanwhile
         assert not write.done()
         assert not call.done()
         await page.apply(pages[1], 0)

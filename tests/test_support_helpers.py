@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests import support
-from tests.support import scaled, wait_for, wait_until
+from tests.support import holds_within, scaled, wait_for, wait_until
 
 
 async def test_wait_for_returns_as_soon_as_the_condition_holds() -> None:
@@ -55,6 +55,13 @@ def test_wait_until_blocks_until_the_condition_holds_then_fails_after_the_scaled
     with pytest.raises(AssertionError, match=r"not reached within 0\.2 s"):
         wait_until(lambda: False, within=0.05)
     assert time.monotonic() - started >= 0.2
+
+
+def test_holds_within_says_whether_the_condition_came_to_hold_instead_of_raising() -> None:
+    ready_at = time.monotonic() + 0.05
+    assert holds_within(lambda: time.monotonic() >= ready_at, within=10.0)
+    assert time.monotonic() >= ready_at
+    assert not holds_within(lambda: False, within=0.05)
 
 
 @pytest.mark.parametrize(("raw", "scale"), [("1", 1.0), ("2.5", 2.5), ("10", 10.0)])
