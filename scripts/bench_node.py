@@ -116,8 +116,22 @@ def open_store(path: Path, *, wide: bool = False) -> Store:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak resident set so far, in MB.
+
+    Linux's ``VmHWM`` (in KiB): the high-water mark of this process's memory
+    since it was executed. Not ``ru_maxrss``, which a process inherits across
+    fork and exec, so a child of a large ``bench.py`` would report the
+    parent's size. Elsewhere, ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def make_transport(kind: str, identity: Identity, *, listen: bool) -> Transport:
