@@ -188,9 +188,8 @@ class Store(SyncFacade):
     def _bind_owners(self) -> None:
         """Bind (or unbind) each connection's owner as :attr:`_threads` says,
         also for the objects :meth:`install_snapshot` makes anew."""
-        owners = (self._main.owner, self._merger.owner, self._reader.owner)
         if self._threads is None:
-            for owner in owners:
+            for owner in (self._main.owner, self._merger.owner, self._reader.owner):
                 owner.unbind()
             return
         store_thread, read_thread = self._threads

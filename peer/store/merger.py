@@ -4,10 +4,10 @@ A :class:`Merger` owns the store's sync connection and is used from one
 thread, the one that also runs the app's writes on the main connection (a
 Peer's "crpeer-store" thread; a Store used directly: the caller's; while a
 Peer runs on the store, a call from another thread raises StoreError: see
-:mod:`peer.store.owner`). Its
-transactions take SQLite's write lock; readers on other connections keep
-seeing committed data meanwhile (WAL). Held rows are kept and later merged
-through :mod:`peer.store.held`, on the merger's connection and thread.
+:mod:`peer.store.owner`). Its transactions take SQLite's write lock;
+readers on other connections keep seeing committed data meanwhile (WAL).
+Held rows are kept and later merged through :mod:`peer.store.held`, on the
+merger's connection and thread.
 """
 
 from __future__ import annotations

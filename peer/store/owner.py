@@ -51,10 +51,6 @@ class OwnerThread:
         """Allow any thread again (one at a time)."""
         self._ident, self._name = None, ""
 
-    @property
-    def bound(self) -> bool:
-        return self._ident is not None
-
     def owns_caller(self) -> bool:
         """Whether the calling thread may use the connection now."""
         ident = self._ident
