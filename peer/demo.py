@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from peer import events
 from peer.identity import Identity
@@ -39,8 +40,7 @@ SCHEMA = (
 BACKOFF = Backoff(initial=0.05, maximum=1.0)
 
 
-def digest(store: Store) -> str:
-    rows = store.execute("SELECT id, body, author FROM notes ORDER BY id")
+def digest(rows: list[tuple[Any, ...]]) -> str:
     return hashlib.sha256(repr(rows).encode()).hexdigest()[:12]
 
 
@@ -82,6 +82,16 @@ class Device:
         self.peer.subscribe(self.show)
         await self.peer.start()
         return self.peer
+
+    async def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Read the device's notes: through its Peer while online (the store
+        belongs to the Peer's threads then), else from the store directly."""
+        if self.peer is not None:
+            return await self.peer.run_in_store(self.store.execute, sql)
+        return self.store.execute(sql)
+
+    async def digest(self) -> str:
+        return digest(await self.query("SELECT id, body, author FROM notes ORDER BY id"))
 
     async def go_offline(self) -> None:
         if self.peer is not None:
@@ -132,7 +142,7 @@ class Demo:
     async def converge(self, within: float) -> bool:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if len({digest(d.store) for d in self.devices.values()}) == 1:
+            if len({await d.digest() for d in self.devices.values()}) == 1:
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -182,15 +192,15 @@ class Demo:
             await phone.write(99, f"tick at {time.strftime('%H:%M:%S')}")
         return converged
 
-    def report(self) -> None:
+    async def report(self) -> None:
         print()
         for device in self.devices.values():
-            count = device.store.execute("SELECT count(*) FROM notes")[0][0]
+            count = (await device.query("SELECT count(*) FROM notes"))[0][0]
             trusted = len(device.trust.list())
             print(
-                f"  {device.name:8} {count} notes  digest {digest(device.store)}  trusts {trusted}"
+                f"  {device.name:8} {count} notes  digest {await device.digest()}  trusts {trusted}"
             )
-        shared = self.devices["laptop"].store.execute("SELECT body, author FROM notes WHERE id = 1")
+        shared = await self.devices["laptop"].query("SELECT body, author FROM notes WHERE id = 1")
         print(f"  note 1, edited concurrently, settled on: {shared[0] if shared else None}")
         print("  (cr-sqlite merges per column: each column keeps its own last writer)")
 
@@ -207,7 +217,7 @@ async def amain(args: argparse.Namespace) -> int:
             converged = await asyncio.wait_for(
                 demo.run(args.keep_running), timeout=None if args.keep_running else 60
             )
-            demo.report()
+            await demo.report()
         finally:
             await demo.close()
         print(f"verdict: {'converged' if converged else 'DIVERGED'} ({len(demo.devices)} devices)")

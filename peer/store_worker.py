@@ -9,6 +9,13 @@ call on it from one of two threads, so the event loop never waits on SQLite:
   file stores serve from committed data through a connection of their own,
   so serving one peer does not wait for applying another's changes.
 
+From :meth:`StoreWorker.open` to :meth:`StoreWorker.close` the store belongs
+to these threads (:meth:`peer.store.Store.bind_threads`): its main
+connection and merger to ``crpeer-store``, its reader to ``crpeer-read``; a
+call on it from any other thread (the event loop's, the app's) raises
+StoreError. The app reaches the store through :meth:`StoreWorker.app_call`
+and :meth:`StoreWorker.app_write` (``peer.run_in_store``, ``peer.execute``).
+
 Ordering, in this one place (all of it on the event loop's thread):
 
 1. One merge at a time: :meth:`~StoreWorker.apply` (a page in one frame),
@@ -37,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,6 +104,8 @@ class StoreWorker:
         """Clear while a page is open (see the module docstring, point 2)."""
         self._no_open_page.set()
         self._waiting_for_page = 0
+        self._bound = False
+        """Whether :meth:`open` bound the store to this worker's threads."""
         self.timing_observers = timing_observers
         """Called on the thread of the call as ``observer(kind, seconds)`` after
         each apply (``kind`` ``"apply"``: one :meth:`apply` or :meth:`Page.apply`)
@@ -113,19 +123,29 @@ class StoreWorker:
         return self._store
 
     async def open(self) -> Store:
-        """Start both threads and open the store (on the store thread) if a
-        path was given. Call once."""
+        """Start both threads, open the store (on the store thread) if a
+        path was given, and bind the store to the threads until
+        :meth:`close`: the main connection and the merger to the store
+        thread, the reader to the read thread (see the module docstring).
+        Call once. Raises StoreError if the Store given belongs to another
+        running Peer."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crpeer-store")
         self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crpeer-read")
         if self._store is None:
             path = self._database
             assert not isinstance(path, Store)
             self._store = await self.run(Store, path)
+        # Each executor has one thread, made at its first call, for its whole life.
+        store_thread = await self.run(threading.current_thread)
+        read_thread = await self.read(threading.current_thread)
+        self._store.bind_threads(store_thread, read_thread)
+        self._bound = True
         return self._store
 
     async def close(self) -> None:
         """Close the store if this worker opened it, then end both threads
-        once the work queued on them has run (the loop goes on meanwhile)."""
+        once the work queued on them has run (the loop goes on meanwhile),
+        and unbind the store from them: a Store given is the app's again."""
         executor, read_executor = self._executor, self._read_executor
         if read_executor is not None:
             # Before the store closes: the reader's connection is the read thread's.
@@ -134,6 +154,9 @@ class StoreWorker:
             if not isinstance(self._database, Store) and self._store is not None:
                 await self.run(self._store.close)
             await asyncio.to_thread(executor.shutdown, wait=True)
+        if self._bound and self._store is not None:
+            self._bound = False
+            self._store.unbind_threads()
 
     # -- the two threads -------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,23 @@ class Node:
         return peer
 
     def rows(self) -> list[Any]:
-        return self.store.execute("SELECT * FROM notes ORDER BY id")
+        """The notes, read by :func:`peek` (from any thread, the peer running or not)."""
+        return peek(self.store, "SELECT * FROM notes ORDER BY id")
 
     def close(self) -> None:
         self.store.close()
+
+
+def peek(
+    store: Store, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> list[tuple[Any, ...]]:
+    """``sql``'s rows, read through a read-only Store of its own on ``store``'s
+    file (committed data only). Safe on any thread whether or not a Peer
+    runs on ``store``, whose own connections belong to the Peer's threads
+    while it runs (writes, and reads that must see the store's own
+    connection, go through ``peer.execute`` / ``peer.run_in_store``)."""
+    with Store(store.path, read_only=True) as reader:
+        return reader.execute(sql, params)
 
 
 def _timeout_scale() -> float:

@@ -63,6 +63,13 @@ def changes(store: Store) -> list[Any]:
     return sorted(store.execute(CHANGE_COLUMNS), key=repr)
 
 
+def fresh(store: Store) -> bool:
+    """Whether ``store``'s file is fresh, read through a Store of its own at
+    once (from an event callback, while a Peer runs on ``store``)."""
+    with Store(store.path, read_only=True) as reader:
+        return reader.is_fresh()
+
+
 def leftovers(directory: Path) -> list[str]:
     return [name for name in os.listdir(directory) if ".snapshot-" in name]
 
@@ -103,8 +110,13 @@ class Pair:
     def seen(self, kind: type) -> list[Any]:
         return [event for event in self.events if isinstance(event, kind)]
 
-    def converged(self) -> bool:
-        return bool(self.seen(events.Eose)) and notes(self.store) == notes(self.source_store)
+    async def same_notes(self) -> bool:
+        """Both stores hold the same notes (each read on its peer's store thread)."""
+        mine = await self.receiver.run_in_store(notes, self.store)
+        return mine == await self.source.run_in_store(notes, self.source_store)
+
+    async def converged(self) -> bool:
+        return bool(self.seen(events.Eose)) and await self.same_notes()
 
     @contextlib.asynccontextmanager
     async def running(self, *, close: bool = True) -> AsyncIterator[Pair]:
@@ -141,7 +153,7 @@ async def replayed(tmp_path: Path, source: Store) -> list[Any]:
     try:
         await wait_for(lambda: any(isinstance(e, events.Eose) for e in seen), within=20)
         assert not any(isinstance(e, events.Bootstrapped) for e in seen)
-        return changes(store)
+        return await b.run_in_store(changes, store)
     finally:
         await b.stop()
         await a.stop()
@@ -153,19 +165,20 @@ async def test_fresh_peer_bootstraps_and_equals_change_replay(tmp_path: Path) ->
     async with pair.running(close=False):
         await wait_for(pair.converged, within=20)
         (boot,) = pair.seen(events.Bootstrapped)
-        assert boot.cursor == {pair.source_store.site_id: pair.source_store.db_version()}
+        source_version = await pair.source.run_in_store(pair.source_store.db_version)
+        assert boot.cursor == {pair.source_store.site_id: source_version}
         assert pair.receiver.store is pair.store  # the app's Store, reopened in place
         assert pair.store.site_id == pair.site  # the site id its HELLO showed
         # The sender's local-only data stays its own.
-        assert pair.store.execute("SELECT * FROM settings") == []
+        assert await pair.receiver.run_in_store(pair.store.execute, "SELECT * FROM settings") == []
         assert leftovers(pair.directory) == []
         assert leftovers(tmp_path / "source") == []
         # The replica goes on as a peer: a write of its own reaches the source.
         await pair.receiver.execute("INSERT INTO notes VALUES (100000, 'mine', 1, 0.5)")
-        await wait_for(lambda: notes(pair.source_store) == notes(pair.store), within=20)
+        await wait_for(pair.same_notes, within=20)
         await pair.source.execute("DELETE FROM notes WHERE id = 100000")
-        await wait_for(lambda: notes(pair.source_store) == notes(pair.store), within=20)
-        booted = changes(pair.store)
+        await wait_for(pair.same_notes, within=20)
+        booted = await pair.receiver.run_in_store(changes, pair.store)
     try:
         expected = await replayed(tmp_path, pair.source_store)
     finally:
@@ -182,16 +195,21 @@ async def test_writes_on_the_source_during_the_snapshot_arrive_after(
 
     def make_then_write(store: Store) -> OutgoingSnapshot:
         made = make(store)
-        store.execute("INSERT INTO notes VALUES (5000, 'after the copy', 1, 1.0)")
-        store.execute("UPDATE notes SET body = 'changed after the copy' WHERE id = 3")
+        # On the source's read thread: the writes go through a connection of
+        # their own (the store's main connection is its store thread's).
+        with Store(store.path) as writer:
+            writer.execute("INSERT INTO notes VALUES (5000, 'after the copy', 1, 1.0)")
+            writer.execute("UPDATE notes SET body = 'changed after the copy' WHERE id = 3")
         return made
 
     monkeypatch.setattr(OutgoingSnapshot, "make", staticmethod(make_then_write))
     async with pair.running():
         await wait_for(pair.converged, within=20)
         (boot,) = pair.seen(events.Bootstrapped)
-        assert boot.cursor[pair.source_store.site_id] < pair.source_store.db_version()
-        assert pair.store.execute("SELECT body FROM notes WHERE id IN (3, 5000) ORDER BY id") == [
+        source_version = await pair.source.run_in_store(pair.source_store.db_version)
+        assert boot.cursor[pair.source_store.site_id] < source_version
+        sql = "SELECT body FROM notes WHERE id IN (3, 5000) ORDER BY id"
+        assert await pair.receiver.run_in_store(pair.store.execute, sql) == [
             ("changed after the copy",),
             ("after the copy",),
         ]
@@ -266,7 +284,7 @@ async def _refused_then_replayed(tmp_path: Path) -> None:
 
     def check(event: events.Event) -> None:
         if isinstance(event, events.SnapshotRefused):
-            at_refusal.append((pair.store.is_fresh(), leftovers(pair.directory)))
+            at_refusal.append((fresh(pair.store), leftovers(pair.directory)))
 
     pair.receiver.subscribe(check)
     async with pair.running():
@@ -319,7 +337,7 @@ async def test_interrupted_transfer_leaves_receiver_unchanged(
 
     def check(event: events.Event) -> None:
         if isinstance(event, events.Disconnected) and not at_cut:
-            at_cut.append((pair.store.is_fresh(), leftovers(pair.directory)))
+            at_cut.append((fresh(pair.store), leftovers(pair.directory)))
 
     monkeypatch.setattr(IncomingSnapshot, "write", write_then_cut)
     pair.receiver.subscribe(check)

@@ -30,7 +30,7 @@ from peer.pairing import format_peer_id, peer_id_from_public_key
 from peer.peer import Peer
 from peer.retry import Backoff
 from peer.store import Store
-from tests.support import wait_for, wait_until
+from tests.support import peek, wait_for, wait_until
 from transports.http_sse import HttpSseTransport
 from transports.lan import LanTransport
 from transports.memory import MemoryNetwork, MemoryTransport
@@ -286,7 +286,9 @@ def test_snapshot_and_restore_errors(db: Path, tmp_path: Path) -> None:
 
 
 def rows(store: Store) -> list[Any]:
-    return store.execute("SELECT * FROM notes ORDER BY id")
+    """The notes of ``store``'s file, a peer running on it or not (see
+    :func:`tests.support.peek`)."""
+    return peek(store, "SELECT * FROM notes ORDER BY id")
 
 
 async def test_a_restored_snapshot_syncs_only_the_delta(db: Path, tmp_path: Path) -> None:

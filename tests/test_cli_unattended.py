@@ -791,7 +791,7 @@ async def test_an_interrupted_transaction_is_reported_with_its_size(
             await wait_for(lambda: any(isinstance(e, events.Disconnected) for e in seen))
             (gone,) = [e for e in seen if isinstance(e, events.Disconnected)]
             assert 0 < gone.discarded < 9000
-            assert stores[1].execute("SELECT count(*) FROM notes") == [(0,)]
+            assert await b.run_in_store(stores[1].execute, "SELECT count(*) FROM notes") == [(0,)]
     finally:
         for store in stores:
             store.close()

@@ -122,7 +122,7 @@ async def test_over_tls_both_dialing_converge_with_at_most_one_refusal_and_no_wa
         async with a.peer() as pa, b.peer([address(pa)]) as pb:
             pa.connect(address(pb))
             await wait_for(lambda: one_session_each(pa, pb))
-            a.store.execute("INSERT INTO notes VALUES (1, 'from a')")
+            await pa.execute("INSERT INTO notes VALUES (1, 'from a')")
             await wait_for(lambda: b.rows() == [(1, "from a")])
             # The losing side (the higher site id) follows the winner's dial.
             loser = a if a.store.site_id > b.store.site_id else b
@@ -132,7 +132,7 @@ async def test_over_tls_both_dialing_converge_with_at_most_one_refusal_and_no_wa
             mark = len(loser.seen)
             await session.channel.close()
             await wait_for(lambda: one_session_each(pa, pb, besides=[session]))
-            b.store.execute("INSERT INTO notes VALUES (2, 'from b')")
+            await pb.execute("INSERT INTO notes VALUES (2, 'from b')")
             await wait_for(lambda: a.rows() == [(1, "from a"), (2, "from b")])
             await wait_for(lambda: follows_its_last_session(loser.seen, mark))
             # Two dials at start (one lost), one after the cut.

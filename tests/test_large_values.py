@@ -35,7 +35,7 @@ from peer.peer import Peer
 from peer.protocol import ChangesReceived, Limits, SyncSession
 from peer.retry import Backoff
 from peer.store import Change, LargeGroup, Store
-from tests.support import Node, address, wait_for
+from tests.support import Node, address, peek, wait_for
 from tests.test_protocol import A_SITE, B_SITE, FINGERPRINT, ProtocolPair, deliver, session
 from transports.base import Transport
 from transports.http_sse import HttpSseTransport
@@ -326,13 +326,14 @@ class Pair:
 
 def summary(store: Store) -> tuple[int, int]:
     """Cheap to poll (reads no value): every write in these tests inserts new
-    ids, and a transaction lands whole, so equal ids mean equal writes."""
-    (row,) = store.execute("SELECT count(*), coalesce(sum(id), 0) FROM notes")
+    ids, and a transaction lands whole, so equal ids mean equal writes. Read
+    by :func:`peek`, so a peer may run on ``store``."""
+    (row,) = peek(store, "SELECT count(*), coalesce(sum(id), 0) FROM notes")
     return int(row[0]), int(row[1])
 
 
 def content(store: Store) -> list[Any]:
-    return store.execute("SELECT id, typeof(body), body FROM notes ORDER BY id")
+    return peek(store, "SELECT id, typeof(body), body FROM notes ORDER BY id")
 
 
 async def converge(a: Store, b: Store, within: float = 60.0) -> None:
@@ -340,7 +341,7 @@ async def converge(a: Store, b: Store, within: float = 60.0) -> None:
         await wait_for(lambda: summary(a) == summary(b), within=within, interval=0.05)
     except AssertionError:
         sizes = "SELECT id, length(CAST(body AS BLOB)) FROM notes"
-        differ = set(a.execute(sizes)) ^ set(b.execute(sizes))
+        differ = set(peek(a, sizes)) ^ set(peek(b, sizes))
         raise AssertionError(f"not converged: a {summary(a)}, b {summary(b)}: {differ}") from None
     assert content(a) == content(b)
 
@@ -543,12 +544,13 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
         async with asyncio.timeout(10):
             await write
             await migrate
-        assert peer.store.execute("SELECT id, body, tag FROM notes") == [(1, "app", None)]
+        tagged = await peer.run_in_store(peer.store.execute, "SELECT id, body, tag FROM notes")
+        assert tagged == [(1, "app", None)]
         # A migration on the app's own connection, noticed by the peer's
         # watcher while a page is open: merging held rows waits for the page.
         held = [("notes", b"\x01\x09\x01", "n", 7, 1, 1, B_SITE, 1, 0)]
         await peer.run_in_store(peer.store.apply, held, hold_unknown=True, held_schema=2)
-        assert peer.store.held_count() == 1
+        assert await peer.run_in_store(peer.store.held_count) == 1
         other = sqlite3.connect(path, isolation_level=None)
         try:
             crsqlite.load(other)
@@ -565,6 +567,6 @@ async def test_store_calls_and_migrations_wait_for_a_page_spanning_frames(
             # merge of the held row waits for the page.
             await wait_for(lambda: peer._local_writes.schema_changes_noticed > noticed)
         # The watcher's next poll merges the held row.
-        await wait_for(lambda: peer.store.execute("SELECT n FROM notes") == [(7,)])
+        await wait_for(lambda: peek(peer.store, "SELECT n FROM notes") == [(7,)])
         await peer.execute("UPDATE notes SET n = 8 WHERE id = 1")
-        assert peer.store.execute("SELECT n FROM notes") == [(8,)]
+        assert await peer.run_in_store(peer.store.execute, "SELECT n FROM notes") == [(8,)]

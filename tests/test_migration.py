@@ -18,7 +18,7 @@ from peer.errors import StoreError
 from peer.peer import Peer
 from peer.retry import Backoff
 from peer.store import Change, Store
-from tests.support import wait_for
+from tests.support import peek, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS sch (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
@@ -54,6 +54,11 @@ def cells(changes: list[Change]) -> set[tuple[str, Any]]:
 
 def rows(store: Store) -> list[Any]:
     return store.execute("SELECT * FROM sch ORDER BY id")
+
+
+def peer_rows(store: Store) -> list[Any]:
+    """:func:`rows` for a store a Peer runs on, read by :func:`peek`."""
+    return peek(store, "SELECT * FROM sch ORDER BY id")
 
 
 # -- the store's connections ---------------------------------------------------
@@ -169,8 +174,15 @@ class Line:
         return [e for e in self.seen[index] if isinstance(e, events.SessionFailed)]
 
     def converged(self) -> bool:
-        views = [rows(store) for store in self.stores]
+        views = [peer_rows(store) for store in self.stores]
         return all(view == views[0] for view in views)
+
+    async def held(self, index: int) -> int:
+        """Peer ``index``'s held rows, read on its store thread."""
+        return await self.peers[index].run_in_store(self.stores[index].held_count)
+
+    async def holds(self, index: int, count: int) -> bool:
+        return await self.held(index) == count
 
     async def __aenter__(self) -> Line:
         for peer in self.peers:
@@ -188,22 +200,22 @@ async def test_a_peer_migrated_through_the_api_keeps_sending(tmp_path: Path) -> 
     async with Line(tmp_path, 2) as line:
         a, b = line.peers
         await a.execute("INSERT INTO sch VALUES (1, 'one')")
-        await wait_for(lambda: rows(line.stores[1]) == [(1, "one")], within=15)
+        await wait_for(lambda: peer_rows(line.stores[1]) == [(1, "one")], within=15)
         # The call sequence an app used before Peer.migrate existed.
         await a.run_in_store(line.stores[0].migrate, 1, ADD_C, alter=["sch"])
         await a.refresh_schema()
         await a.execute("UPDATE sch SET body = 'edited' WHERE id = 1")
         await a.execute("INSERT INTO sch VALUES (2, 'two', 'c2')")
         # b is older: the old column arrives, the new one is held.
-        await wait_for(lambda: rows(line.stores[1]) == [(1, "edited"), (2, "two")], within=15)
-        await wait_for(lambda: line.stores[1].held_count() == 1, within=15)
+        await wait_for(lambda: peer_rows(line.stores[1]) == [(1, "edited"), (2, "two")], within=15)
+        await wait_for(lambda: line.holds(1, 1), within=15)
         assert any(isinstance(e, events.Outdated) for e in line.seen[1])
         await b.migrate(1, ADD_C, alter=["sch"])
-        assert rows(line.stores[1]) == [(1, "edited", None), (2, "two", "c2")]
+        assert peer_rows(line.stores[1]) == [(1, "edited", None), (2, "two", "c2")]
         await b.execute("UPDATE sch SET c = 'from b' WHERE id = 1")
         await a.execute("UPDATE sch SET c = 'from a' WHERE id = 2")
         await wait_for(line.converged, within=15)
-        assert rows(line.stores[0]) == [(1, "edited", "from b"), (2, "two", "from a")]
+        assert peer_rows(line.stores[0]) == [(1, "edited", "from b"), (2, "two", "from a")]
         assert not line.store_errors()
 
 
@@ -212,7 +224,7 @@ async def test_a_migration_on_the_apps_own_connection_is_noticed(tmp_path: Path)
         a, b = line.peers
         await b.migrate(1, ADD_C, alter=["sch"])  # b is ahead
         await a.execute("INSERT INTO sch VALUES (1, 'one')")
-        await wait_for(lambda: rows(line.stores[1]) == [(1, "one", None)], within=15)
+        await wait_for(lambda: peer_rows(line.stores[1]) == [(1, "one", None)], within=15)
         migrate_on_own_connection(tmp_path / "n0.db", 1, ADD_C)
         # Written through the peer and through another connection.
         await a.execute("INSERT INTO sch VALUES (2, 'two', 'c2')")
@@ -222,7 +234,7 @@ async def test_a_migration_on_the_apps_own_connection_is_noticed(tmp_path: Path)
         conn.execute("SELECT crsql_finalize()")
         conn.close()
         await wait_for(
-            lambda: rows(line.stores[1]) == [(1, "uno", "c1"), (2, "two", "c2")], within=15
+            lambda: peer_rows(line.stores[1]) == [(1, "uno", "c1"), (2, "two", "c2")], within=15
         )
         await wait_for(
             lambda: [s.session.local.schema_version for s in a.sessions] == [1], within=15
@@ -230,7 +242,7 @@ async def test_a_migration_on_the_apps_own_connection_is_noticed(tmp_path: Path)
         await b.execute("UPDATE sch SET c = 'from b' WHERE id = 2")
         await wait_for(line.converged, within=15)
         assert not line.store_errors()
-        assert line.stores[1].held_count() == 0
+        assert await line.held(1) == 0
 
 
 async def test_frames_carry_a_migration_before_the_sessions_reconnect(tmp_path: Path) -> None:
@@ -239,11 +251,11 @@ async def test_frames_carry_a_migration_before_the_sessions_reconnect(tmp_path: 
     async with Line(tmp_path, 2, poll_interval=30.0) as line:
         a, _ = line.peers
         await a.execute("INSERT INTO sch VALUES (1, 'one')")
-        await wait_for(lambda: rows(line.stores[1]) == [(1, "one")], within=15)
+        await wait_for(lambda: peer_rows(line.stores[1]) == [(1, "one")], within=15)
         migrate_on_own_connection(tmp_path / "n0.db", 1, ADD_C)
         await a.execute("INSERT INTO sch VALUES (2, 'two', 'c2')")
-        await wait_for(lambda: rows(line.stores[1]) == [(1, "one"), (2, "two")], within=15)
-        await wait_for(lambda: line.stores[1].held_count() == 1, within=15)
+        await wait_for(lambda: peer_rows(line.stores[1]) == [(1, "one"), (2, "two")], within=15)
+        await wait_for(lambda: line.holds(1, 1), within=15)
         assert [s.session.local.schema_version for s in a.sessions] == [0]
         assert not line.failures(0)
         assert not line.failures(1)
@@ -261,9 +273,10 @@ async def test_held_rows_travel_with_their_schema_along_a_line(tmp_path: Path) -
             await n1.execute("INSERT INTO sch VALUES (?, 'from n1')", (100 + i,))
         await n2.execute("INSERT INTO sch VALUES (200, 'from n2')")
         expected = [(i, "from n0") for i in range(20)] + [(100 + i, "from n1") for i in range(20)]
-        await wait_for(lambda: rows(line.stores[2]) == [*expected, (200, "from n2")], within=15)
-        await wait_for(lambda: line.stores[2].held_count() == 20, within=15)
-        assert line.stores[1].held_count() == 20
+        everything = [*expected, (200, "from n2")]
+        await wait_for(lambda: peer_rows(line.stores[2]) == everything, within=15)
+        await wait_for(lambda: line.holds(2, 20), within=15)
+        assert await line.held(1) == 20
         assert line.stores[2].held_schema == 1
         assert not [e for e in line.failures(2) if "unknown column" in str(e.error)]
         assert not [e for e in line.failures(1) if "invalid" in str(e.error).lower()]
@@ -271,9 +284,9 @@ async def test_held_rows_travel_with_their_schema_along_a_line(tmp_path: Path) -
         await n2.migrate(1, ADD_C, alter=["sch"])
         await n2.execute("UPDATE sch SET c = 'n2' WHERE id = 100")
         await wait_for(line.converged, within=15)
-        assert rows(line.stores[2])[0] == (0, "from n0", "c0")
-        assert rows(line.stores[0])[20] == (100, "from n1", "n2")
-        assert all(store.held_count() == 0 for store in line.stores)
+        assert peer_rows(line.stores[2])[0] == (0, "from n0", "c0")
+        assert peer_rows(line.stores[0])[20] == (100, "from n1", "n2")
+        assert [await line.held(index) for index in range(3)] == [0, 0, 0]
         assert not line.store_errors()
 
 

@@ -13,7 +13,7 @@ from peer.identity import Identity
 from peer.peer import Peer
 from peer.store import Store
 from peer.trust import TrustStore
-from tests.support import FAST, SCHEMA, address, refusals, wait_for
+from tests.support import FAST, SCHEMA, address, peek, refusals, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 from transports.tcp import TcpTransport
 
@@ -64,7 +64,7 @@ async def test_removing_a_peer_cuts_its_live_session_within_a_second(nodes: Any)
         await wait_for(lambda: len(pa.sessions) == 1)
         a.trust.remove(b.identity.peer_id)
         await wait_for(lambda: pa.sessions == [], within=1.0)  # the deadline under test
-        a.store.execute("INSERT INTO notes VALUES (9, 'after removal')")
+        await pa.execute("INSERT INTO notes VALUES (9, 'after removal')")
         # b dials again after the cut: once a has refused it since the write,
         # the row had its chance to reach b.
         refused = len(refusals(a))
@@ -155,7 +155,7 @@ async def test_a_secure_peer_refuses_plaintext(nodes: Any, tmp_path: Path) -> No
     ):
         await wait_for(lambda: len(refusals(a)) >= 1)
         assert "plaintext" in str(refusals(a)[0].error)
-        assert plain_store.execute("SELECT count(*) FROM notes") == [(0,)]
+        assert peek(plain_store, "SELECT count(*) FROM notes") == [(0,)]
     plain_store.close()
 
 

@@ -67,13 +67,13 @@ async def test_another_peer_showing_a_bound_site_id_is_refused_and_the_owner_kee
     c = nodes("c", copy_of=b)
     assert c.store.site_id == b.store.site_id
     trust_each_other(host, b, c)
-    async with host.peer() as ph, b.peer([address(ph)], seed=LARGE_NONCE_SEED):
+    async with host.peer() as ph, b.peer([address(ph)], seed=LARGE_NONCE_SEED) as pb:
         await wait_for(lambda: len(ph.sessions) == 1)
         (b_session,) = ph.sessions
         assert b_session.peer_id == b.identity.peer_id
         async with c.peer([address(ph)], seed=SMALL_NONCE_SEED):
             await wait_for(lambda: len(site_claims(host)) >= 1 and len(site_claims(c)) >= 1)
-            b.store.execute("INSERT INTO notes VALUES (1, 'from b while c tries')")
+            await pb.execute("INSERT INTO notes VALUES (1, 'from b while c tries')")
             await wait_for(lambda: host.rows() == [(1, "from b while c tries")])
             assert ph.sessions == [b_session]
             assert not b_session.done.is_set()

@@ -27,7 +27,7 @@ from peer.status import (
     lag_versions,
 )
 from peer.store import Store
-from tests.support import wait_for
+from tests.support import peek, wait_for
 from transports.memory import MemoryNetwork, MemoryTransport
 
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16
@@ -196,7 +196,7 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     alone = await pair.a.status()
     assert alone.sessions == ()
     assert (alone.name, alone.site_id, alone.peer_id) == ("a", pair.store_a.site_id.hex(), None)
-    assert alone.db_version == pair.store_a.db_version()
+    assert alone.db_version == await pair.a.run_in_store(pair.store_a.db_version)
     assert alone.cursor == {pair.store_a.site_id.hex(): own_a}
     assert (alone.schema_version, alone.held_rows) == (0, 0)
 
@@ -220,7 +220,7 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     assert during.last_eose is None
 
     pair.release.set()
-    await wait_for(lambda: len(pair.store_b.execute("SELECT * FROM notes")) == 5, interval=0.01)
+    await wait_for(lambda: len(peek(pair.store_b, "SELECT * FROM notes")) == 5, interval=0.01)
     await wait_for(
         lambda: (
             all(s.snapshot().state == "live" for s in pair.a.sessions + pair.b.sessions)
@@ -246,7 +246,7 @@ async def test_status_before_during_and_after_sync(pair: Pair) -> None:
     # Live writes keep the pair in sync once they have gone out.
     before = pair.b.sessions[0].snapshot()
     await pair.b.execute("INSERT INTO notes VALUES (100, 'from b')")
-    await wait_for(lambda: len(pair.store_a.execute("SELECT * FROM notes")) == 6, interval=0.01)
+    await wait_for(lambda: len(peek(pair.store_a, "SELECT * FROM notes")) == 6, interval=0.01)
     await wait_for(lambda: pair.b.sessions[0].snapshot().stats.rows_sent > 0, interval=0.01)
     # A snapshot is a copy: the session went on without it.
     assert (before.stats.rows_sent, before.state) == (0, "live")

@@ -39,16 +39,18 @@ def frames(tmp_path: Path, count: int, first_id: int = 0) -> tuple[bytes, list[l
         source.close()
 
 
-def notes(store: Store) -> list[Any]:
-    return store.execute("SELECT id FROM notes ORDER BY id")
+async def notes(worker: StoreWorker) -> list[Any]:
+    """The notes, read on the worker's store thread: the store is its
+    threads' from open to close."""
+    return await worker.run(worker.store.execute, "SELECT id FROM notes ORDER BY id")
 
 
 @pytest.fixture
 async def worker(tmp_path: Path) -> AsyncIterator[StoreWorker]:
     worker = StoreWorker(tmp_path / "target.db", [])
     await worker.open()
-    worker.store.execute(SCHEMA)
-    worker.store.make_crr("notes")
+    await worker.run(worker.store.execute, SCHEMA)
+    await worker.run(worker.store.make_crr, "notes")
     yield worker
     await worker.close()
 
@@ -59,9 +61,9 @@ async def test_a_page_commits_when_its_block_ends(worker: StoreWorker, tmp_path:
         for changes in pages:
             result = await page.apply(changes, 0)
             assert result.merged == len(changes)
-        assert notes(worker.store) == []  # other connections see nothing before the commit
-    assert notes(worker.store) == [(0,), (1,), (2,)]
-    assert worker.store.cursor()[site] == 3
+        assert await notes(worker) == []  # other connections see nothing before the commit
+    assert await notes(worker) == [(0,), (1,), (2,)]
+    assert (await worker.run(worker.store.cursor))[site] == 3
     with pytest.raises(StoreError, match="ended"):
         await page.apply(pages[0], 0)
 
@@ -77,13 +79,13 @@ async def test_a_page_rolls_back_when_its_block_raises(worker: StoreWorker, tmp_
 
     with pytest.raises(RuntimeError, match="cut"):
         await cut_mid_page()
-    assert notes(worker.store) == []
-    assert site not in worker.store.cursor()
+    assert await notes(worker) == []
+    assert site not in await worker.run(worker.store.cursor)
     # The store is left with no page open: the next one works.
     async with worker.page() as page:
         for changes in pages:
             await page.apply(changes, 0)
-    assert notes(worker.store) == [(0,), (1,), (2,)]
+    assert await notes(worker) == [(0,), (1,), (2,)]
 
 
 async def test_a_page_rolls_back_when_its_task_is_cancelled(
@@ -104,10 +106,10 @@ async def test_a_page_rolls_back_when_its_task_is_cancelled(
     with pytest.raises(asyncio.CancelledError):
         await task
     await worker.run(lambda: None)  # the rollback was queued before the task ended
-    assert notes(worker.store) == []
-    assert site not in worker.store.cursor()
+    assert await notes(worker) == []
+    assert site not in await worker.run(worker.store.cursor)
     await worker.app_write(lambda: worker.store.execute("INSERT INTO notes VALUES (9, 'app')"))
-    assert notes(worker.store) == [(9,)]
+    assert await notes(worker) == [(9,)]
 
 
 async def test_a_page_cancelled_while_it_opens_leaves_no_transaction_open(
@@ -123,7 +125,7 @@ async def test_a_page_cancelled_while_it_opens_leaves_no_transaction_open(
             await task
     async with worker.page() as page:
         await page.apply(pages[0], 0)
-    assert notes(worker.store) == [(0,)]
+    assert await notes(worker) == [(0,)]
 
 
 async def _open_a_page(worker: StoreWorker) -> None:
@@ -155,7 +157,7 @@ async def test_an_app_write_during_a_page_waits_for_its_commit_then_lands(
     await asyncio.wait_for(asyncio.gather(write, call), 10)
     assert order[:2] == ["last frame", "page committed"]
     assert sorted(order[2:]) == ["app call", "app write"]
-    assert notes(worker.store) == [(0,), (1,), (100,)]
+    assert await notes(worker) == [(0,), (1,), (100,)]
 
 
 async def test_pages_and_applies_never_interleave(worker: StoreWorker, tmp_path: Path) -> None:
@@ -183,7 +185,7 @@ async def test_pages_and_applies_never_interleave(worker: StoreWorker, tmp_path:
     # Each page's entries are contiguous: nothing else merged while it was open.
     runs = [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]
     assert sorted(runs) == ["a", "apply", "b"], log
-    assert len(notes(worker.store)) == 7
+    assert len(await notes(worker)) == 7
 
 
 async def test_an_in_memory_store_keeps_a_page_open_like_a_file_store(tmp_path: Path) -> None:
@@ -195,9 +197,9 @@ async def test_an_in_memory_store_keeps_a_page_open_like_a_file_store(tmp_path: 
             async with worker.page() as page:
                 for changes in pages:
                     await page.apply(changes, 0)
-                assert notes(store) == []  # not committed yet
-            assert notes(store) == [(0,), (1,), (2,)]
-            assert store.cursor()[site] == 3
+                assert await notes(worker) == []  # not committed yet
+            assert await notes(worker) == [(0,), (1,), (2,)]
+            assert (await worker.run(store.cursor))[site] == 3
         finally:
             await worker.close()
         assert not store.closed  # a Store passed in stays open
@@ -223,7 +225,8 @@ async def test_admitting_a_new_site_waits_for_a_page_another_session_has_open(
                 assert not [e for e in a.seen if isinstance(e, events.SessionFailed)]
             await wait_for(lambda: len(pa.sessions) == 1)
             assert not [e for e in a.seen if isinstance(e, events.SessionFailed)]
-            assert pa.store.site_owners() == {b.store.site_id: b.identity.peer_id}
+            owners = await pa.run_in_store(pa.store.site_owners)
+            assert owners == {b.store.site_id: b.identity.peer_id}
     finally:
         a.close()
         b.close()

@@ -39,9 +39,19 @@ the thread that uses them. :meth:`Store.close` and
 thread uses the store meanwhile.
 
 A Store used directly (the CLI, tests, an app before it hands the store to
-a Peer) is used from one thread at a time. The attributes :attr:`Store.site_id`,
-:attr:`Store.path`, :attr:`Store.served_schema` and :attr:`Store.held_schema`
-are plain values, safe to read from any thread.
+a Peer) is used from one thread at a time, any thread. A Store handed to a
+Peer belongs to the Peer's threads while it runs: its StoreWorker binds the
+main connection and the merger to the store thread and the reader to the
+read thread when it opens (:meth:`Store.bind_threads`) and unbinds them
+when it closes (:meth:`Store.unbind_threads`); meanwhile a call from any
+other thread raises StoreError instead of racing the Peer on a connection
+(see :mod:`peer.store.owner`). The app then goes through
+``peer.execute(...)`` or ``peer.run_in_store(fn, ...)`` (which runs ``fn``
+on the store thread), or opens a Store of its own on the same file; once
+the Peer stopped, the Store is the app's again. The attributes
+:attr:`Store.site_id`, :attr:`Store.path`, :attr:`Store.in_memory`,
+:attr:`Store.read_only`, :attr:`Store.served_schema` and
+:attr:`Store.held_schema` are plain values, safe to read from any thread.
 
 ``":memory:"`` opens a private temporary file (see
 :func:`peer.store.connection.locate`), removed at :meth:`Store.close`: an
@@ -51,6 +61,7 @@ in-memory store works exactly as a file store does.
 from __future__ import annotations
 
 import shutil
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -135,6 +146,7 @@ class Store(SyncFacade):
         if temporary is None:
             self._remove_files.detach()
         self._closed = False
+        self._threads: tuple[threading.Thread, threading.Thread] | None = None
         try:
             self._open()
         except BaseException:
@@ -151,6 +163,39 @@ class Store(SyncFacade):
         self._reader = ChangeReader(
             self._location, self.site_id, read_schema=self._main.user_version
         )
+        self._bind_owners()
+
+    # -- the threads of a running Peer --------------------------------------
+
+    def bind_threads(self, store_thread: threading.Thread, read_thread: threading.Thread) -> None:
+        """Give the store to a running Peer's threads (its StoreWorker calls
+        this once both run, before either uses the store): from now on the
+        main connection and the merger are used from ``store_thread`` only,
+        the reader from ``read_thread`` only, and a call from any other
+        thread raises StoreError. Raises StoreError if the store belongs to
+        a running Peer already. Undo with :meth:`unbind_threads`."""
+        if self._threads is not None:
+            raise StoreError("this store already belongs to a running Peer")
+        self._threads = (store_thread, read_thread)
+        self._bind_owners()
+
+    def unbind_threads(self) -> None:
+        """Make the store usable from any thread again (one at a time): the
+        Peer's StoreWorker calls it once both its threads stopped."""
+        self._threads = None
+        self._bind_owners()
+
+    def _bind_owners(self) -> None:
+        """Bind (or unbind) each connection's owner as :attr:`_threads` says,
+        also for the objects :meth:`install_snapshot` makes anew."""
+        if self._threads is None:
+            for owner in (self._main.owner, self._merger.owner, self._reader.owner):
+                owner.unbind()
+            return
+        store_thread, read_thread = self._threads
+        self._main.owner.bind(store_thread)
+        self._merger.owner.bind(store_thread)
+        self._reader.owner.bind(read_thread)
 
     def close(self) -> None:
         """Finalize cr-sqlite and close every connection; remove the files of

@@ -4,7 +4,9 @@ A :class:`MainConnection` owns the connection the app's statements run on
 (:meth:`peer.store.Store.execute`), migrations, and the reads of the
 bookkeeping's state (cursor, versions, site owners). It is used from one
 thread: a Peer's "crpeer-store" thread, which also runs the merger; a Store
-used directly: the caller's.
+used directly: the caller's. While a Peer runs on the store, every use of
+the connection from another thread raises StoreError (see
+:mod:`peer.store.owner`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from peer import crsqlite
 from peer.changes import Cursor
 from peer.errors import SchemaError, StoreError
 from peer.store.connection import Location, close_connection, quote_identifier, sync_file
+from peer.store.owner import OwnerThread
 
 __all__ = ["MainConnection"]
 
@@ -33,7 +36,8 @@ class MainConnection:
     indexed. Raises StoreError if the file is not a usable database.
 
     Its attributes ``site_id``, ``held_schema`` and ``user_version`` are what
-    the database said at open.
+    the database said at open (plain values, read from any thread); every
+    method and :attr:`conn` check :attr:`owner` first.
     """
 
     def __init__(self, location: Location, *, name: str) -> None:
@@ -62,21 +66,32 @@ class MainConnection:
             conn.close()
             raise
         self.site_id = bytes(site_id)
-        self.conn = conn
-        """The connection (for the reads of this thread that need no refresh)."""
+        self._conn = conn
         self._busy_timeout_ms = location.busy_timeout_ms
+        self.owner = OwnerThread("main connection")
+        """The thread that alone may use the connection while a Peer runs."""
+
+    @property
+    def conn(self) -> Any:
+        """The connection (for the reads that need no refresh); raises
+        StoreError on a thread other than :attr:`owner`'s."""
+        self.owner.check()
+        return self._conn
 
     def close(self) -> None:
-        close_connection(self.conn)
+        """Close the connection (from any thread, once no other uses it)."""
+        close_connection(self._conn)
 
     def current(self) -> Any:
         """The connection, brought up to date first if the schema changed
         since it last looked (another connection migrated)."""
-        now = schema.cookie(self.conn)
+        self.owner.check()
+        conn = self._conn
+        now = schema.cookie(conn)
         if now != self._cookie:
-            schema.refresh(self.conn)
+            schema.refresh(conn)
             self._cookie = now
-        return self.conn
+        return conn
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
         """The sqlite cursor of one statement run (autocommit)."""

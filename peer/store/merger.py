@@ -2,10 +2,12 @@
 
 A :class:`Merger` owns the store's sync connection and is used from one
 thread, the one that also runs the app's writes on the main connection (a
-Peer's "crpeer-store" thread; a Store used directly: the caller's). Its
-transactions take SQLite's write lock; readers on other connections keep
-seeing committed data meanwhile (WAL). Held rows are kept and later merged
-through :mod:`peer.store.held`, on the merger's connection and thread.
+Peer's "crpeer-store" thread; a Store used directly: the caller's; while a
+Peer runs on the store, a call from another thread raises StoreError: see
+:mod:`peer.store.owner`). Its transactions take SQLite's write lock;
+readers on other connections keep seeing committed data meanwhile (WAL).
+Held rows are kept and later merged through :mod:`peer.store.held`, on the
+merger's connection and thread.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from peer.store.bookkeeping import (
 from peer.store.connection import Location, close_connection
 from peer.store.held import hold, merge_ready, ready_to_merge
 from peer.store.jobs import StoreJobs
+from peer.store.owner import OwnerThread
 
 __all__ = ["APPLY_SLICE_ROWS", "MERGE_ROWS_PER_STATEMENT", "ApplyResult", "Merger", "Page"]
 
@@ -157,6 +160,9 @@ class Merger:
         self.held_schema = held_schema
         """The newest schema version a held row needs (0 if none is held);
         rises as batches hold rows."""
+        self.owner = OwnerThread("merger")
+        """The thread that alone may merge while a Peer runs (checked by
+        :meth:`begin_page`, :meth:`apply`, :meth:`apply_held` and a page's end)."""
 
     def close(self, *, gone: bool = False) -> None:
         """Close the connection (a page must not be open); with ``gone``,
@@ -197,6 +203,7 @@ class Merger:
         """Open one transaction for several :meth:`apply` calls; end it with
         the :class:`Page` returned (or use it as a context manager). Raises
         StoreError if a page is open already or SQLite refuses."""
+        self.owner.check()
         if self.page is not None:
             raise StoreError("a page is already open")
         conn = self._begin()
@@ -209,6 +216,7 @@ class Merger:
         return self.page
 
     def _end_page(self, page: Page, *, commit: bool) -> None:
+        self.owner.check()
         if self.page is not page:
             raise StoreError("no page is open")
         self.page = None
@@ -272,6 +280,7 @@ class Merger:
         Raises InvalidChangeError for a malformed row, StoreError if SQLite
         fails.
         """
+        self.owner.check()
         page = self.page
         try:
             conn = self._conn if page is not None else self._begin()
@@ -398,6 +407,7 @@ class Merger:
         is never merged (it stays held; a warning names it; see
         :func:`peer.store.held.ready_to_merge`). Raises StoreError inside a page.
         """
+        self.owner.check()
         if self.page is not None:
             raise StoreError("a page is open")
         conn = self._connection()

@@ -1,7 +1,9 @@
 """Reading changes to send: pages, large groups, the backlog, copies.
 
 A :class:`ChangeReader` owns one connection of its own and is used from one
-thread (a Peer's "crpeer-read" thread; a Store used directly: the caller's).
+thread (a Peer's "crpeer-read" thread; a Store used directly: the caller's;
+while a Peer runs on the store, a read from another thread raises
+StoreError: see :mod:`peer.store.owner`).
 Each read runs in one read transaction, so it sees committed data only
 (WAL): a merge in progress on the merger's connection, or an app write on
 the main connection, never shows half done, and never waits for a read.
@@ -30,6 +32,7 @@ from peer.store.connection import (
     create_private_file,
     quote_identifier,
 )
+from peer.store.owner import OwnerThread
 from peer.store.pages import LargeGroup
 
 __all__ = ["COMBINED_READS", "ChangeReader", "GroupReader"]
@@ -68,6 +71,19 @@ class ChangeReader:
         by a read: versions only rise, so it covers every page read so far."""
         self.open_groups = 0
         """Group readers of :meth:`read_group` still open."""
+        self.owner = OwnerThread("reader")
+        """The thread that alone may read while a Peer runs (checked as each
+        read begins; :meth:`close` is not)."""
+
+    def spare(self) -> ChangeReader:
+        """A new reader of the same database, bound to no thread, for the
+        reads of a thread other than :attr:`owner`'s; close it after use."""
+        return ChangeReader(
+            self._location,
+            self._site_id,
+            read_schema=self.read_schema,
+            combined_reads=self._combined_reads,
+        )
 
     def close(self, *, gone: bool = False) -> None:
         """Close the connection (on the reader's thread, or once it stopped);
@@ -78,6 +94,7 @@ class ChangeReader:
             close_connection(conn)
 
     def _connection(self) -> Any:
+        self.owner.check()
         if self._conn is None:
             if self._gone:
                 raise StoreError("the store is closed")
@@ -175,6 +192,7 @@ class ChangeReader:
     ) -> Generator[list[Change], None, None]:
         """See :meth:`peer.store.Store.read_group`: a :class:`GroupReader`,
         counted in :attr:`open_groups` until the iterator is closed or exhausted."""
+        self.owner.check()
         if self._gone:
             raise StoreError("the store is closed")
         reader = GroupReader(self._location, self._site_id, group)
@@ -219,6 +237,7 @@ class ChangeReader:
 
     def copy_into(self, out: str | Path) -> None:
         """See :meth:`peer.store.Store.copy_into`."""
+        self.owner.check()
         create_private_file(out)
         self._connection().execute("VACUUM INTO ?", (os.fspath(out),))
 

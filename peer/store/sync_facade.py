@@ -9,8 +9,10 @@ holds the whole contract. :class:`~peer.store.Store` inherits it and makes
 those objects; it is not used on its own.
 
 Threads: as the package docstring says, the reading methods run on the
-reader's thread (a Peer's "crpeer-read"), the others on the thread of the
-main connection and the merger (a Peer's "crpeer-store"). The properties
+reader's thread (a Peer's "crpeer-read"; :meth:`SyncFacade.changes_since`
+also on the store thread), the others on the thread of the main connection
+and the merger (a Peer's "crpeer-store"). While a Peer runs on the store, a
+call from another thread raises StoreError. The properties
 :attr:`SyncFacade.held_schema` and :attr:`SyncFacade.served_schema` read
 plain values, safe from any thread.
 """
@@ -114,8 +116,18 @@ class SyncFacade:
     def changes_since(
         self, cursor: Mapping[bytes, int], limit: int, *, exclude: Collection[bytes] = ()
     ) -> list[Change]:
-        """Like :meth:`next_page`, but a large group comes back whole, in one list."""
-        return self._reader.changes_since(cursor, limit, exclude=exclude)
+        """Like :meth:`next_page`, but a large group comes back whole, in one list.
+
+        On the store thread of a running Peer (``peer.run_in_store``) it
+        reads through a reader of its own, opened for the call: the Peer's
+        reader belongs to its read thread."""
+        if self._reader.owner.owns_caller() or not self._main.owner.owns_caller():
+            return self._reader.changes_since(cursor, limit, exclude=exclude)
+        reader = self._reader.spare()
+        try:
+            return reader.changes_since(cursor, limit, exclude=exclude)
+        finally:
+            reader.close(gone=True)
 
     def read_group(
         self, group: LargeGroup, chunk: int, max_bytes: int | None = None
