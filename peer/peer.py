@@ -51,8 +51,8 @@ from peer.retry import Backoff
 from peer.schema_announcement import SchemaAnnouncement
 from peer.session import SessionDriver
 from peer.session_registry import SessionRegistry
-from peer.status import PeerStatus, SessionHistory, build_peer_status
-from peer.store import Cursor, Store
+from peer.status import PeerStatus, SessionHistory, build_peer_status, read_local_state
+from peer.store import Store
 from peer.store_worker import StoreWorker, TimingObserver
 from peer.trust import TrustStore, default_trust_path
 from transports.base import Transport
@@ -205,10 +205,20 @@ class Peer:
         return self._dialer.dials
 
     async def start(self) -> None:
-        """Open the store, start the transports, dial ``connect``. Once."""
+        """Open the store, start the transports, dial ``connect``. Once.
+
+        If any step fails, what was started is stopped (a Store passed in is
+        the app's again) before the error propagates."""
         if self._started:
             raise ConfigError("a Peer starts once")
         self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         store = await self._worker.open()
         if not self.name:
             self.name = store.site_id.hex()[:8]
@@ -307,26 +317,11 @@ class Peer:
         peer's loop). Raises ConfigError if the peer is not started,
         StoreError if the store fails.
         """
-        store = self.store
-
-        def read() -> tuple[Cursor, int, int, int, int]:
-            return (
-                store.cursor(),
-                store.own_version(),
-                store.db_version(),
-                store.schema_version(),
-                store.held_count(),
-            )
-
-        cursor, own_version, db_version, schema_version, held = await self.run_in_store(read)
+        local = await self.run_in_store(read_local_state, self.store)
         return build_peer_status(
-            site_id=store.site_id,
+            local,
             peer_id=self.peer_id,
             name=self.name,
-            cursor={**cursor, store.site_id: own_version},
-            db_version=db_version,
-            schema_version=schema_version,
-            held_rows=held,
             sessions=[driver.snapshot() for driver in self.sessions],
             dials=self.dials,
             history=self.history,

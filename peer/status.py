@@ -37,10 +37,12 @@ from typing import Any, Literal, cast, get_args
 from peer import events
 from peer.errors import ConfigError
 from peer.session_snapshot import SessionSnapshot, SessionState
+from peer.store import Store
 
 __all__ = [
     "Classification",
     "DialStatus",
+    "LocalState",
     "PeerStatus",
     "SessionHistory",
     "SessionState",
@@ -49,6 +51,7 @@ __all__ = [
     "build_peer_status",
     "classify",
     "lag_versions",
+    "read_local_state",
     "session_status",
 ]
 
@@ -330,35 +333,52 @@ class SessionHistory:
                 pass
 
 
+@dataclass(frozen=True, slots=True)
+class LocalState:
+    """What a peer's store says of it (see :func:`read_local_state`)."""
+
+    site_id: bytes
+    cursor: Mapping[bytes, int]
+    """The local version vector, this site's own version included."""
+    db_version: int
+    schema_version: int
+    held_rows: int
+
+
+def read_local_state(store: Store) -> LocalState:
+    """The store's part of a status, read on the thread that owns its main
+    connection (a running Peer's store thread: ``peer.run_in_store``)."""
+    cursor = {**store.cursor(), store.site_id: store.own_version()}
+    return LocalState(
+        store.site_id, cursor, store.db_version(), store.schema_version(), store.held_count()
+    )
+
+
 def build_peer_status(
+    local: LocalState,
     *,
-    site_id: bytes,
     peer_id: str | None,
     name: str,
-    cursor: Mapping[bytes, int],
-    db_version: int,
-    schema_version: int,
-    held_rows: int,
     sessions: Iterable[SessionSnapshot],
     dials: Mapping[str, events.DialState],
     history: SessionHistory | None = None,
 ) -> PeerStatus:
     """A :class:`PeerStatus` from plain data. Pure.
 
-    ``cursor`` is the local version vector, this site's own version included;
     ``sessions`` are :meth:`SessionDriver.snapshot
     <peer.session.SessionDriver.snapshot>` results (those not past the
     handshake are left out); ``history`` adds last EOSE times and earlier
     errors. :meth:`Peer.status <peer.peer.Peer.status>` gathers these.
     """
+    cursor = local.cursor
     statuses = (session_status(snapshot, cursor, history) for snapshot in sessions)
     return PeerStatus(
-        site_id=site_id.hex(),
+        site_id=local.site_id.hex(),
         peer_id=peer_id,
         name=name,
-        db_version=db_version,
-        schema_version=schema_version,
-        held_rows=held_rows,
+        db_version=local.db_version,
+        schema_version=local.schema_version,
+        held_rows=local.held_rows,
         cursor={origin.hex(): version for origin, version in sorted(cursor.items())},
         sessions=tuple(status for status in statuses if status is not None),
         dials=tuple(DialStatus.from_event(state) for _, state in sorted(dials.items())),

@@ -18,6 +18,7 @@ from peer.retry import Backoff
 from peer.session import SessionSnapshot, SessionStats
 from peer.status import (
     DialStatus,
+    LocalState,
     PeerStatus,
     SessionHistory,
     SessionStatus,
@@ -294,13 +295,9 @@ def test_a_peer_status_is_built_from_plain_data() -> None:
     history.record(events.Disconnected(remote, ChannelClosed("an earlier cut")))
     dial = events.DialState("memory://b", "connected", 1)
     status = build_peer_status(
-        site_id=A,
+        LocalState(A, {A: 5, B: 1}, db_version=9, schema_version=1, held_rows=2),
         peer_id=None,
         name="a",
-        cursor={A: 5, B: 1},
-        db_version=9,
-        schema_version=1,
-        held_rows=2,
         sessions=[
             snapshot_of(remote),
             snapshot_of(None),  # not past the handshake: left out

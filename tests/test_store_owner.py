@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from peer.errors import StoreError
+from peer.errors import CrpeerError, StoreError
 from peer.peer import Peer
 from peer.store import Store
 from peer.store.snapshot import prepare_received, snapshot_reference
+from transports.tcp import TcpTransport
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY NOT NULL, body TEXT)"
 WHAT_TO_DO = r"belongs to a running Peer.*peer\.execute\(\.\.\.\) or peer\.run_in_store\(\.\.\.\)"
@@ -155,3 +156,18 @@ def test_a_snapshot_install_keeps_the_store_bound_to_its_threads(tmp_path: Path)
             finally:
                 receiver.unbind_threads()
         assert receiver.execute("SELECT * FROM notes") == [(1, "from the source")]
+
+
+async def test_a_peer_that_fails_to_start_gives_its_store_and_threads_back(tmp_path: Path) -> None:
+    taken = TcpTransport("127.0.0.1", 0)
+    await taken.start(lambda channel: channel.close())
+    try:
+        port = int(taken.listen_addresses[0].rsplit(":", 1)[1])
+        with new_store(tmp_path / "a.db") as store:
+            peer = Peer(store, [TcpTransport("127.0.0.1", port)], insecure=True)
+            with pytest.raises(CrpeerError):
+                await peer.start()  # the port is taken
+            assert store.execute("SELECT count(*) FROM notes") == [(0,)]  # the app's again
+            assert not [t for t in threading.enumerate() if t.name.startswith("crpeer-")]
+    finally:
+        await taken.stop()
