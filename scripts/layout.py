@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Sizes and import cycles of the project's packages (issue 20's layout targets).
+"""Sizes and import cycles of the project's packages, against its layout targets.
 
 ``layout.py [--check] [--root DIR]`` reads every module of ``peer/`` (with its
 subpackages) and ``transports/`` without importing any, and prints:

@@ -1,4 +1,4 @@
-"""The layout targets of issue 20, checked by scripts/layout.py's own functions.
+"""The layout targets (module and class sizes, import cycles), via scripts/layout.py.
 
 The allowlist of today's offenders is ``ALLOWED_MODULES``, ``ALLOWED_CLASSES``
 and ``ALLOWED_CYCLES`` at the top of scripts/layout.py (one list, which the
