@@ -43,6 +43,7 @@ from typing import Any
 import click
 
 from peer.cli_common import CliFailure, parse_host_port
+from peer.cli_logs import LOG_FORMATS
 from peer.cli_node import check_dial_address
 from peer.errors import ConfigError
 
@@ -96,37 +97,28 @@ class _Key:
     check: Callable[[Any], None] | None = None
 
 
-def _key(
-    kind: type | tuple[type, ...],
-    what: str,
-    param: str,
-    check: Callable[[Any], None] | None = None,
-) -> _Key:
-    return _Key(kind, what, param, check)
-
-
 _KEYS: dict[str, _Key] = {
-    "database": _key(str, "a path", "database"),
-    "tcp": _key(str, 'a "HOST:PORT" string', "tcp", _host_port),
-    "ws": _key(str, 'a "HOST:PORT" string', "ws", _host_port),
-    "http": _key(str, 'a "HOST:PORT" string', "http", _host_port),
-    "lan": _key(bool, "true or false", "lan"),
-    "snapshot": _key(bool, "true or false", "snapshot"),
-    "connect": _key(list, "a list of URLs", "connect"),
-    "insecure": _key(bool, "true or false", "insecure"),
-    "name": _key(str, "a string", "name"),
-    "json": _key(bool, "true or false", "as_json"),
-    "status_interval": _key(
+    "database": _Key(str, "a path", "database"),
+    "tcp": _Key(str, 'a "HOST:PORT" string', "tcp", _host_port),
+    "ws": _Key(str, 'a "HOST:PORT" string', "ws", _host_port),
+    "http": _Key(str, 'a "HOST:PORT" string', "http", _host_port),
+    "lan": _Key(bool, "true or false", "lan"),
+    "snapshot": _Key(bool, "true or false", "snapshot"),
+    "connect": _Key(list, "a list of URLs", "connect"),
+    "insecure": _Key(bool, "true or false", "insecure"),
+    "name": _Key(str, "a string", "name"),
+    "json": _Key(bool, "true or false", "as_json"),
+    "status_interval": _Key(
         (int, float), "a number of seconds", "status_interval", _at_least(0.05)
     ),
-    "log_format": _key(str, '"text" or "json"', "log_format", _one_of("text", "json")),
-    "wal_limit": _key(int, "a number of bytes", "wal_limit", _at_least(0)),
-    "admin": _key(str, 'a "HOST:PORT" string', "admin", _host_port),
+    "log_format": _Key(str, '"text" or "json"', "log_format", _one_of(*LOG_FORMATS)),
+    "wal_limit": _Key(int, "a number of bytes", "wal_limit", _at_least(0)),
+    "admin": _Key(str, 'a "HOST:PORT" string', "admin", _host_port),
 }
 _LIMITS: dict[str, _Key] = {
-    "max_frame_bytes": _key(int, "a number of bytes", "max_frame_bytes", _at_least(1024)),
-    "max_batch_rows": _key(int, "a number of rows", "max_batch_rows", _at_least(1)),
-    "window": _key(int, "a number of frames", "window", _at_least(1)),
+    "max_frame_bytes": _Key(int, "a number of bytes", "max_frame_bytes", _at_least(1024)),
+    "max_batch_rows": _Key(int, "a number of rows", "max_batch_rows", _at_least(1)),
+    "window": _Key(int, "a number of frames", "window", _at_least(1)),
 }
 _TABLES = {"limits": _LIMITS}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from peer.errors import ConfigError
 from peer.filelock import lock_path
 from peer.identity import Identity, default_key_path
-from peer.status import PeerStatus
+from peer.status import PeerStatus, build_peer_status, read_local_state
 from peer.store import Store, file_integrity_problems
 
 __all__ = [
@@ -120,14 +120,6 @@ def read_local_status(database: Path) -> tuple[PeerStatus, list[str]]:
     if problems:
         return PeerStatus("", peer_id, "", 0, 0, 0), problems
     with Store(database, read_only=True) as store:
-        local = {**store.cursor(), store.site_id: store.own_version()}
-        status = PeerStatus(
-            site_id=store.site_id.hex(),
-            peer_id=peer_id,
-            name="",
-            db_version=store.db_version(),
-            schema_version=store.schema_version(),
-            held_rows=store.held_count(),
-            cursor={origin.hex(): version for origin, version in sorted(local.items())},
-        )
+        local = read_local_state(store)
+    status = build_peer_status(local, peer_id=peer_id, name="", sessions=(), dials={})
     return status, problems

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import click
 
-from peer.cli_common import JSON_OPTION, echo_json
-from peer.errors import ConfigError
+from peer.cli_common import JSON_OPTION, echo_json, require_database
 
 __all__ = ["crpeer_command", "service", "systemd_quote", "unit_name", "unit_path", "unit_text"]
 
@@ -137,8 +136,7 @@ def install(
     """
     if print_only and output is not None:
         raise click.UsageError("--print and --output exclude each other")
-    if not database.exists():
-        raise ConfigError(f"no database at {database}: create it with `crpeer init {database}`")
+    require_database(database)
     text = unit_text(database, system=not user_unit, config=config_file)
     if print_only:
         click.echo(text, nl=False)

@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-rows", type=int, default=defaults.max_batch_rows)
     parser.add_argument("--window", type=int, default=defaults.window)
     parser.add_argument("--max-value-bytes", type=int, default=defaults.max_value_bytes)
+    parser.add_argument("--snapshot-threshold", type=int, default=defaults.snapshot_threshold)
     parser.add_argument("--log-level", default="WARNING")
-    parser.add_argument("--snapshot-threshold", type=int, default=Limits().snapshot_threshold)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
