@@ -112,10 +112,7 @@ class SessionRegistry:
             self._site_owners[site] = peer_id
             store = self._worker.store
             if self._worker.page_open:
-                _log.info(
-                    "admission of peer %s waits for a page another session has open",
-                    format_peer_id(peer_id),
-                )
+                _log.info("admission of peer %s waits for a page another session has open", peer_id)
             try:
                 # A write: it waits for a page another session has open (on
                 # the store thread it would wait for the page's write lock).
