@@ -171,7 +171,7 @@ class SessionReceiver(SessionView):
         if self.version >= PARTS_SINCE and self.remote_limits is None:
             raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "CURSOR before LIMITS")
         self._remote_cursor = dict(message.cursor)
-        self._remote_cursor_at_start = dict(message.cursor)
+        self._remote_fresh = not any(message.cursor.values())
         self._state = SyncState.SYNCING
         return CursorReceived(dict(message.cursor))
 

@@ -61,7 +61,8 @@ class SessionView:
         self._hello_sent = False
         self._value = IncomingValue(limits.max_value_bytes)
         self._snapshot_in, self._snapshot_out = SnapshotIn(), SnapshotOut()
-        self._remote_cursor_at_start: Cursor = {}
+        self._remote_fresh = False
+        """The remote's first CURSOR was empty (it holds nothing yet)."""
         self._changes_sent = self._changes_received = False
 
     @property
@@ -138,7 +139,7 @@ class SessionView:
             or self._snapshot_out.started
             or remote.schema_fingerprint != self.local.schema_fingerprint
             or remote.schema_version != self.local.schema_version
-            or any(self._remote_cursor_at_start.values())
+            or not self._remote_fresh
         ):
             return 0
         return limits.snapshot_bytes

@@ -27,7 +27,6 @@ from peer.errors import (
 from peer.protocol import (
     CreditReceived,
     CursorReceived,
-    Event,
     HelloReceived,
     PongReceived,
     SnapshotAnswered,
@@ -82,8 +81,6 @@ class SessionDriver:
         """Set once the remote's EOSE is handled (every page before it applied)."""
         self.eose_at: float | None = None
         """Wall-clock time of the remote's EOSE, for status reports."""
-        self.closed = asyncio.Event()
-        """Set once the sync session is closed (:attr:`SyncSession.closed`)."""
         self.done = asyncio.Event()
         """Set when :meth:`run` has returned."""
         self.log = logging.getLogger("crpeer.session")
@@ -176,7 +173,6 @@ class SessionDriver:
                     self.session.send_error(code, reason)
                 else:
                     self.session.send_close()
-                self.closed.set()
             await asyncio.wait_for(self.flush(), timeout=1.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.channel.close(), timeout=2.0)
@@ -227,14 +223,6 @@ class SessionDriver:
                     self.stats.frames_sent += 1
                     self.stats.bytes_sent += len(frame)
 
-    def _receive(self, frame: bytes) -> list[Event]:
-        """Feed one frame to the protocol; :attr:`closed` follows it."""
-        try:
-            return self.session.receive(frame)
-        finally:
-            if self.session.closed:
-                self.closed.set()
-
     async def _read_loop(self) -> None:
         """Read and decode frames; hand what they carry to the Receiver.
 
@@ -271,7 +259,7 @@ class SessionDriver:
                     self._reading = False
                 self.stats.frames_received += 1
                 self.stats.bytes_received += len(frame)
-                for event in self._receive(frame):
+                for event in self.session.receive(frame):
                     match event:
                         case HelloReceived():
                             await self._on_hello(event)

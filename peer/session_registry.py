@@ -40,7 +40,7 @@ class SessionRegistry:
         self._worker = worker
         self._trust = trust
         self._spawn = spawn
-        self.drivers: set[SessionDriver] = set()
+        self._drivers: set[SessionDriver] = set()
         """Every running session, admitted or not."""
         self._by_site: dict[bytes, SessionDriver] = {}
         self._admitted = asyncio.Event()
@@ -63,11 +63,11 @@ class SessionRegistry:
         return list(self._by_site.values())
 
     def track(self, driver: SessionDriver) -> None:
-        self.drivers.add(driver)
+        self._drivers.add(driver)
 
     def untrack(self, driver: SessionDriver) -> None:
         """Forget ``driver`` (its run returned)."""
-        self.drivers.discard(driver)
+        self._drivers.discard(driver)
         if driver.remote is not None and self._by_site.get(driver.remote.site_id) is driver:
             del self._by_site[driver.remote.site_id]
 
@@ -111,6 +111,8 @@ class SessionRegistry:
             # one with the same site id already sees it taken.
             self._site_owners[site] = peer_id
             store = self._worker.store
+            if self._worker.page_open:
+                _log.info("admission of peer %s waits for a page another session has open", peer_id)
             try:
                 # A write: it waits for a page another session has open (on
                 # the store thread it would wait for the page's write lock).
@@ -185,14 +187,14 @@ class SessionRegistry:
 
     def wake_all(self) -> None:
         """Something was written locally: every session reads and sends it."""
-        for driver in self.drivers:
+        for driver in self._drivers:
             driver.wake()
 
     def relay(self, source: SessionDriver, result: ApplyResult) -> None:
         """Remote changes from ``source`` landed: the other sessions announce
         the new cursor and relay them."""
         if result.merged or result.held:
-            for driver in self.drivers:
+            for driver in self._drivers:
                 if driver is not source:
                     driver.announce(result.cursor)
                     driver.wake()
@@ -200,14 +202,14 @@ class SessionRegistry:
     def close_stale(self, local: LocalInfo) -> int:
         """Close (cleanly) every session that announced another schema than
         ``local``; return how many, so that they reconnect announcing it."""
-        stale = [d for d in self.drivers if d.session.local != local]
+        stale = [d for d in self._drivers if d.session.local != local]
         for driver in stale:
             self._spawn(driver.close(), "crpeer-schema-changed")
         return len(stale)
 
     def cut_peer(self, peer_id: str) -> None:
         """Close every live session with ``peer_id`` (it was removed from trust)."""
-        for driver in list(self.drivers):
+        for driver in list(self._drivers):
             if driver.peer_id == peer_id:
                 _log.warning(
                     "peer %s is no longer trusted: closing its session", format_peer_id(peer_id)
@@ -217,5 +219,5 @@ class SessionRegistry:
     async def close_all(self) -> None:
         """Close every session (the peer stops)."""
         self.stopping = True
-        for driver in list(self.drivers):
+        for driver in list(self._drivers):
             await driver.close(ErrorCode.SHUTDOWN)

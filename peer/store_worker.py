@@ -185,6 +185,12 @@ class StoreWorker:
         docstring, point 2). Read on the event loop."""
         return self._waiting_for_page
 
+    @property
+    def page_open(self) -> bool:
+        """Whether a page is open now: an app call made now waits for its end.
+        Read on the event loop."""
+        return not self._no_open_page.is_set()
+
     async def _page_closed(self) -> None:
         if self._no_open_page.is_set():
             return
