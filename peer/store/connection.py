@@ -206,6 +206,14 @@ def create_private_file(path: str | os.PathLike[str]) -> None:
     os.close(descriptor)
 
 
+def remove_database_files(path: str | os.PathLike[str]) -> None:
+    """Remove the database file ``path`` and the ``-wal``, ``-shm`` and
+    ``-journal`` files SQLite makes beside it, those that exist (no
+    connection may have it open)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{os.fspath(path)}{suffix}").unlink(missing_ok=True)
+
+
 def sync_file(path: str | os.PathLike[str]) -> None:
     """fsync a file or a directory, so a rename that follows (or preceded) lasts."""
     descriptor = os.open(path, os.O_RDONLY)

@@ -45,7 +45,7 @@ import pysqlite3.dbapi2 as sqlite3
 from peer.changes import MAX_COUNTER
 from peer.errors import ConfigError, SnapshotError, StoreError
 from peer.store import SITE_ID_LENGTH, Cursor, Store, create_private_file, persisted_cursor
-from peer.store.connection import quote_identifier
+from peer.store.connection import quote_identifier, remove_database_files
 from peer.store.schema import schema_fingerprint_of
 
 __all__ = [
@@ -98,15 +98,13 @@ def restore_snapshot(snapshot: Path, database: Path) -> bytes:
         _resite(temporary, new_site)
         os.replace(temporary, database)
     finally:
-        for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
-            leftover.unlink(missing_ok=True)
+        remove_database_files(temporary)
     try:
         with Store(database) as store:
             if store.site_id != new_site:
                 raise StoreError(f"{database}: cr-sqlite did not take the new site id")
     except BaseException:
-        for leftover in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
-            leftover.unlink(missing_ok=True)
+        remove_database_files(database)
         raise
     return new_site
 
