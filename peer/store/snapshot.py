@@ -46,7 +46,7 @@ from peer.changes import MAX_COUNTER
 from peer.errors import ConfigError, SnapshotError, StoreError
 from peer.store import SITE_ID_LENGTH, Cursor, Store, create_private_file, persisted_cursor
 from peer.store.connection import quote_identifier, remove_database_files
-from peer.store.schema import schema_fingerprint_of
+from peer.store.schema import schema_fingerprint_of, user_version
 
 __all__ = [
     "SnapshotReference",
@@ -316,7 +316,7 @@ def _check_received(connection: sqlite3.Connection, reference: SnapshotReference
         same_shape = key[0] == "table" and key[1].startswith("crpeer_") and columns == ref_columns
         if table != ref_table or (sql != ref_sql and not same_shape):
             raise SnapshotError(f"the snapshot's {key[0]} {key[1]} differs from ours")
-    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    version = user_version(connection)
     clocks = _clock_tables(connection)
     crrs = [clock.removesuffix("__crsql_clock") for clock in clocks]
     fingerprint = schema_fingerprint_of(connection, crrs)
