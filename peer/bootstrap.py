@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from peer.errors import SnapshotError, StoreError
 from peer.store import Cursor, Store
+from peer.store.connection import remove_database_files
 from peer.store.snapshot import snapshot_cursor
 
 __all__ = ["IncomingSnapshot", "OutgoingSnapshot", "beside", "remove_leftovers"]
@@ -47,11 +48,6 @@ def remove_leftovers(database: str) -> list[Path]:
     for leftover in found:
         leftover.unlink(missing_ok=True)
     return found
-
-
-def _remove(path: Path) -> None:
-    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
-        leftover.unlink(missing_ok=True)
 
 
 class OutgoingSnapshot:
@@ -80,7 +76,7 @@ class OutgoingSnapshot:
             store.copy_into(path)
             return cls(path, snapshot_cursor(path))
         except BaseException:
-            _remove(path)
+            remove_database_files(path)
             raise
 
     def read(self, size: int) -> bytes:
@@ -100,7 +96,7 @@ class OutgoingSnapshot:
     def discard(self) -> None:
         """Close and remove the copy (quick: call it even when cancelled)."""
         self._file.close()
-        _remove(self.path)
+        remove_database_files(self.path)
 
 
 class IncomingSnapshot:
@@ -154,4 +150,4 @@ class IncomingSnapshot:
         if self._file is not None:
             self._file.close()
             self._file = None
-        _remove(self.path)
+        remove_database_files(self.path)

@@ -31,7 +31,6 @@ __all__ = [
     "change_size",
     "fits",
     "plan_groups",
-    "text_size",
 ]
 
 SqlValue: TypeAlias = int | float | str | bytes | None
@@ -61,16 +60,12 @@ table-name header in case the row starts a group or a table (see
 :func:`change_size`)."""
 
 
-def text_size(text: str) -> int:
-    """An upper bound on the UTF-8 length of ``text`` (exact for ASCII)."""
-    return len(text) if text.isascii() else 4 * len(text)
-
-
 def change_size(change: Change) -> int:
     """An upper bound on the bytes ``change`` adds to an encoded CHANGES frame.
 
-    Cheap (lengths only, nothing is encoded): frames and pages are cut by it,
-    so it must never be below the real size.
+    Cheap (lengths only, nothing is encoded; a non-ASCII text counts 4 bytes
+    a character, UTF-8's most): frames and pages are cut by it, so it must
+    never be below the real size.
     """
     table, pk, cid, val = change[0], change[1], change[2], change[3]
     if type(val) is bytes:

@@ -56,6 +56,7 @@ from typing import Any
 
 from peer.changes import Cursor
 from peer.store.connection import quote_identifier
+from peer.store.schema import user_version
 
 __all__ = [
     "CHANGES_INTO",
@@ -141,11 +142,11 @@ def create_tables(conn: Any) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(crpeer_held)")}
     if HELD_SCHEMA_COLUMN in columns:
         return
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    version = user_version(conn)
     conn.execute(
         f"ALTER TABLE crpeer_held ADD COLUMN {HELD_SCHEMA_COLUMN} INTEGER NOT NULL DEFAULT 0"
     )
-    conn.execute(f"UPDATE crpeer_held SET {HELD_SCHEMA_COLUMN} = ?", (int(version) + 1,))
+    conn.execute(f"UPDATE crpeer_held SET {HELD_SCHEMA_COLUMN} = ?", (version + 1,))
 
 
 def held_schema(conn: Any) -> int:
@@ -159,8 +160,7 @@ def held_schema(conn: Any) -> int:
         # A database from before schema needs were kept, opened read-only:
         # its held rows need at least the next version.
         (held,) = conn.execute("SELECT count(*) FROM crpeer_held").fetchone()
-        (current,) = conn.execute("PRAGMA user_version").fetchone()
-        return int(current) + 1 if held else 0
+        return user_version(conn) + 1 if held else 0
     (version,) = conn.execute(
         f"SELECT coalesce(max({HELD_SCHEMA_COLUMN}), 0) FROM crpeer_held"
     ).fetchone()

@@ -34,8 +34,10 @@ __all__ = [
     "create_private_file",
     "file_integrity_problems",
     "locate",
+    "quick_check",
     "quote_identifier",
     "quote_literal",
+    "remove_database_files",
     "sync_file",
     "translate_errors",
 ]
@@ -126,8 +128,7 @@ def locate(
             path += ("&" if "?" in path else "?") + "mode=ro"
         return Location(path, uri=True, read_only=read_only, **options), None
     if read_only:
-        target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
-        return Location(target, uri=True, read_only=True, **options), None
+        return Location(_read_only_uri(path), uri=True, read_only=True, **options), None
     create_private_file(path)
     return Location(path, **options), None
 
@@ -174,18 +175,30 @@ def file_integrity_problems(path: str | Path, limit: int = 10) -> list[str]:
     opening a :class:`~peer.store.Store` on it, since cr-sqlite may crash the
     process on a damaged file. Raises StoreError if the file cannot be opened.
     """
-    target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
     try:
-        conn = sqlite3.connect(target, uri=True, isolation_level=None)
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from exc
     try:
-        found = [str(line) for (line,) in conn.execute(f"PRAGMA quick_check({int(limit)})")]
-    except sqlite3.DatabaseError as exc:
-        found = [str(exc)]
+        return quick_check(conn, limit)
     finally:
         conn.close()
+
+
+def quick_check(conn: Any, limit: int) -> list[str]:
+    """What ``PRAGMA quick_check`` finds wrong with the database on ``conn``
+    (at most ``limit`` lines; empty when it is sound, the error itself when
+    the check cannot run)."""
+    try:
+        found = [str(line) for (line,) in conn.execute(f"PRAGMA quick_check({int(limit)})")]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
     return [] if found == ["ok"] else found
+
+
+def _read_only_uri(path: str | os.PathLike[str]) -> str:
+    """The ``mode=ro`` URI of the database file at ``path``."""
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
 
 
 def create_private_file(path: str | os.PathLike[str]) -> None:
@@ -204,6 +217,14 @@ def create_private_file(path: str | os.PathLike[str]) -> None:
     except OSError as exc:
         raise StoreError(f"cannot open database {os.fspath(path)}: {exc.strerror or exc}") from exc
     os.close(descriptor)
+
+
+def remove_database_files(path: str | os.PathLike[str]) -> None:
+    """Remove the database file ``path`` and the ``-wal``, ``-shm`` and
+    ``-journal`` files SQLite makes beside it, those that exist (no
+    connection may have it open)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{os.fspath(path)}{suffix}").unlink(missing_ok=True)
 
 
 def sync_file(path: str | os.PathLike[str]) -> None:

@@ -23,7 +23,13 @@ import peer.store.schema as schema
 from peer import crsqlite
 from peer.changes import Cursor
 from peer.errors import SchemaError, StoreError
-from peer.store.connection import Location, close_connection, quote_identifier, sync_file
+from peer.store.connection import (
+    Location,
+    close_connection,
+    quick_check,
+    quote_identifier,
+    sync_file,
+)
 from peer.store.owner import OwnerThread
 
 __all__ = ["MainConnection"]
@@ -107,12 +113,7 @@ class MainConnection:
             raise
 
     def integrity_problems(self, limit: int) -> list[str]:
-        try:
-            checked = self.conn.execute(f"PRAGMA quick_check({int(limit)})")
-            found = [str(line) for (line,) in checked]
-        except sqlite3.DatabaseError as exc:
-            return [str(exc)]
-        return [] if found == ["ok"] else found
+        return quick_check(self.conn, limit)
 
     def crr_schema(self) -> schema.CrrSchema:
         return self._schema.read(self.conn)

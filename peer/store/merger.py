@@ -108,7 +108,7 @@ class ApplyResult:
 
 class Page:
     """One write transaction for several :meth:`Merger.apply` calls (a page
-    that spans frames), from :meth:`Merger.page`.
+    that spans frames), from :meth:`Merger.begin_page`.
 
     As a context manager it commits when the block ends normally and rolls
     back when it raises; or end it with :meth:`commit` or :meth:`rollback`.

@@ -45,7 +45,8 @@ import pysqlite3.dbapi2 as sqlite3
 from peer.changes import MAX_COUNTER
 from peer.errors import ConfigError, SnapshotError, StoreError
 from peer.store import SITE_ID_LENGTH, Cursor, Store, create_private_file, persisted_cursor
-from peer.store.schema import schema_fingerprint_of
+from peer.store.connection import quote_identifier, remove_database_files
+from peer.store.schema import schema_fingerprint_of, user_version
 
 __all__ = [
     "SnapshotReference",
@@ -97,15 +98,13 @@ def restore_snapshot(snapshot: Path, database: Path) -> bytes:
         _resite(temporary, new_site)
         os.replace(temporary, database)
     finally:
-        for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
-            leftover.unlink(missing_ok=True)
+        remove_database_files(temporary)
     try:
         with Store(database) as store:
             if store.site_id != new_site:
                 raise StoreError(f"{database}: cr-sqlite did not take the new site id")
     except BaseException:
-        for leftover in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
-            leftover.unlink(missing_ok=True)
+        remove_database_files(database)
         raise
     return new_site
 
@@ -172,7 +171,7 @@ def _resite_in(connection: Any, path: Path, new_site: bytes, checked: bool) -> N
         if sql and table in clocks and str(name).endswith("__crpeer_site_version")
     ]
     for name, _ in indexes:
-        connection.execute(f"DROP INDEX {_quote(name)}")
+        connection.execute(f"DROP INDEX {quote_identifier(name)}")
     row = connection.execute("SELECT site_id FROM crsql_site_id WHERE ordinal = 0").fetchone()
     if row is None or len(row[0]) != SITE_ID_LENGTH:
         raise ConfigError("the snapshot has no local site id")
@@ -182,17 +181,15 @@ def _resite_in(connection: Any, path: Path, new_site: bytes, checked: bool) -> N
         "INSERT INTO crsql_site_id (site_id) VALUES (?) RETURNING ordinal", (old_site,)
     ).fetchone()
     versions: set[int] = set()
-    top = 0
+    top = _highest_version(connection, clocks)
     for clock in clocks:
-        quoted = '"' + clock.replace('"', '""') + '"'
+        quoted = quote_identifier(clock)
         versions.update(
             int(v)
             for (v,) in connection.execute(
                 f"SELECT DISTINCT db_version FROM {quoted} WHERE site_id = 0"
             )
         )
-        (highest,) = connection.execute(f"SELECT max(db_version) FROM {quoted}").fetchone()
-        top = max(top, int(highest or 0))
         connection.execute(f"UPDATE {quoted} SET site_id = ? WHERE site_id = 0", (old_ordinal,))
     for _, sql in indexes:
         connection.execute(sql)
@@ -293,7 +290,7 @@ def prepare_received(snapshot: Path, reference: SnapshotReference) -> Cursor:
         local_tables = _local_tables(connection)
         connection.execute("BEGIN IMMEDIATE")
         for table in local_tables:
-            connection.execute(f"DELETE FROM {_quote(table)}")
+            connection.execute(f"DELETE FROM {quote_identifier(table)}")
         connection.execute("DELETE FROM crpeer_sites")
         connection.execute("COMMIT")
         return persisted_cursor(connection)
@@ -319,7 +316,7 @@ def _check_received(connection: sqlite3.Connection, reference: SnapshotReference
         same_shape = key[0] == "table" and key[1].startswith("crpeer_") and columns == ref_columns
         if table != ref_table or (sql != ref_sql and not same_shape):
             raise SnapshotError(f"the snapshot's {key[0]} {key[1]} differs from ours")
-    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    version = user_version(connection)
     clocks = _clock_tables(connection)
     crrs = [clock.removesuffix("__crsql_clock") for clock in clocks]
     fingerprint = schema_fingerprint_of(connection, crrs)
@@ -344,7 +341,7 @@ def _check_received(connection: sqlite3.Connection, reference: SnapshotReference
             for column in ("version", "seq", "col_version", "cl")
         ),
         *(
-            f"SELECT count(*) FROM {_quote(clock)} WHERE typeof(db_version) != 'integer' "
+            f"SELECT count(*) FROM {quote_identifier(clock)} WHERE typeof(db_version) != 'integer' "
             "OR typeof(col_version) != 'integer' OR typeof(seq) != 'integer' "
             f"OR db_version NOT BETWEEN 0 AND {top} OR col_version NOT BETWEEN 0 AND {top} "
             f"OR seq NOT BETWEEN 0 AND {top} "
@@ -372,7 +369,9 @@ def _schema_objects(
             continue
         columns: tuple[tuple[Any, ...], ...] = ()
         if kind == "table":
-            columns = tuple(tuple(row) for row in run(f"PRAGMA table_xinfo({_quote(name)})"))
+            columns = tuple(
+                tuple(row) for row in run(f"PRAGMA table_xinfo({quote_identifier(name)})")
+            )
         objects[(str(kind), str(name))] = (str(table), sql, columns)
     return objects
 
@@ -411,10 +410,8 @@ def _local_tables(connection: sqlite3.Connection) -> list[str]:
 def _highest_version(connection: sqlite3.Connection, clocks: list[str]) -> int:
     top = 0
     for clock in clocks:
-        (highest,) = connection.execute(f"SELECT max(db_version) FROM {_quote(clock)}").fetchone()
+        (highest,) = connection.execute(
+            f"SELECT max(db_version) FROM {quote_identifier(clock)}"
+        ).fetchone()
         top = max(top, int(highest or 0))
     return top
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
