@@ -10,11 +10,15 @@ every ``poll_interval`` seconds. Both run on the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
+from peer.errors import StoreError
 from peer.store_worker import StoreWorker
 
 __all__ = ["LocalWrites"]
+
+_log = logging.getLogger("crpeer.peer")
 
 
 class LocalWrites:
@@ -49,7 +53,10 @@ class LocalWrites:
         (:meth:`SessionRegistry.relay <peer.session_registry.SessionRegistry.relay>`),
         and waking the session a page came from would only make it read again.
         A schema cookie other than ``announced_cookie()`` (a migration, through
-        the store or the app's own connection) calls ``refresh_schema``.
+        the store or the app's own connection) calls ``refresh_schema``. A
+        poll that fails (StoreError: a locked or failing database) is logged
+        as a warning, once until a poll succeeds again, and retried at the
+        next interval.
         """
         store = self._worker.store
         marker: tuple[int, int] | None = None
@@ -60,17 +67,27 @@ class LocalWrites:
             now = store.change_marker()
             if now == marker:
                 return None
-            marker = now
-            cookie = store.schema_cookie()
-            return store.local_high_water()
+            now_cookie, high_water = store.schema_cookie(), store.local_high_water()
+            marker, cookie = now, now_cookie  # only once all is read: a failed poll repeats
+            return high_water
 
         first = await self._worker.run(poll)
         self.written(first or 0)  # for a write that raced the first poll
+        failing = False
         while True:
             await asyncio.sleep(self._poll_interval)
-            high_water = await self._worker.run(poll)
-            if cookie != announced_cookie():
-                self.schema_changes_noticed += 1
-                await refresh_schema()
+            try:
+                high_water = await self._worker.run(poll)
+                if cookie != announced_cookie():
+                    self.schema_changes_noticed += 1
+                    await refresh_schema()
+            except StoreError as exc:
+                if not failing:
+                    _log.warning("cannot poll the store for local writes (retrying): %s", exc)
+                failing = True
+                continue
+            if failing:
+                _log.info("polling the store for local writes again")
+                failing = False
             if high_water is not None and high_water > self.woken_through:
                 self.written(high_water)

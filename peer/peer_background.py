@@ -34,10 +34,12 @@ class PeerBackground:
         self._unsubscribe_trust: Callable[[], None] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task of the peer's, cancelled by :meth:`stop`."""
+        """Run ``coro`` as a task of the peer's, cancelled by :meth:`stop`. A
+        task that ends with an error is logged (ERROR, with its name)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_report_failure)
         return task
 
     async def start(
@@ -100,3 +102,9 @@ async def _watch_trust(trust: TrustStore) -> None:
                 _log.info("trust store reloaded: changed by another process")
         except CrpeerError as exc:
             _log.error("trust store unreadable, keeping the previous one: %s", exc)
+
+
+def _report_failure(task: asyncio.Task[Any]) -> None:
+    """Log a peer task that ended with an error: what it did stops with it."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        _log.error("%s stopped: %s", task.get_name(), error, exc_info=error)

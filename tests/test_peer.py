@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import tempfile
 import threading
@@ -17,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peer import crsqlite, events
-from peer.errors import ChannelClosed, ErrorCode
+from peer.errors import ChannelClosed, ErrorCode, StoreError
 from peer.messages import Changes, CursorMessage, Hello, LimitsMessage, Part, decode, encode
 from peer.peer import Peer
+from peer.peer_background import PeerBackground
 from peer.protocol import Limits
 from peer.retry import Backoff
 from peer.store import Change, Store
@@ -222,6 +224,49 @@ async def test_timing_observers_replaced_after_construction_are_the_ones_called(
         await writer.execute("INSERT INTO notes VALUES (1, 'timed', 1)")
         await wait_for(lambda: rows(cluster.stores[1]) == [(1, "timed", 1)])
         assert "apply" in timed
+
+
+async def test_a_failing_poll_for_local_writes_is_logged_once_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = Cluster(2)
+    store = hook(cluster, 0)
+    writer = cluster.peer(0, [])
+    cluster.peer(1, [0])
+    failures: list[int] = []
+
+    def failing_poll() -> None:
+        if len(failures) < 5:
+            failures.append(1)
+            raise StoreError("disk I/O error")
+
+    with caplog.at_level(logging.INFO, logger="crpeer.peer"):
+        async with cluster:
+            await wait_for(
+                lambda: bool(writer.sessions) and writer.sessions[0].snapshot().state == "live"
+            )
+            store.after_change_marker = failing_poll
+            # Past the catch-up, only the watcher's poll tells the session of this write.
+            await writer.run_in_store(store.execute, "INSERT INTO notes VALUES (1, 'direct', 1)")
+            await wait_for(lambda: rows(cluster.stores[1]) == [(1, "direct", 1)])
+    assert len(failures) == 5
+    warned = [r for r in caplog.records if "cannot poll the store" in r.getMessage()]
+    assert len(warned) == 1
+    assert "disk I/O error" in warned[0].getMessage()
+    assert "polling the store for local writes again" in caplog.text
+
+
+async def test_a_background_task_that_fails_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    background = PeerBackground([])
+
+    async def broken() -> None:
+        raise RuntimeError("watch broke")
+
+    task = background.spawn(broken(), "crpeer-watch")
+    with caplog.at_level(logging.ERROR, logger="crpeer.peer"):
+        await asyncio.wait([task])
+    assert "crpeer-watch stopped: watch broke" in caplog.text
+    await background.stop()
 
 
 async def test_writes_through_the_peers_own_store_reach_peers_without_a_call() -> None:
